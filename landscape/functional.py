@@ -1,0 +1,122 @@
+"""Models as pure functions of stacked parameters, the shared currency of training and metrics.
+
+A pack of K models of one architecture is held as a :class:`Stack`: every parameter and
+buffer tensor carries a leading member dimension K (``torch.func.stack_module_state``).
+:class:`FunctionalNet` evaluates ONE member given its (unstacked) parameters and buffers;
+callers ``torch.func.vmap`` it over the member dimension. Conventions every metric follows:
+
+- ``params`` / ``buffers``: ``dict[str, Tensor]``; stacked ones have shape ``(K, *shape)``.
+- data for a pack: ``x`` of shape ``(K, N, *input_shape)``, ``y`` of shape ``(K, N)``
+  (use ``Tensor.expand`` when members share inputs: label noise makes labels per member).
+- the loss is mean cross-entropy with no weight-decay term.
+- evaluation is in eval mode (BatchNorm uses running statistics) unless ``train=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state
+
+Params = dict[str, Tensor]
+
+
+@dataclass
+class Stack:
+    """The state of K stacked models: parameters and buffers with a leading member dim."""
+
+    params: Params
+    buffers: Params
+
+    @property
+    def members(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def member(self, k: int) -> Stack:
+        """Member k as a stack of one (leading dim kept)."""
+        return self.select([k])
+
+    def select(self, index: Sequence[int] | Tensor) -> Stack:
+        idx = torch.as_tensor(index, dtype=torch.long, device=next(iter(self.params.values())).device)
+        return Stack({n: p.index_select(0, idx) for n, p in self.params.items()},
+                     {n: b.index_select(0, idx) for n, b in self.buffers.items()})
+
+    def clone(self) -> Stack:
+        return Stack({n: p.detach().clone() for n, p in self.params.items()},
+                     {n: b.detach().clone() for n, b in self.buffers.items()})
+
+    def to(self, device: torch.device | str) -> Stack:
+        return Stack({n: p.to(device) for n, p in self.params.items()},
+                     {n: b.to(device) for n, b in self.buffers.items()})
+
+    @staticmethod
+    def concat(stacks: Sequence[Stack]) -> Stack:
+        first = stacks[0]
+        return Stack({n: torch.cat([s.params[n] for s in stacks]) for n in first.params},
+                     {n: torch.cat([s.buffers[n] for s in stacks]) for n in first.buffers})
+
+
+class FunctionalNet:
+    """Pure-function view of an ``nn.Module`` architecture (the module's own tensors are unused).
+
+    Every model in ``landscape.models`` accepts ``forward(x, features=False)``; with
+    ``features=True`` it returns the penultimate representation instead of logits.
+    """
+
+    def __init__(self, module: nn.Module):
+        # A private copy on the meta device: the template never holds real weights.
+        self.module = copy.deepcopy(module).to("meta")
+        self.param_names = [n for n, _ in module.named_parameters()]
+        self.buffer_names = [n for n, _ in module.named_buffers()]
+
+    def _call(self, params: Params, buffers: Params, x: Tensor, train: bool, features: bool) -> Tensor:
+        self.module.train(train)
+        return functional_call(self.module, (params, buffers), (x,), {"features": features}, strict=True)
+
+    def logits(self, params: Params, buffers: Params, x: Tensor, train: bool = False) -> Tensor:
+        """Logits of one member: ``x`` (N, *input_shape) -> (N, C)."""
+        return self._call(params, buffers, x, train, features=False)
+
+    def features(self, params: Params, buffers: Params, x: Tensor) -> Tensor:
+        """Penultimate features of one member, eval mode: (N, *input_shape) -> (N, D)."""
+        return self._call(params, buffers, x, train=False, features=True)
+
+    def loss(self, params: Params, buffers: Params, x: Tensor, y: Tensor, train: bool = False) -> Tensor:
+        """Mean cross-entropy of one member (no weight-decay term)."""
+        return F.cross_entropy(self.logits(params, buffers, x, train).float(), y)
+
+    def loss_fn(self, buffers: Params, x: Tensor, y: Tensor) -> Callable[[Params], Tensor]:
+        """``params -> loss`` for one member with buffers and data closed over (eval mode)."""
+        return lambda params: self.loss(params, buffers, x, y)
+
+
+def init_stack(build: Callable[[], nn.Module], seeds: Sequence[int], device: torch.device | str) -> tuple[FunctionalNet, Stack]:
+    """Build one model per seed (initialised under ``torch.manual_seed(seed)``) and stack them.
+
+    The same seed gives the same initial weights whether a model is built alone or in a pack.
+    """
+    modules = []
+    for seed in seeds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            modules.append(build())
+    params, buffers = stack_module_state(modules)
+    net = FunctionalNet(modules[0])
+    stack = Stack({n: p.detach().to(device) for n, p in params.items()},
+                  {n: b.detach().to(device) for n, b in buffers.items()})
+    return net, stack
+
+
+def unstack(stack: Stack, k: int) -> tuple[Params, Params]:
+    """Member k's own (unstacked) parameters and buffers."""
+    return ({n: p[k] for n, p in stack.params.items()}, {n: b[k] for n, b in stack.buffers.items()})
+
+
+def num_params(stack: Stack) -> int:
+    """Trainable parameters per member."""
+    return sum(p[0].numel() for p in stack.params.values())

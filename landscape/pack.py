@@ -1,0 +1,121 @@
+"""Packs: variants that train as one stacked model, and the data and state a trained pack carries.
+
+Variants may share a pack when they agree on everything that fixes tensor shapes and step
+counts: architecture and width, data set and subset size, batch size, epochs, optimiser
+kind and schedule shape, precision. Seed, learning rate, weight decay, momentum and label
+noise may differ per member. Packs hold whole replicate groups (all seeds of a point), so
+global metrics between seeds need no checkpoint round trip.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from landscape.functional import FunctionalNet, Stack
+from landscape.variant import Variant, short_hash
+
+# Knobs that may differ between members of one pack (everything else must match).
+PER_MEMBER = {
+    "seed",
+    "optim.lr",
+    "optim.momentum",
+    "optim.weight_decay",
+    "data.label_noise",
+}
+
+
+def pack_key(variant: Variant) -> str:
+    """Hash of the knobs that must match inside a pack."""
+    flat = {k: v for k, v in variant.flat().items() if k not in PER_MEMBER}
+    return short_hash(flat)
+
+
+def make_packs(variants: Sequence[Variant], max_members: int) -> list[list[Variant]]:
+    """Group variants into packs of at most ``max_members``, never splitting a replicate group
+    unless the group alone exceeds the cap. Order is deterministic (by pack key, then group)."""
+    if max_members < 1:
+        raise ValueError(f"pack.max_members must be >= 1, got {max_members}")
+    by_key: dict[str, dict[str, list[Variant]]] = defaultdict(lambda: defaultdict(list))
+    for v in variants:
+        by_key[pack_key(v)][v.group_id].append(v)
+    packs: list[list[Variant]] = []
+    for key in sorted(by_key):
+        current: list[Variant] = []
+        for gid in sorted(by_key[key]):
+            group = sorted(by_key[key][gid], key=lambda v: v.seed)
+            if current and len(current) + len(group) > max_members:
+                packs.append(current)
+                current = []
+            while len(group) > max_members:  # a group larger than the cap is split
+                packs.append(group[:max_members])
+                group = group[max_members:]
+            current.extend(group)
+        if current:
+            packs.append(current)
+    return packs
+
+
+def pack_id(variants: Sequence[Variant]) -> str:
+    return short_hash(sorted(v.variant_id for v in variants), n=10) + "p"
+
+
+@dataclass
+class PackData:
+    """Device-resident data of a pack. Inputs are shared; each member has its own training
+    subset (indices into ``x_train``) and labels (label noise is per member)."""
+
+    x_train: Tensor  # (N, *input_shape) the full training set
+    train_idx: Tensor  # (K, n) per-member indices into x_train
+    y_train: Tensor  # (K, n) per-member labels, noise applied
+    x_test: Tensor  # (M, *input_shape)
+    y_test: Tensor  # (M,)
+    num_classes: int
+
+    @property
+    def members(self) -> int:
+        return self.train_idx.shape[0]
+
+    @property
+    def n_train(self) -> int:
+        return self.train_idx.shape[1]
+
+    def train_batch(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Positions (K, B) into each member's training set -> x (K, B, *input), y (K, B)."""
+        idx = self.train_idx.gather(1, positions)
+        return self.x_train[idx], self.y_train.gather(1, positions)
+
+    def train_sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A seeded draw of min(n, n_train) distinct training examples per member (each member
+        draws from its own subset, with its own labels): x (K, n, ...), y (K, n)."""
+        n = min(n, self.n_train)
+        pos = torch.stack([torch.randperm(self.n_train, generator=generator)[:n] for _ in range(self.members)])
+        return self.train_batch(pos.to(self.train_idx.device))
+
+    def test_sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A seeded draw of min(n, M) test examples, shared by all members: x (K, n, ...), y (K, n)."""
+        n = min(n, len(self.y_test))
+        pos = torch.randperm(len(self.y_test), generator=generator)[:n].to(self.y_test.device)
+        x, y = self.x_test[pos], self.y_test[pos]
+        return x.expand(self.members, *x.shape), y.expand(self.members, *y.shape)
+
+
+@dataclass
+class TrainedPack:
+    """What training hands to the metrics: the net, the chosen checkpoint, the initial
+    parameters (for MLI and distance to init), the data, and who is still alive."""
+
+    variants: list[Variant]
+    net: FunctionalNet
+    init: Stack
+    final: Stack  # the checkpoint metrics are measured on (final or lowest training loss)
+    data: PackData
+    alive: Tensor  # (K,) bool: False for diverged members (their metrics are skipped)
+
+    def replace(self, **changes) -> TrainedPack:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,227 @@
+"""One fully resolved point of a sweep, as frozen typed objects.
+
+A :class:`Variant` is what the science sees: model, data, optimisation and training
+settings plus a seed. Its ``variant_id`` is a short hash of its canonical JSON, so the same
+point always gets the same id (resume and extend rely on this), whatever the key order or
+the process that computed it. Metric settings live apart (:class:`MetricsSpec`, hashed into
+``metrics_id``): adding a metric must not rename trained models.
+
+Validation happens here, at construction, so every entry point (Hydra, a notebook, a test)
+gets the same one-line errors: ``ValueError("optim.lr must be > 0, got -1.0")``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+MODEL_NAMES = ("mlp", "cnn", "resnet18", "vgg9")
+DATA_NAMES = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
+OPTIM_NAMES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULES = ("constant", "step", "cosine")
+PRECISIONS = ("fp32", "bf16")
+CHECKPOINTS = ("final", "best_train_loss")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message names the key, the value and what is allowed."""
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed}, got {value!r}")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, key, value, "one of " + ", ".join(allowed))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str = "mlp"  # registry key in landscape.models
+    width: int = 32  # hidden units (mlp) or channels of the first stage (cnn, resnet18: k, 2k, 4k, 8k)
+    depth: int = 2  # hidden layers (mlp only)
+    batch_norm: bool = False
+    skip: bool = True  # residual connections (resnet18 only; False reproduces Li et al.'s no-skip nets)
+
+    def __post_init__(self) -> None:
+        _choice("model.name", self.name, MODEL_NAMES)
+        _require(isinstance(self.width, int) and self.width > 0, "model.width", self.width, "an integer > 0")
+        _require(isinstance(self.depth, int) and self.depth > 0, "model.depth", self.depth, "an integer > 0")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str = "digits"
+    root: str = "data"  # where torchvision datasets live (ignored by digits and synthetic)
+    download: bool = False
+    subset: float = 1.0  # training subset: a fraction in (0, 1], or a count > 1 (seeded per variant)
+    label_noise: float = 0.0  # exact fraction of training labels replaced by a different random label
+    normalize: bool = True  # per-channel standardisation with training-set statistics
+    augment: bool = False  # on-device random crop (padding 4) and horizontal flip
+    # synthetic data only: a seeded Gaussian mixture (the data seed is fixed per data set, not per variant)
+    n_train: int = 1024
+    n_test: int = 512
+    n_features: int = 32
+    n_classes: int = 4
+    class_sep: float = 1.5
+    data_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _choice("data.name", self.name, DATA_NAMES)
+        _require(self.subset > 0, "data.subset", self.subset, "a fraction in (0, 1] or a count > 1")
+        _require(
+            self.subset <= 1 or float(self.subset).is_integer(),
+            "data.subset",
+            self.subset,
+            "a fraction in (0, 1] or a whole count > 1",
+        )
+        _require(0 <= self.label_noise < 1, "data.label_noise", self.label_noise, "in [0, 1)")
+        for key in ("n_train", "n_test", "n_features"):
+            value = getattr(self, key)
+            _require(isinstance(value, int) and value > 0, f"data.{key}", value, "an integer > 0")
+        _require(self.n_classes >= 2, "data.n_classes", self.n_classes, "an integer >= 2")
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    name: str = "sgd"
+    lr: float = 0.1
+    batch_size: int = 64
+    momentum: float = 0.9  # sgd and rmsprop
+    nesterov: bool = False
+    weight_decay: float = 0.0  # L2 added to the gradient (decoupled for adamw)
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    eps: float = 1e-8
+    alpha: float = 0.99  # rmsprop smoothing
+    schedule: str = "constant"
+    step_at: tuple[float, ...] = (0.75,)  # step schedule: fractions of training where lr is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs
+    lr_ref_batch_size: int = 0  # > 0: lr scales linearly as lr * batch_size / lr_ref_batch_size
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, OPTIM_NAMES)
+        _require(self.lr > 0, "optim.lr", self.lr, "> 0")
+        _require(
+            isinstance(self.batch_size, int) and self.batch_size > 0,
+            "optim.batch_size",
+            self.batch_size,
+            "an integer > 0",
+        )
+        _require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
+        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        _choice("optim.schedule", self.schedule, SCHEDULES)
+        _require(all(0 < s < 1 for s in self.step_at), "optim.step_at", self.step_at, "fractions in (0, 1)")
+        _require(self.warmup_epochs >= 0, "optim.warmup_epochs", self.warmup_epochs, ">= 0")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 10
+    drop_last: bool = True  # Yang et al. drop the last incomplete batch
+    checkpoint: str = "final"  # or best_train_loss (Yang et al.: metrics on the lowest-training-loss epoch)
+    precision: str = "fp32"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.epochs, int) and self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _choice("train.checkpoint", self.checkpoint, CHECKPOINTS)
+        _choice("train.precision", self.precision, PRECISIONS)
+
+
+@dataclass(frozen=True)
+class HessianTraceSpec:
+    """Hutchinson trace settings. Yang et al. used 100 probes on one batch of 200 samples;
+    PyHessian's maintainer warns 200 samples is noisy, so our default sample is larger."""
+
+    enabled: bool = True
+    n_probes: int = 100
+    n_samples: int = 512
+    tol: float = 1e-3  # stop when the standard error falls below tol * |estimate|
+    chunk: int = 10  # probes per vmapped batch (memory bound)
+
+
+@dataclass(frozen=True)
+class MetricsSpec:
+    """Which metrics to compute and how. Hashed apart from the variant (``metrics_id``)."""
+
+    preset: str = "fast"
+    seed: int = 0  # seeds the sample draw and the probes (combined with the variant seed)
+    hessian_trace: HessianTraceSpec = field(default_factory=HessianTraceSpec)
+
+
+def canonical_json(obj: Any) -> str:
+    """Key-sorted, whitespace-free JSON of a dataclass or plain structure."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=list)
+
+
+def short_hash(obj: Any, n: int = 12) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+    optim: OptimSpec = field(default_factory=OptimSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+
+    @property
+    def variant_id(self) -> str:
+        return short_hash(self)
+
+    @property
+    def group_id(self) -> str:
+        """Replicate group: the same point with the seed left out."""
+        flat = self.flat()
+        del flat["seed"]
+        return short_hash(flat)
+
+    def flat(self) -> dict[str, Any]:
+        """Every knob as a flat ``section.key`` column, tuples as lists."""
+        out: dict[str, Any] = {}
+        for section in ("model", "data", "optim", "train"):
+            for key, value in dataclasses.asdict(getattr(self, section)).items():
+                out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
+        out["seed"] = self.seed
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Variant:
+        """Build from nested plain dicts (as OmegaConf.to_container gives); unknown keys fail loudly."""
+        sections = {"model": ModelSpec, "data": DataSpec, "optim": OptimSpec, "train": TrainSpec}
+        kwargs: dict[str, Any] = {}
+        for name, spec_cls in sections.items():
+            kwargs[name] = build_spec(spec_cls, d.get(name, {}), name)
+        kwargs["seed"] = d.get("seed", 0)
+        return cls(**kwargs)
+
+
+def build_spec(spec_cls: type, values: dict[str, Any], prefix: str) -> Any:
+    """Construct a (possibly nested) spec dataclass from a dict, naming unknown keys."""
+    known = {f.name: f for f in dataclasses.fields(spec_cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"{prefix}.{key} is not a known key (got {value!r}); allowed: {', '.join(sorted(known))}"
+            )
+        default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING else known[key].default  # type: ignore[misc]
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = build_spec(type(default), value, f"{prefix}.{key}")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        kwargs[key] = value
+    return spec_cls(**kwargs)
