@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,27 +135,6 @@ class TrainSpec:
         _choice("train.precision", self.precision, PRECISIONS)
 
 
-@dataclass(frozen=True)
-class HessianTraceSpec:
-    """Hutchinson trace settings. Yang et al. used 100 probes on one batch of 200 samples;
-    PyHessian's maintainer warns 200 samples is noisy, so our default sample is larger."""
-
-    enabled: bool = True
-    n_probes: int = 100
-    n_samples: int = 512
-    tol: float = 1e-3  # stop when the standard error falls below tol * |estimate|
-    chunk: int = 10  # probes per vmapped batch (memory bound)
-
-
-@dataclass(frozen=True)
-class MetricsSpec:
-    """Which metrics to compute and how. Hashed apart from the variant (``metrics_id``)."""
-
-    preset: str = "fast"
-    seed: int = 0  # seeds the sample draw and the probes (combined with the variant seed)
-    hessian_trace: HessianTraceSpec = field(default_factory=HessianTraceSpec)
-
-
 def canonical_json(obj: Any) -> str:
     """Key-sorted, whitespace-free JSON of a dataclass or plain structure."""
     if dataclasses.is_dataclass(obj):
@@ -203,13 +184,37 @@ class Variant:
         kwargs: dict[str, Any] = {}
         for name, spec_cls in sections.items():
             kwargs[name] = build_spec(spec_cls, d.get(name, {}), name)
-        kwargs["seed"] = d.get("seed", 0)
+        kwargs["seed"] = _check_type("seed", d.get("seed", 0), int)
         return cls(**kwargs)
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """Check a config value against a field's type hint; ints are accepted (and converted) for floats."""
+    args = typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        inner = typing.get_args(hint)[0]
+        return tuple(_check_type(key, v, inner) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in _TYPE_NAMES and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"{key} must be {_TYPE_NAMES[hint]}, got {value!r}")
+    return value
+
+
 def build_spec(spec_cls: type, values: dict[str, Any], prefix: str) -> Any:
-    """Construct a (possibly nested) spec dataclass from a dict, naming unknown keys."""
+    """Construct a (possibly nested) spec dataclass from a dict, naming unknown keys and
+    checking every value's type against the field's annotation."""
     known = {f.name: f for f in dataclasses.fields(spec_cls)}
+    hints = typing.get_type_hints(spec_cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:
@@ -217,11 +222,11 @@ def build_spec(spec_cls: type, values: dict[str, Any], prefix: str) -> Any:
                 f"{prefix}.{key} is not a known key (got {value!r}); allowed: {', '.join(sorted(known))}"
             )
         default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING else known[key].default  # type: ignore[misc]
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+        if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{prefix}.{key} must be a section of keys, got {value!r}")
             value = build_spec(type(default), value, f"{prefix}.{key}")
-        elif isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+        else:
+            value = _check_type(f"{prefix}.{key}", value, hints[key])
         kwargs[key] = value
     return spec_cls(**kwargs)

@@ -1,0 +1,145 @@
+"""Train and measure one pack, and turn the result into table rows. What a worker runs.
+
+``run_pack`` never raises for a problem of the science: a member whose loss turns NaN
+is a ``diverged`` row; an exception while training or measuring a pack of several is
+retried member by member so that one bad variant cannot take its pack-mates down with
+it, and a lone variant that still fails becomes a ``failed`` row with the error text.
+A pack that runs out of device memory is split in two and retried.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from landscape.data import Dataset
+from landscape.measure import MetricsSpec, measure_pack
+from landscape.pack import pack_id
+from landscape.train import train_pack
+from landscape.variant import Variant, short_hash
+
+
+@dataclass
+class PackRows:
+    """Rows for each table, ready for the store; keyed by table name."""
+
+    tables: dict[str, list[dict]] = field(default_factory=dict)
+
+    def add(self, table: str, rows: list[dict]) -> None:
+        if rows:
+            self.tables.setdefault(table, []).extend(rows)
+
+    def extend(self, other: PackRows) -> None:
+        for name, rows in other.tables.items():
+            self.add(name, rows)
+
+    @property
+    def runs(self) -> list[dict]:
+        return self.tables.get("runs", [])
+
+
+def metrics_id(metrics: MetricsSpec) -> str:
+    return short_hash(metrics, n=8)
+
+
+def base_row(v: Variant, pid: str, mid: str, device: str) -> dict:
+    return {"variant_id": v.variant_id, "group_id": v.group_id, "pack_id": pid, "metrics_id": mid,
+            **v.flat(), "device": device}
+
+
+def failed_rows(variants: Sequence[Variant], metrics: MetricsSpec, error: str, device: str) -> PackRows:
+    pid, mid = pack_id(variants), metrics_id(metrics)
+    rows = [{**base_row(v, pid, mid, device), "status": "failed", "error": error} for v in variants]
+    return PackRows({"runs": rows})
+
+
+def _train_and_measure(
+    variants: Sequence[Variant], metrics: MetricsSpec, dataset: Dataset, device: torch.device
+) -> PackRows:
+    t0 = time.perf_counter()
+    result = train_pack(variants, dataset, device)
+    measured = measure_pack(result.pack, metrics)
+    wall = time.perf_counter() - t0
+    pid, mid = pack_id(variants), metrics_id(metrics)
+    ids = [v.variant_id for v in variants]
+    out = PackRows()
+    runs = []
+    for k, v in enumerate(variants):
+        diverged = result.diverged_step[k]
+        row = base_row(v, pid, mid, str(device))
+        row.update(
+            status="diverged" if diverged is not None else "ok",
+            error=None,
+            diverged_step=diverged,
+            best_epoch=result.best_epoch[k],
+            pack_members=len(variants),
+            wall_time_s=wall / len(variants),
+            pack_wall_time_s=wall,
+        )
+        row.update({name: values[k] for name, values in result.final_metrics.items()})
+        row.update({name: values[k] for name, values in measured.columns.items()})
+        runs.append(row)
+    out.add("runs", runs)
+    out.add("curves", [_with_variant(r, ids) for r in result.curves])
+    for table, rows in measured.tables.items():
+        out.add(table, [_with_variant(r, ids) for r in rows])
+    return out
+
+
+def _with_variant(row: dict, ids: list[str]) -> dict:
+    """Replace pack-local member indices with variant ids."""
+    row = dict(row)
+    for member_key, id_key in (("member", "variant_id"), ("member_a", "variant_a"), ("member_b", "variant_b")):
+        if member_key in row:
+            row[id_key] = ids[row.pop(member_key)]
+    return row
+
+
+def _halves(variants: Sequence[Variant]) -> list[list[Variant]]:
+    """Split a pack in two, between replicate groups when there are several."""
+    groups: dict[str, list[Variant]] = {}
+    for v in variants:
+        groups.setdefault(v.group_id, []).append(v)
+    if len(groups) > 1:
+        ordered = list(groups.values())
+        cut = len(ordered) // 2
+        return [[v for g in ordered[:cut] for v in g], [v for g in ordered[cut:] for v in g]]
+    cut = len(variants) // 2
+    return [list(variants[:cut]), list(variants[cut:])]
+
+
+def run_pack(
+    variants: Sequence[Variant],
+    metrics: MetricsSpec,
+    dataset: Dataset,
+    device: torch.device | str = "cpu",
+    *,
+    log: Callable[[str], None] = lambda msg: None,
+) -> PackRows:
+    """Train and measure a pack; every variant comes back as exactly one ``runs`` row."""
+    device = torch.device(device)
+    try:
+        return _train_and_measure(variants, metrics, dataset, device)
+    except torch.OutOfMemoryError:
+        if len(variants) == 1:
+            return failed_rows(variants, metrics, "OutOfMemoryError: one member does not fit on the device", str(device))
+        log(f"pack of {len(variants)} ran out of device memory; splitting in two")
+        torch.cuda.empty_cache()
+        out = PackRows()
+        for half in _halves(variants):
+            out.extend(run_pack(half, metrics, dataset, device, log=log))
+        return out
+    except Exception as exc:  # noqa: BLE001 - failure is data: the error text goes into the row
+        error = f"{type(exc).__name__}: {exc}"
+        if len(variants) == 1:
+            log(f"variant {variants[0].variant_id} failed: {error}\n{traceback.format_exc()}")
+            return failed_rows(variants, metrics, error, str(device))
+        log(f"pack of {len(variants)} failed ({error}); retrying its members one by one")
+        out = PackRows()
+        for v in variants:
+            out.extend(run_pack([v], metrics, dataset, device, log=log))
+        return out

@@ -1,0 +1,268 @@
+"""The packed training engine: K variants trained as one stacked model.
+
+One training step (:func:`train_step`) serves sweeps, tests and benchmarks: a vmapped
+``grad_and_value`` of the per-member loss over stacked parameters and per-member batches,
+then one functional optimiser update with per-member hyperparameters. Each member keeps
+its own seed (initialisation and data order), learning rate, momentum, weight decay and
+label noise, so a pack of K ends where K solo runs would (tests check this).
+
+A member whose loss turns NaN or inf is marked diverged at that step and frozen; the
+others go on unchanged (vmap keeps members independent). No host sync in the hot loop:
+divergence is tracked with tensor ops and read once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+
+from landscape.data import Dataset, member_view
+from landscape.functional import FunctionalNet, Params, Stack, init_stack
+from landscape.models import build_model
+from landscape.optim import MemberHypers, apply_update, base_lr, init_state, lr_factor
+from landscape.pack import PackData, TrainedPack, pack_key
+from landscape.variant import ConfigError, Variant
+
+EVAL_CHUNK = 2048  # examples per member per vmapped evaluation call
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_pack_data(variants: Sequence[Variant], dataset: Dataset) -> PackData:
+    """Per-member training views (subset and label noise seeded by each variant's seed)."""
+    views = [member_view(dataset, v.data, v.seed) for v in variants]
+    return PackData(
+        x_train=dataset.x_train,
+        train_idx=torch.stack([idx for idx, _ in views]),
+        y_train=torch.stack([y for _, y in views]),
+        x_test=dataset.x_test,
+        y_test=dataset.y_test,
+        num_classes=dataset.num_classes,
+    )
+
+
+def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool) -> int:
+    if batch_size > n_train:
+        raise ConfigError(f"optim.batch_size must be <= the training set size ({n_train}), got {batch_size}")
+    return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
+
+
+def _member_train_loss(net: FunctionalNet) -> Callable[..., tuple[Tensor, tuple[Tensor, Tensor]]]:
+    def loss(params: Params, buffers: Params, x: Tensor, y: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        logits = net.logits(params, buffers, x, train=True)  # (B, C); BN running stats update in place
+        value = F.cross_entropy(logits.float(), y)
+        return value, (value.detach(), (logits.argmax(-1) == y).float().mean())
+
+    return loss
+
+
+@dataclass
+class StepFn:
+    """The vmapped gradient of the per-member training loss: (params, buffers, x, y) stacked
+    over K -> (grads, (loss (K,), accuracy (K,)))."""
+
+    net: FunctionalNet
+    compile: bool = False
+    fn: Callable = field(init=False)
+
+    def __post_init__(self) -> None:
+        g = vmap(grad_and_value(_member_train_loss(self.net), has_aux=True))
+        self.fn = torch.compile(g) if self.compile else g
+
+    def __call__(self, params: Params, buffers: Params, x: Tensor, y: Tensor):
+        grads, (_, (loss, acc)) = self.fn(params, buffers, x, y)
+        return grads, loss, acc
+
+
+@dataclass
+class OptimState:
+    hypers: MemberHypers
+    state: dict[str, Params]
+    alive: Tensor  # (K,) bool
+    diverged_step: Tensor  # (K,) int64, -1 while alive
+    step: int = 0
+
+
+def train_step(
+    step_fn: StepFn,
+    stack: Stack,
+    opt: OptimState,
+    variants: Sequence[Variant],
+    x: Tensor,
+    y: Tensor,
+    lr: Tensor,
+    precision: str,
+) -> tuple[Tensor, Tensor]:
+    """One packed SGD-family step in place on ``stack`` and ``opt``. x (K, B, ...), y (K, B),
+    lr (K,) this step's learning rates. Returns the members' minibatch loss and accuracy."""
+    with autocast(x.device, precision):
+        grads, loss, acc = step_fn(stack.params, stack.buffers, x, y)
+    opt.step += 1
+    finite = torch.isfinite(loss)
+    newly_dead = opt.alive & ~finite
+    opt.diverged_step = torch.where(newly_dead, opt.step, opt.diverged_step)
+    opt.alive = opt.alive & finite
+    apply_update(variants[0].optim, stack.params, grads, opt.state, opt.hypers, lr, opt.step, opt.alive)
+    return loss, acc
+
+
+@torch.no_grad()
+def evaluate(net: FunctionalNet, stack: Stack, x: Tensor, y: Tensor, precision: str = "fp32") -> tuple[Tensor, Tensor]:
+    """Eval-mode mean loss and accuracy per member over x (K, N, ...), y (K, N), in chunks."""
+    K, N = y.shape
+    total_loss = torch.zeros(K, device=y.device)
+    total_correct = torch.zeros(K, device=y.device)
+
+    def member(params: Params, buffers: Params, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        logits = net.logits(params, buffers, xb).float()
+        return F.cross_entropy(logits, yb, reduction="sum"), (logits.argmax(-1) == yb).float().sum()
+
+    batched = vmap(member)
+    for start in range(0, N, EVAL_CHUNK):
+        with autocast(y.device, precision):
+            loss, correct = batched(stack.params, stack.buffers, x[:, start : start + EVAL_CHUNK], y[:, start : start + EVAL_CHUNK])
+        total_loss += loss
+        total_correct += correct
+    return total_loss / N, total_correct / N
+
+
+def evaluate_pack(net: FunctionalNet, stack: Stack, data: PackData, precision: str) -> dict[str, Tensor]:
+    """Train (each member's own subset and labels) and test loss and accuracy, per member."""
+    K = data.members
+    x_train, y_train = data.x_train[data.train_idx], data.y_train
+    x_test = data.x_test.expand(K, *data.x_test.shape)
+    y_test = data.y_test.expand(K, *data.y_test.shape)
+    train_loss, train_acc = evaluate(net, stack, x_train, y_train, precision)
+    test_loss, test_acc = evaluate(net, stack, x_test, y_test, precision)
+    return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
+
+
+@dataclass
+class TrainResult:
+    pack: TrainedPack
+    final_metrics: dict[str, list[float]]  # at the chosen checkpoint, per member
+    diverged_step: list[int | None]
+    best_epoch: list[int]  # epoch of the chosen checkpoint per member (0 = initialisation)
+    curves: list[dict]  # rows: member, epoch, step, lr, train/test loss and accuracy
+    wall_time_s: float
+
+
+def _check_pack(variants: Sequence[Variant]) -> None:
+    if not variants:
+        raise ValueError("a pack needs at least one variant")
+    keys = {pack_key(v) for v in variants}
+    if len(keys) > 1:
+        raise ValueError(f"variants of one pack must share shapes and step counts; got {len(keys)} pack keys")
+
+
+def _epoch_orders(generators: list[torch.Generator], n: int, device: torch.device) -> Tensor:
+    """Each member's own shuffle of its n training positions: (K, n)."""
+    return torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
+
+
+def train_pack(
+    variants: Sequence[Variant],
+    dataset: Dataset,
+    device: torch.device | str = "cpu",
+    *,
+    on_epoch: Callable[[int, dict[str, Tensor]], None] | None = None,
+) -> TrainResult:
+    """Train every variant of a pack together and return the checkpoint the metrics use.
+
+    ``dataset`` should already live on ``device`` (a worker caches it there).
+    """
+    _check_pack(variants)
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    first = variants[0]
+    K = len(variants)
+    data = make_pack_data(variants, dataset.to(device))
+    spe = steps_per_epoch(data.n_train, first.optim.batch_size, first.train.drop_last)
+    total = spe * first.train.epochs
+    B = first.optim.batch_size
+
+    net, stack = init_stack(
+        lambda: build_model(first.model, dataset.input_shape, dataset.num_classes), [v.seed for v in variants], device
+    )
+    init = stack.clone()
+    opt = OptimState(
+        hypers=MemberHypers.from_specs([v.optim for v in variants], device),
+        state=init_state(first.optim, stack.params),
+        alive=torch.ones(K, dtype=torch.bool, device=device),
+        diverged_step=torch.full((K,), -1, dtype=torch.long, device=device),
+    )
+    step_fn = StepFn(net, compile=first.train.compile)
+    generators = [torch.Generator().manual_seed(v.seed) for v in variants]
+    base = torch.tensor([base_lr(v.optim) for v in variants], device=device)
+    precision = first.train.precision
+    keep_best = first.train.checkpoint == "best_train_loss"
+
+    curves: list[dict] = []
+    metrics = evaluate_pack(net, stack, data, precision)
+    best, best_metrics = (stack.clone(), metrics) if keep_best else (None, None)
+    best_epoch = torch.zeros(K, dtype=torch.long, device=device)
+    _record(curves, 0, 0, base * lr_factor(first.optim, 0, total, spe), metrics)
+
+    for epoch in range(1, first.train.epochs + 1):
+        order = _epoch_orders(generators, data.n_train, device)
+        for b in range(spe):
+            factor = lr_factor(first.optim, opt.step, total, spe)
+            x, y = data.train_batch(order[:, b * B : (b + 1) * B])
+            train_step(step_fn, stack, opt, variants, x, y, base * factor, precision)
+        metrics = evaluate_pack(net, stack, data, precision)
+        _record(curves, epoch, opt.step, base * factor, metrics)
+        if keep_best:
+            better = opt.alive & (metrics["train_loss"] < best_metrics["train_loss"])
+            best = _where_members(better, stack, best)
+            best_metrics = {k: torch.where(better, metrics[k], best_metrics[k]) for k in metrics}
+            best_epoch = torch.where(better, epoch, best_epoch)
+        else:
+            best_epoch.fill_(epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+
+    chosen, chosen_metrics = (best, best_metrics) if keep_best else (stack, metrics)
+    diverged = [int(s) if s >= 0 else None for s in opt.diverged_step.tolist()]
+    return TrainResult(
+        pack=TrainedPack(list(variants), net, init, chosen, data, opt.alive.clone()),
+        final_metrics={k: v.tolist() for k, v in chosen_metrics.items()},
+        diverged_step=diverged,
+        best_epoch=best_epoch.tolist(),
+        curves=curves,
+        wall_time_s=time.perf_counter() - t0,
+    )
+
+
+def _where_members(mask: Tensor, a: Stack, b: Stack) -> Stack:
+    """Per member: a where mask else b."""
+
+    def pick(x: Tensor, y: Tensor) -> Tensor:
+        return torch.where(mask.view(-1, *([1] * (x.dim() - 1))), x, y)
+
+    return Stack({n: pick(a.params[n], b.params[n]) for n in a.params},
+                 {n: pick(a.buffers[n], b.buffers[n]) for n in a.buffers})
+
+
+def _record(curves: list[dict], epoch: int, step: int, lr: Tensor, metrics: dict[str, Tensor]) -> None:
+    cols = {k: v.tolist() for k, v in metrics.items()}
+    for k, lr_k in enumerate(lr.tolist()):
+        curves.append({"member": k, "epoch": epoch, "step": step, "lr": lr_k, **{c: cols[c][k] for c in cols}})

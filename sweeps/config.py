@@ -1,0 +1,265 @@
+"""From Hydra config and command-line overrides to a plan: the variants to run and the run settings.
+
+Axes use Hydra's own override grammar (``a=1,2,3``, ``range(...)``, ``choice(...)``,
+``glob(...)``, group sweeps such as ``model=mlp,cnn``), from the sweep preset's
+``sweep.axes`` or the command line. Expansion happens here, in the driver, not as one Hydra
+job per variant: the config is composed once per distinct combination of config groups and
+the scalar axes are applied to plain dicts, so 10,000 variants expand in seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob, Override
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from landscape.data import subset_size
+from landscape.measure import MetricsSpec
+from landscape.variant import ConfigError, DataSpec, Variant, build_spec
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+VARIANT_SECTIONS = ("model", "data", "optim", "train")
+
+# Training-set sizes of the torchvision data sets (used to validate batch sizes before anything runs).
+TRAIN_SET_SIZES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000, "digits": 1347}
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    address: str | None = None  # null: start a local instance; "auto" or host:port: join a cluster
+    num_cpus: int | None = None  # CPUs of the local instance (null: all)
+    num_workers: int | None = None  # worker actors (null: as many as the resources allow)
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # fractional allowed
+    max_in_flight: int = 2  # packs queued per worker (backpressure)
+
+    def __post_init__(self) -> None:
+        for key in ("cpus_per_worker", "gpus_per_worker"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"ray.{key} must be >= 0, got {getattr(self, key)!r}")
+        if self.max_in_flight < 1:
+            raise ConfigError(f"ray.max_in_flight must be >= 1, got {self.max_in_flight!r}")
+        if self.num_workers is not None and self.num_workers < 1:
+            raise ConfigError(f"ray.num_workers must be >= 1 or null, got {self.num_workers!r}")
+
+
+@dataclass(frozen=True)
+class PackSettings:
+    max_members: int = 16
+
+    def __post_init__(self) -> None:
+        if self.max_members < 1:
+            raise ConfigError(f"pack.max_members must be an integer >= 1, got {self.max_members!r}")
+
+
+@dataclass
+class SweepPlan:
+    name: str
+    out_dir: Path
+    device: str
+    ray: RaySettings
+    pack: PackSettings
+    metrics: MetricsSpec
+    axes: dict[str, list]
+    analysis: dict[str, str]
+    config: dict  # the composed base config (for the manifest)
+    variants: list[Variant] = field(default_factory=list)
+
+    @property
+    def results_dir(self) -> Path:
+        return self.out_dir / self.name
+
+
+def config_groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(conf_dir.iterdir())
+        if d.is_dir() and not d.name.startswith((".", "_"))
+    }
+
+
+def _axis_values(override: Override, groups: dict[str, list[str]]) -> list:
+    key = override.key_or_group
+    value = override.value()
+    if isinstance(value, Glob):
+        if key not in groups:
+            raise ConfigError(f"{key}=glob(...) is only allowed on a config group; groups: {', '.join(groups)}")
+        return value.filter(groups[key])
+    try:
+        return list(override.sweep_iterator())
+    except HydraException as exc:
+        raise ConfigError(f"{override.input_line}: {exc}; an axis needs a list, range(...) or choice(...)") from exc
+
+
+def parse_overrides(args: list[str], groups: dict[str, list[str]]) -> tuple[list[str], dict[str, list]]:
+    """Split command-line overrides into scalar ones (handed to Hydra) and sweep axes."""
+    parser = OverridesParser.create()
+    scalars: list[str] = []
+    axes: dict[str, list] = {}
+    for arg in args:
+        try:
+            override = parser.parse_override(arg)
+        except HydraException as exc:
+            raise ConfigError(f"cannot parse override {arg!r}: {str(exc).splitlines()[0]}") from exc
+        key = override.key_or_group
+        if override.is_sweep_override():
+            axes[key] = _axis_values(override, groups)
+            options = [axes[key]] if key in groups else []
+        else:
+            scalars.append(arg)
+            options = [[override.value()]] if key in groups else []
+        for opts in options:
+            for opt in opts:
+                if str(opt) not in groups[key]:
+                    raise ConfigError(f"{key}={opt} is not a known option; allowed: {', '.join(groups[key])}")
+    return scalars, axes
+
+
+def _compose(overrides: list[str], conf_dir: Path) -> DictConfig:
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+            return compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(_one_line_hydra_error(exc, overrides)) from exc
+
+
+def _one_line_hydra_error(exc: Exception, overrides: list[str]) -> str:
+    text = " ".join(str(exc).split())
+    for ov in overrides:
+        key = ov.split("=", 1)[0].lstrip("+~")
+        if f"'{key}'" in text or f"'{key.split('.')[-1]}'" in text:
+            return f"{key} is not a known key (in override {ov!r}); {text}"
+    return text
+
+
+def _check_scalar_keys(scalars: list[str], groups: dict[str, list[str]], conf_dir: Path) -> None:
+    """Name an unknown key in a scalar override before Hydra does (its message spans lines)."""
+    parser = OverridesParser.create()
+    parsed = [parser.parse_override(s) for s in scalars]
+    group_overrides = [o.input_line for o in parsed if o.key_or_group in groups]
+    keyed = [o for o in parsed if o.key_or_group not in groups and not o.is_add() and not o.is_delete()
+             and not o.key_or_group.startswith("hydra")]
+    if not keyed:
+        return
+    plain = OmegaConf.to_container(_compose(group_overrides, conf_dir), resolve=False)
+    for o in keyed:
+        _set_path(copy.deepcopy(plain), o.key_or_group, o.value())
+
+
+def _set_path(d: dict, dotted: str, value: Any) -> None:
+    node = d
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            parent = ".".join(parts[:i]) or "the config root"
+            allowed = ", ".join(sorted(node)) if isinstance(node, dict) else "nothing (not a section)"
+            raise ConfigError(f"{dotted} is not a known key (got {value!r}); allowed under {parent}: {allowed}")
+        if i == len(parts) - 1:
+            node[part] = value
+        else:
+            node = node[part]
+
+
+def _preset_axes(cfg: DictConfig, groups: dict[str, list[str]]) -> dict[str, list]:
+    raw = OmegaConf.to_container(cfg.sweep.get("axes") or {}, resolve=True)
+    parser = OverridesParser.create()
+    axes = {}
+    for key, spec in raw.items():
+        if isinstance(spec, list):
+            axes[key] = spec
+        else:  # a string in Hydra's sweep grammar, e.g. "range(2,6)" or "4,8,16"
+            axes[key] = _axis_values(parser.parse_override(f"{key}={spec}"), groups) if "," in str(spec) or "(" in str(spec) else [spec]
+    return axes
+
+
+def train_set_size(spec: DataSpec) -> int:
+    return spec.n_train if spec.name == "synthetic" else TRAIN_SET_SIZES[spec.name]
+
+
+def validate_variant(v: Variant) -> None:
+    """Checks that need the data set's size; raised before anything runs."""
+    n = subset_size(v.data, train_set_size(v.data))
+    if v.optim.batch_size > n:
+        raise ConfigError(
+            f"optim.batch_size must be <= the training set size ({n} for data.name={v.data.name}, "
+            f"data.subset={v.data.subset}), got {v.optim.batch_size}"
+        )
+
+
+def _check_writable(out_dir: Path) -> None:
+    """The nearest existing ancestor must be a directory we can create files in (tried for real,
+    with a temporary file that is gone again at once: root ignores permission bits)."""
+    probe = out_dir.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a directory")
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"out_dir must be a writable directory, got {str(out_dir)!r} ({exc})") from exc
+
+
+def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
+    """Compose, expand and validate. Raises ConfigError (one line) on any bad input."""
+    groups = config_groups(conf_dir)
+    scalars, cli_axes = parse_overrides(args, groups)
+    if "metrics" in cli_axes:
+        raise ConfigError("metrics cannot be a sweep axis; run the sweep again with another metrics preset")
+    _check_scalar_keys(scalars, groups, conf_dir)
+    base = _compose(scalars, conf_dir)
+    axes = _preset_axes(base, groups)
+    for ov in scalars:  # a fixed value on the command line replaces the preset's axis
+        axes.pop(ov.split("=", 1)[0], None)
+    axes.update(cli_axes)
+    for key, values in axes.items():
+        if not values:
+            raise ConfigError(f"sweep axis {key} has no values")
+
+    group_axes = {k: v for k, v in axes.items() if k in groups}
+    scalar_axes = {k: v for k, v in axes.items() if k not in groups}
+    variants: dict[str, Variant] = {}
+    for combo in itertools.product(*group_axes.values()):
+        group_overrides = [f"{k}={v}" for k, v in zip(group_axes, combo)]
+        cfg = base if not combo else _compose(scalars + group_overrides, conf_dir)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        plain = {k: plain[k] for k in (*VARIANT_SECTIONS, "seed")}
+        for values in itertools.product(*scalar_axes.values()):
+            d = copy.deepcopy(plain)
+            for key, value in zip(scalar_axes, values):
+                _set_path(d, key, value)
+            v = Variant.from_dict(d)
+            variants.setdefault(v.variant_id, v)
+    for v in variants.values():
+        validate_variant(v)
+
+    run = OmegaConf.to_container(base, resolve=True)
+    out_dir = Path(run["out_dir"])
+    _check_writable(out_dir)
+    if run["device"] not in ("auto", "cpu") and not str(run["device"]).startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {run['device']!r}")
+    sweep = run["sweep"]
+    analysis = sweep.get("analysis") or {}
+    return SweepPlan(
+        name=str(sweep["name"]),
+        out_dir=out_dir,
+        device=str(run["device"]),
+        ray=build_spec(RaySettings, run.get("ray") or {}, "ray"),
+        pack=build_spec(PackSettings, run.get("pack") or {}, "pack"),
+        metrics=build_spec(MetricsSpec, run["metrics"], "metrics"),
+        axes=axes,
+        analysis={k: str(v) for k, v in analysis.items()},
+        config=run,
+        variants=list(variants.values()),
+    )
