@@ -1,14 +1,25 @@
 """Functional optimisers for stacked models: every hyperparameter is a per-member tensor.
 
 Parameters are stacked ``(K, *shape)``; learning rate, momentum and weight decay are
-``(K,)`` tensors, so members of one pack may differ in them. The update rules follow
-``torch.optim`` exactly (tests compare against it), so a packed run equals K solo runs.
+``(K,)`` tensors, so members of one pack may differ in them. Betas, eps and alpha are
+pack-wide (they are part of the pack key). The update rules follow ``torch.optim`` with its
+default flags exactly (tests compare against it), so a packed run equals K solo runs:
+
+- ``sgd``: torch.optim.SGD (dampening 0; ``nesterov`` from the spec).
+- ``adam`` / ``adamw``: torch.optim.Adam (L2 weight decay added to the gradient) and
+  torch.optim.AdamW (decoupled: p *= 1 - lr * wd first); no amsgrad.
+- ``rmsprop``: torch.optim.RMSprop, not centered, momentum from ``optim.momentum``.
+- ``adagrad``: torch.optim.Adagrad with lr_decay 0 and initial accumulator 0; its eps is
+  ``optim.eps`` (torch's own default is 1e-10, ours 1e-8: set it to match torch).
+
+Each rule is a pure function of one stacked tensor, its gradient and its state slots that
+returns the new values; :func:`apply_update` writes them in place for live members only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -43,14 +54,23 @@ def base_lr(spec: OptimSpec) -> float:
 
 
 def lr_factor(spec: OptimSpec, step: int, total_steps: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base learning rate at ``step`` (0-based) of ``total_steps``."""
+    """Multiplier of the base learning rate at ``step`` (0-based) of ``total_steps``.
+
+    Linear warm-up over ``warmup_epochs`` (factor (step + 1) / warm-up steps, capped at 1),
+    then ``constant``; ``step``: times ``gamma`` at each fraction in ``step_at`` of training
+    (Yang et al.: x0.1 at 75%); ``cosine``: half a cosine from 1 at the end of warm-up to 0
+    at ``total_steps`` (torch's CosineAnnealingLR with T_max = total_steps when there is no
+    warm-up).
+    """
     warmup = spec.warmup_epochs * steps_per_epoch
     if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
+        return min(1.0, (step + 1) / warmup)
     if spec.schedule == "constant":
         return 1.0
     if spec.schedule == "step":
-        passed = sum(step >= round(f * total_steps) for f in spec.step_at)
+        # milestones fall on epoch boundaries, as torch's MultiStepLR stepped once per epoch
+        epochs = total_steps / steps_per_epoch
+        passed = sum(step >= round(f * epochs) * steps_per_epoch for f in spec.step_at)
         return spec.gamma**passed
     # cosine from the end of warm-up to the end of training
     t = (step - warmup) / max(total_steps - warmup, 1)
@@ -62,10 +82,95 @@ def _bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
+@dataclass
+class _Local:
+    """One stacked tensor's view of the per-member hyperparameters, shaped (K, 1, ..., 1)."""
+
+    lr: Tensor
+    momentum: Tensor
+    weight_decay: Tensor
+
+
+Slots = dict[str, Tensor]
+Rule = Callable[[OptimSpec, Tensor, Tensor, Slots, _Local, int], tuple[Tensor, Slots]]
+
+
+def _sgd(
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+) -> tuple[Tensor, Slots]:
+    # g += wd*p; buf = mu*buf + g (buf = g at step 1); p -= lr*(g + mu*buf if nesterov else buf)
+    g = g + h.weight_decay * p
+    buf = g if step == 1 else h.momentum * s["momentum_buffer"] + g
+    direction = g + h.momentum * buf if spec.nesterov else buf
+    return p - h.lr * direction, {"momentum_buffer": buf}
+
+
+def _adam_core(
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+) -> tuple[Tensor, Slots]:
+    # m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
+    beta1, beta2 = spec.betas
+    m = s["exp_avg"].lerp(g, 1 - beta1)
+    v = s["exp_avg_sq"] * beta2 + (1 - beta2) * g * g
+    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
+    denom = v.sqrt() / math.sqrt(bias2) + spec.eps
+    return p - (h.lr / bias1) * m / denom, {"exp_avg": m, "exp_avg_sq": v}
+
+
+def _adam(
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+) -> tuple[Tensor, Slots]:
+    return _adam_core(spec, p, g + h.weight_decay * p, s, h, step)  # L2: decay through the gradient
+
+
+def _adamw(
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+) -> tuple[Tensor, Slots]:
+    return _adam_core(spec, p * (1 - h.lr * h.weight_decay), g, s, h, step)  # decoupled decay first
+
+
+def _rmsprop(
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+) -> tuple[Tensor, Slots]:
+    # g += wd*p; sq = alpha*sq + (1-alpha)*g^2; buf = mu*buf + g/(sqrt(sq) + eps); p -= lr*buf
+    # (with mu = 0 the buffer is exactly g/(sqrt(sq) + eps): torch's momentum-free update)
+    g = g + h.weight_decay * p
+    sq = s["square_avg"] * spec.alpha + (1 - spec.alpha) * g * g
+    buf = h.momentum * s["momentum_buffer"] + g / (sq.sqrt() + spec.eps)
+    return p - h.lr * buf, {"square_avg": sq, "momentum_buffer": buf}
+
+
+def _adagrad(
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+) -> tuple[Tensor, Slots]:
+    # g += wd*p; sum += g^2; p -= lr * g/(sqrt(sum) + eps)   (lr_decay 0, initial accumulator 0)
+    g = g + h.weight_decay * p
+    acc = s["sum"] + g * g
+    return p - h.lr * g / (acc.sqrt() + spec.eps), {"sum": acc}
+
+
+# name -> (update rule, state slots, each initialised to zeros like the parameter)
+UPDATE_RULES: dict[str, tuple[Rule, tuple[str, ...]]] = {
+    "sgd": (_sgd, ("momentum_buffer",)),
+    "adam": (_adam, ("exp_avg", "exp_avg_sq")),
+    "adamw": (_adamw, ("exp_avg", "exp_avg_sq")),
+    "rmsprop": (_rmsprop, ("square_avg", "momentum_buffer")),
+    "adagrad": (_adagrad, ("sum",)),
+}
+
+
+def _rule(spec: OptimSpec) -> tuple[Rule, tuple[str, ...]]:
+    if spec.name not in UPDATE_RULES:
+        raise NotImplementedError(
+            f"optim.name={spec.name!r} is not implemented; have {', '.join(UPDATE_RULES)}"
+        )
+    return UPDATE_RULES[spec.name]
+
+
 def init_state(spec: OptimSpec, params: Params) -> dict[str, Params]:
-    if spec.name == "sgd":
-        return {"momentum_buffer": {n: torch.zeros_like(p) for n, p in params.items()}}
-    raise NotImplementedError(f"optim.name={spec.name!r} is not implemented yet")
+    """The optimiser's state: slot name -> parameter name -> zeros shaped like the parameter."""
+    _, slots = _rule(spec)
+    return {slot: {n: torch.zeros_like(p) for n, p in params.items()} for slot in slots}
 
 
 @torch.no_grad()
@@ -81,17 +186,14 @@ def apply_update(
 ) -> None:
     """One in-place update of every member. ``lr`` is the (K,) learning rate for this step
     (schedule applied); members where the (K,) bool ``alive`` is False keep their parameters
-    exactly (a diverged member is frozen, NaN gradients and all). ``step`` counts from 1."""
-    if spec.name != "sgd":
-        raise NotImplementedError(f"optim.name={spec.name!r} is not implemented yet")
-    # torch.optim.SGD, dampening 0: g += wd*p; buf = mu*buf + g (buf = g at step 1); p -= lr*(g + mu*buf if nesterov else buf)
+    and optimiser state exactly (a diverged member is frozen, NaN gradients and all).
+    ``step`` counts from 1 (Adam's bias correction uses it)."""
+    rule, slots = _rule(spec)
     for name, p in params.items():
-        g = grads[name] + _bcast(hypers.weight_decay, p) * p
-        buf = state["momentum_buffer"][name]
-        mu = _bcast(hypers.momentum, p)
-        if step == 1:
-            buf.copy_(g)
-        else:
-            buf.mul_(mu).add_(g)
-        direction = g + mu * buf if spec.nesterov else buf
-        p.copy_(torch.where(_bcast(alive, p).bool(), p - _bcast(lr, p) * direction, p))
+        h = _Local(_bcast(lr, p), _bcast(hypers.momentum, p), _bcast(hypers.weight_decay, p))
+        old = {slot: state[slot][name] for slot in slots}
+        new_p, new = rule(spec, p, grads[name], old, h, step)
+        keep = alive.bool().view(-1, *([1] * (p.dim() - 1)))
+        p.copy_(torch.where(keep, new_p, p))
+        for slot in slots:
+            old[slot].copy_(torch.where(keep, new[slot], old[slot]))

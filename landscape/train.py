@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
+from landscape.augment import augment_batch
 from landscape.data import Dataset, member_view
 from landscape.functional import FunctionalNet, Params, Stack, init_stack
 from landscape.models import build_model
@@ -212,6 +213,9 @@ def train_pack(
     )
     step_fn = StepFn(net, compile=first.train.compile)
     generators = [torch.Generator().manual_seed(v.seed) for v in variants]
+    # augmentation draws on the device, from each member's own stream (packed = solo)
+    aug_generators = [torch.Generator(device).manual_seed(v.seed + 7_000_003) for v in variants]
+    pad = dataset.pad_value.to(device) if first.data.augment else 0.0
     base = torch.tensor([base_lr(v.optim) for v in variants], device=device)
     precision = first.train.precision
     keep_best = first.train.checkpoint == "best_train_loss"
@@ -227,6 +231,7 @@ def train_pack(
         for b in range(spe):
             factor = lr_factor(first.optim, opt.step, total, spe)
             x, y = data.train_batch(order[:, b * B : (b + 1) * B])
+            x = augment_batch(x, first.data, aug_generators, fill=pad)
             train_step(step_fn, stack, opt, variants, x, y, base * factor, precision)
         metrics = evaluate_pack(net, stack, data, precision)
         _record(curves, epoch, opt.step, base * factor, metrics)

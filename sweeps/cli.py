@@ -70,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from sweeps.runner import run_sweep
 
-    summary = run_sweep(plan, progress="--quiet" not in flags, retry_failed="--retry-failed" in flags)
+    try:
+        summary = run_sweep(plan, progress="--quiet" not in flags, retry_failed="--retry-failed" in flags)
+    except ConfigError as exc:
+        print(f"landscape-sweep: error: {exc}", file=sys.stderr)
+        return 2
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing new"
     print(f"ran {summary.ran} variants ({counts}) in {summary.wall_time_s:.1f} s; "
           f"{summary.skipped} skipped as already finished")

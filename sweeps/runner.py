@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from landscape.pack import make_packs
 from landscape.run import failed_rows
-from landscape.variant import Variant
+from landscape.variant import ConfigError, Variant
 from sweeps.config import SweepPlan
 from sweeps.store import Store, code_version, package_versions
 from sweeps.workers import RemotePackWorker
@@ -58,12 +58,23 @@ def _init_ray(plan: SweepPlan) -> bool:
     """Start a local instance or join a cluster; returns True if this call started Ray."""
     if ray.is_initialized():
         return False
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
     if plan.ray.address:
         ray.init(address=plan.ray.address, **kwargs)
     else:
         ray.init(num_cpus=plan.ray.num_cpus, **kwargs)
     return True
+
+
+def _check_resources(plan: SweepPlan) -> None:
+    """A worker that asks for more than the cluster has would wait forever: say so instead."""
+    total = ray.cluster_resources()
+    for key, need in (("CPU", plan.ray.cpus_per_worker), ("GPU", plan.ray.gpus_per_worker)):
+        if need > total.get(key, 0):
+            raise ConfigError(
+                f"ray.{key.lower()}s_per_worker must be <= the {key}s of the Ray cluster ({total.get(key, 0):g}), "
+                f"got {need:g}"
+            )
 
 
 def _num_workers(plan: SweepPlan, n_packs: int) -> int:
@@ -88,14 +99,16 @@ def run_sweep(plan: SweepPlan, *, progress: bool = True, retry_failed: bool = Fa
     summary = SweepSummary(total=len(plan.variants), skipped=len(plan.variants) - len(todo))
     log(f"sweep {plan.name}: {summary.total} variants, {summary.skipped} already finished (skipped), "
         f"{len(todo)} to run")
-    store.write_manifest(_manifest(plan, store))
     if not todo:
+        store.write_manifest(_manifest(plan, store))
         summary.wall_time_s = time.perf_counter() - t0
         return summary
 
     packs = make_packs(todo, plan.pack.max_members)
     started = _init_ray(plan)
     try:
+        _check_resources(plan)
+        store.write_manifest(_manifest(plan, store))
         _dispatch(plan, store, packs, summary, progress, log)
     finally:
         if started:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import ray
 import torch
@@ -28,6 +29,8 @@ class PackWorker:
     """Trains and measures packs on one device share; keeps data sets resident between packs."""
 
     def __init__(self, device: str, threads: int):
+        # torch.func.jvp loads decompositions through torch.jit.script, which warns on every worker
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
         torch.set_num_threads(max(1, threads))
         self.device = resolve_device(device)
         self.datasets: dict[str, Dataset] = {}

@@ -1,0 +1,35 @@
+# Two entry points, each doing its own set-up on a fresh machine:
+#   make demo   create .venv, install, run the demo sweep, print where results and report are
+#   make test   create .venv, install, lint, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-all lint bench setup clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/landscape-sweep
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest
+
+# Also the slow end-to-end and fault tests.
+test-all: lint
+	$(BIN)/pytest -m "not gpu"
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_packing.py --quick --out benchmarks/results/bench_packing.json
+
+clean:
+	rm -rf $(VENV) results

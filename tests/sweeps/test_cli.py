@@ -1,0 +1,57 @@
+"""The command as a user runs it: a real process, real exit codes, real files (or none)."""
+
+import subprocess
+import sys
+
+import pytest
+
+SWEEP = [sys.executable, "-m", "sweeps.cli"]
+
+
+def run(args, cwd):
+    return subprocess.run([*SWEEP, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("model=transformer", "model=transformer is not a known option"),
+        ("model.widht=4", "model.widht is not a known key"),
+        ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
+        ("optim.batch_size=-1", "optim.batch_size must be an integer > 0, got -1"),
+        ("optim.batch_size=100000", "optim.batch_size must be <= the training set size"),
+        ("model.width=0", "model.width must be an integer > 0, got 0"),
+        ("train.epochs=0", "train.epochs must be an integer >= 1, got 0"),
+        ("--frobnicate", "unknown flag --frobnicate"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, override, fragment):
+    result = run([override, "out_dir=results"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_out_dir_exits_2(tmp_path):
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    result = run(["out_dir=blocker/results"], tmp_path)
+    assert result.returncode == 2
+    assert "out_dir must be a writable directory" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+def test_hydra_cfg_job_prints_the_composed_config_and_runs_nothing(tmp_path):
+    result = run(["--cfg", "job", "model=cnn", "model.width=12"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "name: cnn" in result.stdout and "width: 12" in result.stdout
+    assert "sweep:" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hydra_help_lists_config_groups(tmp_path):
+    result = run(["--help"], tmp_path)
+    assert result.returncode == 0
+    for group in ("model", "data", "optim", "metrics", "sweep"):
+        assert f"{group}:" in result.stdout
+    assert list(tmp_path.iterdir()) == []

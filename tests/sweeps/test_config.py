@@ -1,0 +1,101 @@
+import time
+
+import pytest
+
+from landscape.variant import ConfigError
+from sweeps.config import CONF_DIR, config_groups, plan_sweep
+
+
+@pytest.fixture
+def out(tmp_path):
+    return f"out_dir={tmp_path / 'results'}"
+
+
+@pytest.mark.parametrize("sweep", config_groups()["sweep"])
+def test_every_sweep_preset_composes_and_expands(sweep, out):
+    plan = plan_sweep([f"sweep={sweep}", out])
+    assert plan.variants and plan.name
+    assert plan.analysis.get("temperature") and plan.analysis.get("load")
+    for key in ("temperature", "load"):
+        assert plan.analysis[key] in plan.variants[0].flat() or plan.analysis[key] in plan.axes
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g, opts in config_groups().items() if g != "sweep" for o in opts]
+)
+def test_every_group_option_composes(group, option, out):
+    extra = ["data=digits"] if group == "model" else []  # image models need image data
+    if group == "data" and option == "synthetic":
+        extra = ["model=mlp"]
+    plan = plan_sweep([f"{group}={option}", "model.width=4", "seed=0", "optim.batch_size=16", out, *extra])
+    assert len(plan.variants) == 1
+
+
+def test_demo_preset_is_a_width_by_batch_size_grid_with_seeds(out):
+    plan = plan_sweep([out])
+    assert plan.name == "demo"
+    assert len(plan.variants) >= 24
+    assert len(plan.axes["seed"]) >= 2 and len(plan.axes["model.width"]) >= 3
+    assert len({v.group_id for v in plan.variants}) == len(plan.variants) // len(plan.axes["seed"])
+
+
+def test_command_line_axes_use_hydra_grammar(out):
+    plan = plan_sweep(["model=mlp,cnn", "model.width=range(4,13,4)", "optim.lr=choice(0.1,0.01)", "seed=0", out,
+                       "optim.batch_size=32"])
+    assert len(plan.variants) == 2 * 3 * 2
+    assert {v.model.name for v in plan.variants} == {"mlp", "cnn"}
+    assert {v.model.width for v in plan.variants} == {4, 8, 12}
+    assert {v.optim.lr for v in plan.variants} == {0.1, 0.01}
+
+
+def test_scalar_override_replaces_preset_axis(out):
+    plan = plan_sweep(["model.width=8", out])
+    assert {v.model.width for v in plan.variants} == {8}
+    assert "model.width" not in plan.axes
+
+
+def test_glob_over_a_group(out):
+    plan = plan_sweep(["model=glob(*)", "seed=0", "model.width=4", "optim.batch_size=32", out])
+    assert {v.model.name for v in plan.variants} == set(config_groups()["model"])
+
+
+def test_ten_thousand_variants_expand_in_seconds(out):
+    t0 = time.perf_counter()
+    plan = plan_sweep(["model.width=range(1,101)", "optim.lr=range(1,11)", "seed=range(10)",
+                       "optim.batch_size=16", out])
+    assert len(plan.variants) == 10_000
+    assert time.perf_counter() - t0 < 30  # generous: a few seconds on a laptop
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model=transformer", "model=transformer is not a known option; allowed: "),
+        ("model.widht=3", "model.widht is not a known key (got 3); allowed under model: "),
+        ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
+        ("optim.lr=-0.5", "optim.lr must be > 0, got -0.5"),
+        ("optim.batch_size=0", "optim.batch_size must be an integer > 0, got 0"),
+        ("optim.batch_size=4096", "optim.batch_size must be <= the training set size (1347"),
+        ("model.width=0", "model.width must be an integer > 0, got 0"),
+        ("train.epochs=0", "train.epochs must be an integer >= 1, got 0"),
+        ("model.width=4,0", "model.width must be an integer > 0, got 0"),
+        ("metrics=fast,fast", "metrics cannot be a sweep axis"),
+        ("device=tpu", "device must be auto, cpu or cuda[:N], got 'tpu'"),
+    ],
+)
+def test_bad_input_is_one_line_naming_key_value_and_rule(override, message, out):
+    with pytest.raises(ConfigError) as err:
+        plan_sweep([override, out])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unwritable_out_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(ConfigError, match="out_dir must be a writable directory"):
+        plan_sweep([f"out_dir={blocker / 'results'}"])
+
+
+def test_conf_dir_is_the_repo_conf():
+    assert (CONF_DIR / "config.yaml").exists()

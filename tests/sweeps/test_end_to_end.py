@@ -1,0 +1,45 @@
+"""A real sweep on a real local Ray instance with 2 CPUs, Parquet read back with pandas."""
+
+import subprocess
+import sys
+
+import pandas as pd
+
+ARGS = ["model.width=8,16", "optim.batch_size=32,128", "seed=0,1", "train.epochs=2", "metrics.hessian_trace.n_probes=10",
+        "ray.num_cpus=2", "--quiet"]
+
+
+def sweep(cwd, *extra):
+    cmd = [sys.executable, "-m", "sweeps.cli", "out_dir=results", *ARGS, *extra]
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_sweep_writes_parquet_and_a_rerun_trains_nothing(tmp_path):
+    out = sweep(tmp_path)
+    results = tmp_path / "results" / "demo"
+    assert "8 to run" in out and "report:" in out
+    runs = pd.read_parquet(results / "runs")
+    assert len(runs) == 8 and runs.variant_id.is_unique
+    assert set(runs.status) == {"ok"}
+    assert runs["hessian_trace"].notna().all() and (runs["hessian_trace_se"] > 0).all()
+    assert set(runs["model.width"]) == {8, 16} and set(runs["optim.batch_size"]) == {32, 128}
+    assert runs.groupby("group_id").size().eq(2).all()  # each replicate group: both seeds
+    curves = pd.read_parquet(results / "curves")
+    assert set(curves.variant_id) == set(runs.variant_id)
+    assert len(curves) == 8 * 3  # epochs 0..2
+    assert (results / "manifest.json").exists()
+    assert (results / "report" / "index.html").exists()
+    assert list((results / "report").glob("*.png"))
+
+    parts_before = sorted(p.name for p in (results / "runs").iterdir())
+    again = sweep(tmp_path)
+    assert "8 already finished (skipped), 0 to run" in again
+    assert sorted(p.name for p in (results / "runs").iterdir()) == parts_before
+
+    # extending an axis trains only the new variants
+    extended = sweep(tmp_path, "model.width=8,16,32")
+    assert "8 already finished (skipped), 4 to run" in extended
+    runs = pd.read_parquet(results / "runs")
+    assert len(runs) == 12 and runs.variant_id.is_unique
