@@ -1,13 +1,17 @@
 """Data sets as device-resident tensors, and the per-variant views of them (subset, label noise).
 
-``load_dataset(spec)`` returns the whole train and test sets as tensors; a batch is an
-index gather, never a DataLoader. The per-variant knobs (training subset, label noise)
-are applied by :func:`member_view`, seeded by the variant's seed, so members of one pack
-can differ in them.
+``load_dataset(spec)`` returns the whole train and test sets as float tensors (N, C, H, W)
+in [0, 1] (vectors (N, D) for synthetic data), normalised per channel with training-set
+statistics when ``data.normalize``; a batch is an index gather, never a DataLoader.
+MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 are read through torchvision's own dataset
+classes from ``data.root`` (the files torchvision's ``download=True`` writes) and
+converted once. The per-variant knobs (training subset, label noise) are applied by
+:func:`member_view`, seeded by the variant's seed, so members of one pack can differ in them.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -24,14 +28,36 @@ class Dataset:
     x_test: Tensor
     y_test: Tensor
     num_classes: int
+    mean: Tensor | None = None  # (C,) per-channel training mean subtracted by normalisation
+    std: Tensor | None = None  # (C,) per-channel training std divided out by normalisation
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def pad_value(self) -> Tensor:
+        """(C,) the value a raw 0 (black) pixel has after normalisation: what torchvision's
+        RandomCrop(padding=4) pads with, since it runs before Normalize."""
+        channels = self.x_train.shape[1]
+        if self.mean is None or self.std is None:
+            return torch.zeros(channels, device=self.x_train.device)
+        return -self.mean / self.std
+
     def to(self, device: torch.device | str) -> Dataset:
-        return Dataset(self.name, self.x_train.to(device), self.y_train.to(device),
-                       self.x_test.to(device), self.y_test.to(device), self.num_classes)
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Dataset(
+            self.name,
+            self.x_train.to(device),
+            self.y_train.to(device),
+            self.x_test.to(device),
+            self.y_test.to(device),
+            self.num_classes,
+            move(self.mean),
+            move(self.std),
+        )
 
 
 def _split(x: Tensor, y: Tensor, n_test: int, seed: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -46,7 +72,9 @@ def _digits(spec: DataSpec) -> Dataset:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (1797, 1, 8, 8) in [0, 1]
+    x = (
+        torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    )  # (1797, 1, 8, 8) in [0, 1]
     y = torch.tensor(bunch.target, dtype=torch.long)
     return Dataset("digits", *_split(x, y, 450, seed=spec.data_seed), num_classes=10)
 
@@ -59,25 +87,122 @@ def _synthetic(spec: DataSpec) -> Dataset:
     n = spec.n_train + spec.n_test
     y = torch.randint(spec.n_classes, (n,), generator=g)
     x = centres[y] + torch.randn(n, spec.n_features, generator=g)
-    return Dataset("synthetic", x[: spec.n_train], y[: spec.n_train], x[spec.n_train:], y[spec.n_train:],
-                   spec.n_classes)
+    return Dataset(
+        "synthetic",
+        x[: spec.n_train],
+        y[: spec.n_train],
+        x[spec.n_train :],
+        y[spec.n_train :],
+        spec.n_classes,
+    )
 
 
-LOADERS = {"digits": _digits, "synthetic": _synthetic}
+@dataclass(frozen=True)
+class _TorchvisionSource:
+    """Where torchvision keeps a data set under ``data.root`` and which files it reads there."""
+
+    cls: str  # class in torchvision.datasets
+    folder: str  # directory under data.root
+    files: tuple[str, ...]
+    num_classes: int
+    hint: str  # what torchvision checks, and how download=true gets the files
+
+
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+_IDX = "uncompressed; data.download=true fetches the .gz files, or uses .gz files already there, and extracts them"
+_MD5 = "each file's md5 is checked; data.download=true fetches {0}, or uses {0} already in data.root, and extracts it"
+TORCHVISION_SOURCES = {
+    "mnist": _TorchvisionSource("MNIST", os.path.join("MNIST", "raw"), _MNIST_FILES, 10, _IDX),
+    "fashion_mnist": _TorchvisionSource(
+        "FashionMNIST", os.path.join("FashionMNIST", "raw"), _MNIST_FILES, 10, _IDX
+    ),
+    "cifar10": _TorchvisionSource(
+        "CIFAR10",
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+        10,
+        _MD5.format("cifar-10-python.tar.gz"),
+    ),
+    "cifar100": _TorchvisionSource(
+        "CIFAR100",
+        "cifar-100-python",
+        ("train", "test", "meta"),
+        100,
+        _MD5.format("cifar-100-python.tar.gz"),
+    ),
+}
+
+
+def _images_to_float(data) -> Tensor:
+    """torchvision's raw arrays -> float32 (N, C, H, W) in [0, 1]: MNIST-style uint8 tensors
+    (N, H, W), CIFAR-style uint8 numpy arrays (N, H, W, C)."""
+    x = torch.as_tensor(data)
+    x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)
+    return x.to(torch.float32).div_(255.0).contiguous()
+
+
+def _torchvision(spec: DataSpec) -> Dataset:
+    """MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 through torchvision's dataset class."""
+    import torchvision.datasets
+
+    source = TORCHVISION_SOURCES[spec.name]
+    cls = getattr(torchvision.datasets, source.cls)
+    try:
+        train = cls(spec.root, train=True, download=spec.download)
+        test = cls(spec.root, train=False, download=spec.download)
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
+        where = os.path.join(spec.root, source.folder)
+        fetch = (
+            "downloading failed"
+            if spec.download
+            else "set data.download=true to let torchvision fetch them"
+        )
+        raise ConfigError(
+            f"data.name={spec.name}: no usable {source.cls} files in {where!r} (data.root={spec.root!r}); "
+            f"torchvision expects {', '.join(source.files)} there ({source.hint}). "
+            f"{fetch.capitalize()}, or point data.root at a directory that holds {source.folder}/. "
+            f"torchvision said: {e}"
+        ) from e
+    return Dataset(
+        spec.name,
+        _images_to_float(train.data),
+        torch.as_tensor(train.targets, dtype=torch.long),
+        _images_to_float(test.data),
+        torch.as_tensor(test.targets, dtype=torch.long),
+        source.num_classes,
+    )
+
+
+LOADERS = {
+    "digits": _digits,
+    "synthetic": _synthetic,
+    **{name: _torchvision for name in TORCHVISION_SOURCES},
+}
 
 
 def _normalize(ds: Dataset) -> Dataset:
-    dims = [0] + list(range(2, ds.x_train.dim()))  # per channel for images, per feature for vectors
-    mean = ds.x_train.mean(dim=dims, keepdim=True)[0]
-    std = ds.x_train.std(dim=dims, keepdim=True)[0].clamp_min(1e-6)
-    return Dataset(ds.name, (ds.x_train - mean) / std, ds.y_train, (ds.x_test - mean) / std, ds.y_test,
-                   ds.num_classes)
+    """Per-channel (images) or per-feature (vectors) standardisation with training statistics,
+    in place on the freshly loaded tensors (a CIFAR training set is 600 MB in float32)."""
+    dims = [0] + list(range(2, ds.x_train.dim()))
+    std, mean = torch.std_mean(ds.x_train, dim=dims)  # (C,)
+    std = std.clamp_min(1e-6)
+    shape = (1, -1) + (1,) * (ds.x_train.dim() - 2)
+    for x in (ds.x_train, ds.x_test):
+        x.sub_(mean.view(shape)).div_(std.view(shape))
+    return Dataset(ds.name, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.num_classes, mean, std)
 
 
 def load_dataset(spec: DataSpec) -> Dataset:
     """The whole data set as CPU tensors (move with ``.to(device)``)."""
     if spec.name not in LOADERS:
-        raise ConfigError(f"data.name must be one of {', '.join(sorted(LOADERS))}, got {spec.name!r}")
+        raise ConfigError(
+            f"data.name must be one of {', '.join(sorted(LOADERS))}, got {spec.name!r}"
+        )
     ds = LOADERS[spec.name](spec)
     return _normalize(ds) if spec.normalize else ds
 
@@ -86,7 +211,9 @@ def subset_size(spec: DataSpec, n_train: int) -> int:
     """Training-set size after ``data.subset`` (fraction in (0, 1] or a count)."""
     n = round(spec.subset * n_train) if spec.subset <= 1 else int(spec.subset)
     if not 1 <= n <= n_train:
-        raise ConfigError(f"data.subset must select between 1 and {n_train} training examples, got {spec.subset!r}")
+        raise ConfigError(
+            f"data.subset must select between 1 and {n_train} training examples, got {spec.subset!r}"
+        )
     return n
 
 
@@ -103,7 +230,9 @@ def noisy_labels(y: Tensor, fraction: float, num_classes: int, seed: int) -> Ten
     n_noisy = round(fraction * len(y))
     y = y.clone()
     idx = torch.randperm(len(y), generator=g)[:n_noisy]
-    shift = torch.randint(1, num_classes, (n_noisy,), generator=g)  # never 0: the label always changes
+    shift = torch.randint(
+        1, num_classes, (n_noisy,), generator=g
+    )  # never 0: the label always changes
     y[idx] = (y[idx] + shift) % num_classes
     return y
 
@@ -114,5 +243,7 @@ def member_view(ds: Dataset, spec: DataSpec, seed: int) -> tuple[Tensor, Tensor]
     idx = subset_indices(len(ds.y_train), n, seed=seed + 1_000_003)
     y = ds.y_train[idx.to(ds.y_train.device)]
     if spec.label_noise > 0:
-        y = noisy_labels(y.cpu(), spec.label_noise, ds.num_classes, seed=seed + 2_000_003).to(y.device)
+        y = noisy_labels(y.cpu(), spec.label_noise, ds.num_classes, seed=seed + 2_000_003).to(
+            y.device
+        )
     return idx.to(ds.y_train.device), y

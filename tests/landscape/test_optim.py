@@ -1,0 +1,203 @@
+"""Functional optimisers against torch.optim (one instance per member on plain tensors),
+member freezing, and the learning-rate schedules against torch's schedulers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from landscape.optim import MemberHypers, apply_update, base_lr, init_state, lr_factor
+from landscape.variant import OptimSpec
+
+K = 3
+LR = [0.1, 0.03, 0.01]
+MOMENTUM = [0.9, 0.5, 0.0]  # 0 exercises torch's momentum-free branch (sgd, rmsprop)
+WEIGHT_DECAY = [0.0, 5e-4, 1e-2]
+SHAPES = {"conv.weight": (4, 2, 3, 3), "conv.bias": (4,), "head.weight": (5, 4)}
+
+# (our spec, torch optimiser class, torch kwargs for member k)
+CASES = [
+    pytest.param(
+        OptimSpec(name="sgd"),
+        torch.optim.SGD,
+        lambda k: {"lr": LR[k], "momentum": MOMENTUM[k], "weight_decay": WEIGHT_DECAY[k]},
+        id="sgd",
+    ),
+    pytest.param(
+        OptimSpec(name="sgd", nesterov=True),
+        torch.optim.SGD,
+        lambda k: {
+            "lr": LR[k],
+            "momentum": MOMENTUM[k] or 0.3,
+            "weight_decay": WEIGHT_DECAY[k],
+            "nesterov": True,
+        },
+        id="sgd-nesterov",
+    ),
+    pytest.param(
+        OptimSpec(name="adam", betas=(0.8, 0.99), eps=1e-6),
+        torch.optim.Adam,
+        lambda k: {"lr": LR[k], "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": WEIGHT_DECAY[k]},
+        id="adam",
+    ),
+    pytest.param(
+        OptimSpec(name="adamw"),
+        torch.optim.AdamW,
+        lambda k: {"lr": LR[k], "weight_decay": WEIGHT_DECAY[k] * 10},
+        id="adamw",
+    ),
+    pytest.param(
+        OptimSpec(name="rmsprop", alpha=0.9, eps=1e-6),
+        torch.optim.RMSprop,
+        lambda k: {
+            "lr": LR[k],
+            "alpha": 0.9,
+            "eps": 1e-6,
+            "momentum": MOMENTUM[k],
+            "weight_decay": WEIGHT_DECAY[k],
+        },
+        id="rmsprop",
+    ),
+    pytest.param(
+        OptimSpec(name="adagrad", eps=1e-10),
+        torch.optim.Adagrad,
+        lambda k: {"lr": LR[k], "eps": 1e-10, "weight_decay": WEIGHT_DECAY[k]},
+        id="adagrad",
+    ),
+]
+
+
+def _hypers(torch_kwargs) -> MemberHypers:
+    cols = [torch_kwargs(k) for k in range(K)]
+    return MemberHypers(
+        lr=torch.tensor([c["lr"] for c in cols]),
+        momentum=torch.tensor([c.get("momentum", 0.0) for c in cols]),
+        weight_decay=torch.tensor([c["weight_decay"] for c in cols]),
+    )
+
+
+def _stacked_params(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.randn(K, *s, generator=g) for n, s in SHAPES.items()}
+
+
+def _grads(step: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    return {n: torch.randn(K, *s, generator=g) for n, s in SHAPES.items()}
+
+
+@pytest.mark.parametrize(("spec", "torch_cls", "torch_kwargs"), CASES)
+def test_matches_torch_optim_per_member(spec, torch_cls, torch_kwargs):
+    params = _stacked_params()
+    state = init_state(spec, params)
+    hypers = _hypers(torch_kwargs)
+    alive = torch.ones(K, dtype=torch.bool)
+    reference = [{n: p[k].clone().requires_grad_() for n, p in params.items()} for k in range(K)]
+    optimisers = [torch_cls(list(reference[k].values()), **torch_kwargs(k)) for k in range(K)]
+    for step in range(1, 6):
+        grads = _grads(step)
+        apply_update(spec, params, grads, state, hypers, hypers.lr, step, alive)
+        for k in range(K):
+            for n, p in reference[k].items():
+                p.grad = grads[n][k].clone()
+            optimisers[k].step()
+    for k in range(K):
+        for n, p in reference[k].items():
+            torch.testing.assert_close(params[n][k], p.detach(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("spec", "torch_cls", "torch_kwargs"), CASES)
+def test_dead_members_stay_exactly_frozen(spec, torch_cls, torch_kwargs):
+    params = _stacked_params()
+    state = init_state(spec, params)
+    hypers = _hypers(torch_kwargs)
+    alive = torch.tensor([True, False, True])
+    apply_update(
+        spec, params, _grads(1), state, hypers, hypers.lr, 1, torch.ones(K, dtype=torch.bool)
+    )
+    frozen_p = {n: p[1].clone() for n, p in params.items()}
+    frozen_s = {s: {n: t[1].clone() for n, t in slot.items()} for s, slot in state.items()}
+    moved = {n: p[0].clone() for n, p in params.items()}
+    for step in range(2, 5):
+        grads = _grads(step)
+        for g in grads.values():
+            g[1] = float("nan")  # a diverged member's gradients
+        apply_update(spec, params, grads, state, hypers, hypers.lr, step, alive)
+    for n, p in params.items():
+        assert torch.equal(p[1], frozen_p[n])
+        assert not torch.equal(p[0], moved[n])
+        assert torch.isfinite(p).all()
+    for s, slot in state.items():
+        for n, t in slot.items():
+            assert torch.equal(t[1], frozen_s[s][n])
+
+
+def test_init_state_slots_are_zeros_shaped_like_params():
+    params = _stacked_params()
+    state = init_state(OptimSpec(name="adam"), params)
+    assert set(state) == {"exp_avg", "exp_avg_sq"}
+    assert all(t.shape == params[n].shape and not t.any() for n, t in state["exp_avg"].items())
+
+
+def test_member_hypers_from_specs():
+    specs = [OptimSpec(lr=0.1, momentum=0.9, weight_decay=5e-4), OptimSpec(lr=0.2, momentum=0.0)]
+    h = MemberHypers.from_specs(specs, "cpu")
+    torch.testing.assert_close(h.lr, torch.tensor([0.1, 0.2]))
+    torch.testing.assert_close(h.momentum, torch.tensor([0.9, 0.0]))
+    torch.testing.assert_close(h.weight_decay, torch.tensor([5e-4, 0.0]))
+
+
+def test_base_lr_linear_scaling():
+    assert base_lr(OptimSpec(lr=0.1, batch_size=256, lr_ref_batch_size=128)) == pytest.approx(0.2)
+    assert base_lr(OptimSpec(lr=0.1, batch_size=256)) == 0.1
+
+
+def _torch_schedule(scheduler_factory, steps: int, per: int = 1) -> list[float]:
+    """Learning rates torch's scheduler gives at each step (base lr 1), stepping every ``per``."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = scheduler_factory(opt)
+    lrs = []
+    for s in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if (s + 1) % per == 0:
+            sched.step()
+    return lrs
+
+
+def test_constant_schedule():
+    spec = OptimSpec(schedule="constant")
+    assert all(lr_factor(spec, s, 100, 10) == 1.0 for s in range(100))
+
+
+def test_step_schedule_is_yangs_x01_at_epoch_75():
+    # Yang et al.: 100 epochs, lr x0.1 at epoch 75 == torch MultiStepLR(milestones=[75]) per epoch
+    spec, spe, epochs = OptimSpec(schedule="step", step_at=(0.75,), gamma=0.1), 7, 100
+    ours = [lr_factor(spec, s, spe * epochs, spe) for s in range(spe * epochs)]
+    ref = _torch_schedule(
+        lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [75], 0.1), spe * epochs, per=spe
+    )
+    assert ours == pytest.approx(ref, rel=1e-9)
+    assert ours[75 * spe - 1] == 1.0 and ours[75 * spe] == pytest.approx(0.1)
+
+
+def test_cosine_schedule_matches_torch():
+    spec, total = OptimSpec(schedule="cosine"), 50
+    ours = [lr_factor(spec, s, total, 5) for s in range(total)]
+    ref = _torch_schedule(
+        lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total), total
+    )
+    assert ours == pytest.approx(ref, abs=1e-9)
+
+
+def test_linear_warmup_then_schedule():
+    spec = OptimSpec(schedule="cosine", warmup_epochs=2)  # 2 epochs x 5 steps = 10 warm-up steps
+    factors = [lr_factor(spec, s, 60, 5) for s in range(60)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert factors[10] == 1.0  # the cosine starts at its top after warm-up
+    assert factors[35] == pytest.approx(0.5 * (1 + math.cos(math.pi * 25 / 50)))
+    # a fractional warm-up never overshoots 1
+    frac = OptimSpec(schedule="constant", warmup_epochs=0.5)  # 2.5 steps
+    assert [lr_factor(frac, s, 20, 5) for s in range(4)] == pytest.approx([0.4, 0.8, 1.0, 1.0])
