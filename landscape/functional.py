@@ -42,23 +42,33 @@ class Stack:
         return self.select([k])
 
     def select(self, index: Sequence[int] | Tensor) -> Stack:
-        idx = torch.as_tensor(index, dtype=torch.long, device=next(iter(self.params.values())).device)
-        return Stack({n: p.index_select(0, idx) for n, p in self.params.items()},
-                     {n: b.index_select(0, idx) for n, b in self.buffers.items()})
+        idx = torch.as_tensor(
+            index, dtype=torch.long, device=next(iter(self.params.values())).device
+        )
+        return Stack(
+            {n: p.index_select(0, idx) for n, p in self.params.items()},
+            {n: b.index_select(0, idx) for n, b in self.buffers.items()},
+        )
 
     def clone(self) -> Stack:
-        return Stack({n: p.detach().clone() for n, p in self.params.items()},
-                     {n: b.detach().clone() for n, b in self.buffers.items()})
+        return Stack(
+            {n: p.detach().clone() for n, p in self.params.items()},
+            {n: b.detach().clone() for n, b in self.buffers.items()},
+        )
 
     def to(self, device: torch.device | str) -> Stack:
-        return Stack({n: p.to(device) for n, p in self.params.items()},
-                     {n: b.to(device) for n, b in self.buffers.items()})
+        return Stack(
+            {n: p.to(device) for n, p in self.params.items()},
+            {n: b.to(device) for n, b in self.buffers.items()},
+        )
 
     @staticmethod
     def concat(stacks: Sequence[Stack]) -> Stack:
         first = stacks[0]
-        return Stack({n: torch.cat([s.params[n] for s in stacks]) for n in first.params},
-                     {n: torch.cat([s.buffers[n] for s in stacks]) for n in first.buffers})
+        return Stack(
+            {n: torch.cat([s.params[n] for s in stacks]) for n in first.params},
+            {n: torch.cat([s.buffers[n] for s in stacks]) for n in first.buffers},
+        )
 
 
 class FunctionalNet:
@@ -74,9 +84,13 @@ class FunctionalNet:
         self.param_names = [n for n, _ in module.named_parameters()]
         self.buffer_names = [n for n, _ in module.named_buffers()]
 
-    def _call(self, params: Params, buffers: Params, x: Tensor, train: bool, features: bool) -> Tensor:
+    def _call(
+        self, params: Params, buffers: Params, x: Tensor, train: bool, features: bool
+    ) -> Tensor:
         self.module.train(train)
-        return functional_call(self.module, (params, buffers), (x,), {"features": features}, strict=True)
+        return functional_call(
+            self.module, (params, buffers), (x,), {"features": features}, strict=True
+        )
 
     def logits(self, params: Params, buffers: Params, x: Tensor, train: bool = False) -> Tensor:
         """Logits of one member: ``x`` (N, *input_shape) -> (N, C)."""
@@ -86,7 +100,9 @@ class FunctionalNet:
         """Penultimate features of one member, eval mode: (N, *input_shape) -> (N, D)."""
         return self._call(params, buffers, x, train=False, features=True)
 
-    def loss(self, params: Params, buffers: Params, x: Tensor, y: Tensor, train: bool = False) -> Tensor:
+    def loss(
+        self, params: Params, buffers: Params, x: Tensor, y: Tensor, train: bool = False
+    ) -> Tensor:
         """Mean cross-entropy of one member (no weight-decay term)."""
         return F.cross_entropy(self.logits(params, buffers, x, train).float(), y)
 
@@ -95,7 +111,9 @@ class FunctionalNet:
         return lambda params: self.loss(params, buffers, x, y)
 
 
-def init_stack(build: Callable[[], nn.Module], seeds: Sequence[int], device: torch.device | str) -> tuple[FunctionalNet, Stack]:
+def init_stack(
+    build: Callable[[], nn.Module], seeds: Sequence[int], device: torch.device | str
+) -> tuple[FunctionalNet, Stack]:
     """Build one model per seed (initialised under ``torch.manual_seed(seed)``) and stack them.
 
     The same seed gives the same initial weights whether a model is built alone or in a pack.
@@ -107,8 +125,10 @@ def init_stack(build: Callable[[], nn.Module], seeds: Sequence[int], device: tor
             modules.append(build())
     params, buffers = stack_module_state(modules)
     net = FunctionalNet(modules[0])
-    stack = Stack({n: p.detach().to(device) for n, p in params.items()},
-                  {n: b.detach().to(device) for n, b in buffers.items()})
+    stack = Stack(
+        {n: p.detach().to(device) for n, p in params.items()},
+        {n: b.detach().to(device) for n, b in buffers.items()},
+    )
     return net, stack
 
 

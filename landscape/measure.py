@@ -37,7 +37,9 @@ class MetricsSpec:
 @dataclass
 class Measured:
     columns: dict[str, list] = field(default_factory=dict)  # name -> one value per member
-    tables: dict[str, list[dict]] = field(default_factory=dict)  # rows carry member / member_a / member_b
+    tables: dict[str, list[dict]] = field(
+        default_factory=dict
+    )  # rows carry member / member_a / member_b
 
 
 def _masked(values: torch.Tensor, alive: torch.Tensor) -> list:
@@ -52,8 +54,16 @@ def measure_pack(pack: TrainedPack, spec: MetricsSpec) -> Measured:
     ht = spec.hessian_trace
     if ht.enabled:
         x, y = pack.data.train_sample(ht.n_samples, g)
-        est = hessian_trace(pack.net, pack.final, x, y, n_probes=ht.n_probes, tol=ht.tol, chunk=ht.chunk,
-                            generator=torch.Generator(x.device.type).manual_seed(seed + 1))
+        est = hessian_trace(
+            pack.net,
+            pack.final,
+            x,
+            y,
+            n_probes=ht.n_probes,
+            tol=ht.tol,
+            chunk=ht.chunk,
+            generator=torch.Generator(x.device.type).manual_seed(seed + 1),
+        )
         out.columns["hessian_trace"] = _masked(est.estimate, pack.alive)
         out.columns["hessian_trace_se"] = _masked(est.stderr, pack.alive)
         out.columns["hessian_trace_probes"] = [int(n) for n in est.n_probes.tolist()]

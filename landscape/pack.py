@@ -94,7 +94,9 @@ class PackData:
         """A seeded draw of min(n, n_train) distinct training examples per member (each member
         draws from its own subset, with its own labels): x (K, n, ...), y (K, n)."""
         n = min(n, self.n_train)
-        pos = torch.stack([torch.randperm(self.n_train, generator=generator)[:n] for _ in range(self.members)])
+        pos = torch.stack(
+            [torch.randperm(self.n_train, generator=generator)[:n] for _ in range(self.members)]
+        )
         return self.train_batch(pos.to(self.train_idx.device))
 
     def test_sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -47,11 +47,19 @@ def metrics_id(metrics: MetricsSpec) -> str:
 
 
 def base_row(v: Variant, pid: str, mid: str, device: str) -> dict:
-    return {"variant_id": v.variant_id, "group_id": v.group_id, "pack_id": pid, "metrics_id": mid,
-            **v.flat(), "device": device}
+    return {
+        "variant_id": v.variant_id,
+        "group_id": v.group_id,
+        "pack_id": pid,
+        "metrics_id": mid,
+        **v.flat(),
+        "device": device,
+    }
 
 
-def failed_rows(variants: Sequence[Variant], metrics: MetricsSpec, error: str, device: str) -> PackRows:
+def failed_rows(
+    variants: Sequence[Variant], metrics: MetricsSpec, error: str, device: str
+) -> PackRows:
     pid, mid = pack_id(variants), metrics_id(metrics)
     rows = [{**base_row(v, pid, mid, device), "status": "failed", "error": error} for v in variants]
     return PackRows({"runs": rows})
@@ -93,7 +101,11 @@ def _train_and_measure(
 def _with_variant(row: dict, ids: list[str]) -> dict:
     """Replace pack-local member indices with variant ids."""
     row = dict(row)
-    for member_key, id_key in (("member", "variant_id"), ("member_a", "variant_a"), ("member_b", "variant_b")):
+    for member_key, id_key in (
+        ("member", "variant_id"),
+        ("member_a", "variant_a"),
+        ("member_b", "variant_b"),
+    ):
         if member_key in row:
             row[id_key] = ids[row.pop(member_key)]
     return row
@@ -126,7 +138,12 @@ def run_pack(
         return _train_and_measure(variants, metrics, dataset, device)
     except torch.OutOfMemoryError:
         if len(variants) == 1:
-            return failed_rows(variants, metrics, "OutOfMemoryError: one member does not fit on the device", str(device))
+            return failed_rows(
+                variants,
+                metrics,
+                "OutOfMemoryError: one member does not fit on the device",
+                str(device),
+            )
         log(f"pack of {len(variants)} ran out of device memory; splitting in two")
         torch.cuda.empty_cache()
         out = PackRows()

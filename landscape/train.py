@@ -63,13 +63,19 @@ def make_pack_data(variants: Sequence[Variant], dataset: Dataset) -> PackData:
 
 def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool) -> int:
     if batch_size > n_train:
-        raise ConfigError(f"optim.batch_size must be <= the training set size ({n_train}), got {batch_size}")
+        raise ConfigError(
+            f"optim.batch_size must be <= the training set size ({n_train}), got {batch_size}"
+        )
     return n_train // batch_size if drop_last else math.ceil(n_train / batch_size)
 
 
 def _member_train_loss(net: FunctionalNet) -> Callable[..., tuple[Tensor, tuple[Tensor, Tensor]]]:
-    def loss(params: Params, buffers: Params, x: Tensor, y: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        logits = net.logits(params, buffers, x, train=True)  # (B, C); BN running stats update in place
+    def loss(
+        params: Params, buffers: Params, x: Tensor, y: Tensor
+    ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        logits = net.logits(
+            params, buffers, x, train=True
+        )  # (B, C); BN running stats update in place
         value = F.cross_entropy(logits.float(), y)
         return value, (value.detach(), (logits.argmax(-1) == y).float().mean())
 
@@ -103,6 +109,18 @@ class OptimState:
     step: int = 0
 
 
+def new_optim_state(variants: Sequence[Variant], stack: Stack) -> OptimState:
+    """Fresh optimiser state for a pack: every member alive, per-member hyperparameters."""
+    device = next(iter(stack.params.values())).device
+    K = len(variants)
+    return OptimState(
+        hypers=MemberHypers.from_specs([v.optim for v in variants], device),
+        state=init_state(variants[0].optim, stack.params),
+        alive=torch.ones(K, dtype=torch.bool, device=device),
+        diverged_step=torch.full((K,), -1, dtype=torch.long, device=device),
+    )
+
+
 def train_step(
     step_fn: StepFn,
     stack: Stack,
@@ -122,12 +140,16 @@ def train_step(
     newly_dead = opt.alive & ~finite
     opt.diverged_step = torch.where(newly_dead, opt.step, opt.diverged_step)
     opt.alive = opt.alive & finite
-    apply_update(variants[0].optim, stack.params, grads, opt.state, opt.hypers, lr, opt.step, opt.alive)
+    apply_update(
+        variants[0].optim, stack.params, grads, opt.state, opt.hypers, lr, opt.step, opt.alive
+    )
     return loss, acc
 
 
 @torch.no_grad()
-def evaluate(net: FunctionalNet, stack: Stack, x: Tensor, y: Tensor, precision: str = "fp32") -> tuple[Tensor, Tensor]:
+def evaluate(
+    net: FunctionalNet, stack: Stack, x: Tensor, y: Tensor, precision: str = "fp32"
+) -> tuple[Tensor, Tensor]:
     """Eval-mode mean loss and accuracy per member over x (K, N, ...), y (K, N), in chunks."""
     K, N = y.shape
     total_loss = torch.zeros(K, device=y.device)
@@ -140,13 +162,20 @@ def evaluate(net: FunctionalNet, stack: Stack, x: Tensor, y: Tensor, precision: 
     batched = vmap(member)
     for start in range(0, N, EVAL_CHUNK):
         with autocast(y.device, precision):
-            loss, correct = batched(stack.params, stack.buffers, x[:, start : start + EVAL_CHUNK], y[:, start : start + EVAL_CHUNK])
+            loss, correct = batched(
+                stack.params,
+                stack.buffers,
+                x[:, start : start + EVAL_CHUNK],
+                y[:, start : start + EVAL_CHUNK],
+            )
         total_loss += loss
         total_correct += correct
     return total_loss / N, total_correct / N
 
 
-def evaluate_pack(net: FunctionalNet, stack: Stack, data: PackData, precision: str) -> dict[str, Tensor]:
+def evaluate_pack(
+    net: FunctionalNet, stack: Stack, data: PackData, precision: str
+) -> dict[str, Tensor]:
     """Train (each member's own subset and labels) and test loss and accuracy, per member."""
     K = data.members
     x_train, y_train = data.x_train[data.train_idx], data.y_train
@@ -154,7 +183,12 @@ def evaluate_pack(net: FunctionalNet, stack: Stack, data: PackData, precision: s
     y_test = data.y_test.expand(K, *data.y_test.shape)
     train_loss, train_acc = evaluate(net, stack, x_train, y_train, precision)
     test_loss, test_acc = evaluate(net, stack, x_test, y_test, precision)
-    return {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
+    return {
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+    }
 
 
 @dataclass
@@ -172,7 +206,9 @@ def _check_pack(variants: Sequence[Variant]) -> None:
         raise ValueError("a pack needs at least one variant")
     keys = {pack_key(v) for v in variants}
     if len(keys) > 1:
-        raise ValueError(f"variants of one pack must share shapes and step counts; got {len(keys)} pack keys")
+        raise ValueError(
+            f"variants of one pack must share shapes and step counts; got {len(keys)} pack keys"
+        )
 
 
 def _epoch_orders(generators: list[torch.Generator], n: int, device: torch.device) -> Tensor:
@@ -202,15 +238,12 @@ def train_pack(
     B = first.optim.batch_size
 
     net, stack = init_stack(
-        lambda: build_model(first.model, dataset.input_shape, dataset.num_classes), [v.seed for v in variants], device
+        lambda: build_model(first.model, dataset.input_shape, dataset.num_classes),
+        [v.seed for v in variants],
+        device,
     )
     init = stack.clone()
-    opt = OptimState(
-        hypers=MemberHypers.from_specs([v.optim for v in variants], device),
-        state=init_state(first.optim, stack.params),
-        alive=torch.ones(K, dtype=torch.bool, device=device),
-        diverged_step=torch.full((K,), -1, dtype=torch.long, device=device),
-    )
+    opt = new_optim_state(variants, stack)
     step_fn = StepFn(net, compile=first.train.compile)
     generators = [torch.Generator().manual_seed(v.seed) for v in variants]
     # augmentation draws on the device, from each member's own stream (packed = solo)
@@ -263,11 +296,17 @@ def _where_members(mask: Tensor, a: Stack, b: Stack) -> Stack:
     def pick(x: Tensor, y: Tensor) -> Tensor:
         return torch.where(mask.view(-1, *([1] * (x.dim() - 1))), x, y)
 
-    return Stack({n: pick(a.params[n], b.params[n]) for n in a.params},
-                 {n: pick(a.buffers[n], b.buffers[n]) for n in a.buffers})
+    return Stack(
+        {n: pick(a.params[n], b.params[n]) for n in a.params},
+        {n: pick(a.buffers[n], b.buffers[n]) for n in a.buffers},
+    )
 
 
-def _record(curves: list[dict], epoch: int, step: int, lr: Tensor, metrics: dict[str, Tensor]) -> None:
+def _record(
+    curves: list[dict], epoch: int, step: int, lr: Tensor, metrics: dict[str, Tensor]
+) -> None:
     cols = {k: v.tolist() for k, v in metrics.items()}
     for k, lr_k in enumerate(lr.tolist()):
-        curves.append({"member": k, "epoch": epoch, "step": step, "lr": lr_k, **{c: cols[c][k] for c in cols}})
+        curves.append(
+            {"member": k, "epoch": epoch, "step": step, "lr": lr_k, **{c: cols[c][k] for c in cols}}
+        )

@@ -44,15 +44,29 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str = "mlp"  # registry key in landscape.models
-    width: int = 32  # hidden units (mlp) or channels of the first stage (cnn, resnet18: k, 2k, 4k, 8k)
+    width: int = (
+        32  # hidden units (mlp) or channels of the first stage (cnn, resnet18: k, 2k, 4k, 8k)
+    )
     depth: int = 2  # hidden layers (mlp only)
     batch_norm: bool = False
-    skip: bool = True  # residual connections (resnet18 only; False reproduces Li et al.'s no-skip nets)
+    skip: bool = (
+        True  # residual connections (resnet18 only; False reproduces Li et al.'s no-skip nets)
+    )
 
     def __post_init__(self) -> None:
         _choice("model.name", self.name, MODEL_NAMES)
-        _require(isinstance(self.width, int) and self.width > 0, "model.width", self.width, "an integer > 0")
-        _require(isinstance(self.depth, int) and self.depth > 0, "model.depth", self.depth, "an integer > 0")
+        _require(
+            isinstance(self.width, int) and self.width > 0,
+            "model.width",
+            self.width,
+            "an integer > 0",
+        )
+        _require(
+            isinstance(self.depth, int) and self.depth > 0,
+            "model.depth",
+            self.depth,
+            "an integer > 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -60,8 +74,12 @@ class DataSpec:
     name: str = "digits"
     root: str = "data"  # where torchvision datasets live (ignored by digits and synthetic)
     download: bool = False
-    subset: float = 1.0  # training subset: a fraction in (0, 1], or a count > 1 (seeded per variant)
-    label_noise: float = 0.0  # exact fraction of training labels replaced by a different random label
+    subset: float = (
+        1.0  # training subset: a fraction in (0, 1], or a count > 1 (seeded per variant)
+    )
+    label_noise: float = (
+        0.0  # exact fraction of training labels replaced by a different random label
+    )
     normalize: bool = True  # per-channel standardisation with training-set statistics
     augment: bool = False  # on-device random crop (padding 4) and horizontal flip
     # synthetic data only: a seeded Gaussian mixture (the data seed is fixed per data set, not per variant)
@@ -100,7 +118,9 @@ class OptimSpec:
     eps: float = 1e-8
     alpha: float = 0.99  # rmsprop smoothing
     schedule: str = "constant"
-    step_at: tuple[float, ...] = (0.75,)  # step schedule: fractions of training where lr is multiplied by gamma
+    step_at: tuple[float, ...] = (
+        0.75,
+    )  # step schedule: fractions of training where lr is multiplied by gamma
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs
     lr_ref_batch_size: int = 0  # > 0: lr scales linearly as lr * batch_size / lr_ref_batch_size
@@ -117,7 +137,12 @@ class OptimSpec:
         _require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
         _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
         _choice("optim.schedule", self.schedule, SCHEDULES)
-        _require(all(0 < s < 1 for s in self.step_at), "optim.step_at", self.step_at, "fractions in (0, 1)")
+        _require(
+            all(0 < s < 1 for s in self.step_at),
+            "optim.step_at",
+            self.step_at,
+            "fractions in (0, 1)",
+        )
         _require(self.warmup_epochs >= 0, "optim.warmup_epochs", self.warmup_epochs, ">= 0")
 
 
@@ -125,12 +150,19 @@ class OptimSpec:
 class TrainSpec:
     epochs: int = 10
     drop_last: bool = True  # Yang et al. drop the last incomplete batch
-    checkpoint: str = "final"  # or best_train_loss (Yang et al.: metrics on the lowest-training-loss epoch)
+    checkpoint: str = (
+        "final"  # or best_train_loss (Yang et al.: metrics on the lowest-training-loss epoch)
+    )
     precision: str = "fp32"
     compile: bool = False
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.epochs, int) and self.epochs >= 1, "train.epochs", self.epochs, "an integer >= 1")
+        _require(
+            isinstance(self.epochs, int) and self.epochs >= 1,
+            "train.epochs",
+            self.epochs,
+            "an integer >= 1",
+        )
         _choice("train.checkpoint", self.checkpoint, CHECKPOINTS)
         _choice("train.precision", self.precision, PRECISIONS)
 
@@ -155,7 +187,9 @@ class Variant:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        _require(
+            isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0"
+        )
 
     @property
     def variant_id(self) -> str:
@@ -205,7 +239,9 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
         return tuple(_check_type(key, v, inner) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint in _TYPE_NAMES and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+    if hint in _TYPE_NAMES and (
+        not isinstance(value, hint) or (hint is int and isinstance(value, bool))
+    ):
         raise ConfigError(f"{key} must be {_TYPE_NAMES[hint]}, got {value!r}")
     return value
 
@@ -221,7 +257,11 @@ def build_spec(spec_cls: type, values: dict[str, Any], prefix: str) -> Any:
             raise ConfigError(
                 f"{prefix}.{key} is not a known key (got {value!r}); allowed: {', '.join(sorted(known))}"
             )
-        default = known[key].default_factory() if known[key].default_factory is not dataclasses.MISSING else known[key].default  # type: ignore[misc]
+        default = (
+            known[key].default_factory()
+            if known[key].default_factory is not dataclasses.MISSING
+            else known[key].default
+        )  # type: ignore[misc]
         if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
                 raise ConfigError(f"{prefix}.{key} must be a section of keys, got {value!r}")

@@ -31,7 +31,13 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VARIANT_SECTIONS = ("model", "data", "optim", "train")
 
 # Training-set sizes of the torchvision data sets (used to validate batch sizes before anything runs).
-TRAIN_SET_SIZES = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000, "digits": 1347}
+TRAIN_SET_SIZES = {
+    "mnist": 60000,
+    "fashion_mnist": 60000,
+    "cifar10": 50000,
+    "cifar100": 50000,
+    "digits": 1347,
+}
 
 
 @dataclass(frozen=True)
@@ -93,15 +99,21 @@ def _axis_values(override: Override, groups: dict[str, list[str]]) -> list:
     value = override.value()
     if isinstance(value, Glob):
         if key not in groups:
-            raise ConfigError(f"{key}=glob(...) is only allowed on a config group; groups: {', '.join(groups)}")
+            raise ConfigError(
+                f"{key}=glob(...) is only allowed on a config group; groups: {', '.join(groups)}"
+            )
         return value.filter(groups[key])
     try:
         return list(override.sweep_iterator())
     except HydraException as exc:
-        raise ConfigError(f"{override.input_line}: {exc}; an axis needs a list, range(...) or choice(...)") from exc
+        raise ConfigError(
+            f"{override.input_line}: {exc}; an axis needs a list, range(...) or choice(...)"
+        ) from exc
 
 
-def parse_overrides(args: list[str], groups: dict[str, list[str]]) -> tuple[list[str], dict[str, list]]:
+def parse_overrides(
+    args: list[str], groups: dict[str, list[str]]
+) -> tuple[list[str], dict[str, list]]:
     """Split command-line overrides into scalar ones (handed to Hydra) and sweep axes."""
     parser = OverridesParser.create()
     scalars: list[str] = []
@@ -121,7 +133,9 @@ def parse_overrides(args: list[str], groups: dict[str, list[str]]) -> tuple[list
         for opts in options:
             for opt in opts:
                 if str(opt) not in groups[key]:
-                    raise ConfigError(f"{key}={opt} is not a known option; allowed: {', '.join(groups[key])}")
+                    raise ConfigError(
+                        f"{key}={opt} is not a known option; allowed: {', '.join(groups[key])}"
+                    )
     return scalars, axes
 
 
@@ -147,8 +161,14 @@ def _check_scalar_keys(scalars: list[str], groups: dict[str, list[str]], conf_di
     parser = OverridesParser.create()
     parsed = [parser.parse_override(s) for s in scalars]
     group_overrides = [o.input_line for o in parsed if o.key_or_group in groups]
-    keyed = [o for o in parsed if o.key_or_group not in groups and not o.is_add() and not o.is_delete()
-             and not o.key_or_group.startswith("hydra")]
+    keyed = [
+        o
+        for o in parsed
+        if o.key_or_group not in groups
+        and not o.is_add()
+        and not o.is_delete()
+        and not o.key_or_group.startswith("hydra")
+    ]
     if not keyed:
         return
     plain = OmegaConf.to_container(_compose(group_overrides, conf_dir), resolve=False)
@@ -162,8 +182,12 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
     for i, part in enumerate(parts):
         if not isinstance(node, dict) or part not in node:
             parent = ".".join(parts[:i]) or "the config root"
-            allowed = ", ".join(sorted(node)) if isinstance(node, dict) else "nothing (not a section)"
-            raise ConfigError(f"{dotted} is not a known key (got {value!r}); allowed under {parent}: {allowed}")
+            allowed = (
+                ", ".join(sorted(node)) if isinstance(node, dict) else "nothing (not a section)"
+            )
+            raise ConfigError(
+                f"{dotted} is not a known key (got {value!r}); allowed under {parent}: {allowed}"
+            )
         if i == len(parts) - 1:
             node[part] = value
         else:
@@ -178,7 +202,11 @@ def _preset_axes(cfg: DictConfig, groups: dict[str, list[str]]) -> dict[str, lis
         if isinstance(spec, list):
             axes[key] = spec
         else:  # a string in Hydra's sweep grammar, e.g. "range(2,6)" or "4,8,16"
-            axes[key] = _axis_values(parser.parse_override(f"{key}={spec}"), groups) if "," in str(spec) or "(" in str(spec) else [spec]
+            axes[key] = (
+                _axis_values(parser.parse_override(f"{key}={spec}"), groups)
+                if "," in str(spec) or "(" in str(spec)
+                else [spec]
+            )
     return axes
 
 
@@ -208,7 +236,9 @@ def _check_writable(out_dir: Path) -> None:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as exc:
-        raise ConfigError(f"out_dir must be a writable directory, got {str(out_dir)!r} ({exc})") from exc
+        raise ConfigError(
+            f"out_dir must be a writable directory, got {str(out_dir)!r} ({exc})"
+        ) from exc
 
 
 def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
@@ -216,7 +246,9 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
     groups = config_groups(conf_dir)
     scalars, cli_axes = parse_overrides(args, groups)
     if "metrics" in cli_axes:
-        raise ConfigError("metrics cannot be a sweep axis; run the sweep again with another metrics preset")
+        raise ConfigError(
+            "metrics cannot be a sweep axis; run the sweep again with another metrics preset"
+        )
     _check_scalar_keys(scalars, groups, conf_dir)
     base = _compose(scalars, conf_dir)
     axes = _preset_axes(base, groups)

@@ -4,13 +4,19 @@ from landscape.variant import DataSpec, OptimSpec, Variant
 
 def test_per_member_knobs_share_a_pack_and_shapes_do_not():
     base = Variant()
-    same = [Variant(seed=1), Variant(optim=OptimSpec(lr=0.3)), Variant(data=DataSpec(label_noise=0.2))]
+    same = [
+        Variant(seed=1),
+        Variant(optim=OptimSpec(lr=0.3)),
+        Variant(data=DataSpec(label_noise=0.2)),
+    ]
     assert all(pack_key(v) == pack_key(base) for v in same)
     assert pack_key(Variant(optim=OptimSpec(batch_size=32))) != pack_key(base)
 
 
 def test_packs_hold_whole_replicate_groups():
-    variants = [Variant(optim=OptimSpec(lr=lr), seed=s) for lr in (0.1, 0.2, 0.3) for s in (0, 1, 2)]
+    variants = [
+        Variant(optim=OptimSpec(lr=lr), seed=s) for lr in (0.1, 0.2, 0.3) for s in (0, 1, 2)
+    ]
     packs = make_packs(variants, max_members=7)
     assert sorted(len(p) for p in packs) == [3, 6]
     for pack in packs:

@@ -42,8 +42,13 @@ def test_pack_equals_solo_runs_with_different_per_member_knobs(tiny_variant, bat
 
 def test_cnn_with_batchnorm_and_augmentation_pack_equals_solo(tiny_variant):
     variants = [
-        tiny_variant(model=ModelSpec("cnn", width=4, batch_norm=True), data=DataSpec("digits", subset=128, augment=True),
-                     optim=OptimSpec(lr=lr, batch_size=32, momentum=mom), train=TrainSpec(epochs=1), seed=s)
+        tiny_variant(
+            model=ModelSpec("cnn", width=4, batch_norm=True),
+            data=DataSpec("digits", subset=128, augment=True),
+            optim=OptimSpec(lr=lr, batch_size=32, momentum=mom),
+            train=TrainSpec(epochs=1),
+            seed=s,
+        )
         for s, lr, mom in [(0, 0.05, 0.9), (1, 0.1, 0.5)]
     ]
     _assert_pack_equals_solo(variants, load_dataset(variants[0].data), atol=5e-5)
@@ -81,9 +86,22 @@ def test_best_train_loss_checkpoint_keeps_the_lowest_epoch(tiny_variant):
 
 
 def test_subset_and_label_noise_per_member(tiny_variant):
-    a = tiny_variant(data=DataSpec("synthetic", n_train=96, n_test=48, n_features=6, n_classes=3, subset=0.5), seed=0)
-    b = tiny_variant(data=DataSpec("synthetic", n_train=96, n_test=48, n_features=6, n_classes=3, subset=0.5,
-                                   label_noise=0.5), seed=1)
+    a = tiny_variant(
+        data=DataSpec("synthetic", n_train=96, n_test=48, n_features=6, n_classes=3, subset=0.5),
+        seed=0,
+    )
+    b = tiny_variant(
+        data=DataSpec(
+            "synthetic",
+            n_train=96,
+            n_test=48,
+            n_features=6,
+            n_classes=3,
+            subset=0.5,
+            label_noise=0.5,
+        ),
+        seed=1,
+    )
     dataset = load_dataset(a.data)
     data = train_pack([a, b], dataset).pack.data
     assert data.train_idx.shape == (2, 48)

@@ -5,7 +5,15 @@ import sys
 
 import pytest
 
-from landscape.variant import ConfigError, DataSpec, ModelSpec, OptimSpec, TrainSpec, Variant, build_spec
+from landscape.variant import (
+    ConfigError,
+    DataSpec,
+    ModelSpec,
+    OptimSpec,
+    TrainSpec,
+    Variant,
+    build_spec,
+)
 
 
 def test_variant_id_is_stable_across_processes():
@@ -46,8 +54,14 @@ def test_ids_distinguish_points_and_groups():
         (lambda: ModelSpec(name="transformer"), "model.name must be one of"),
         (lambda: DataSpec(label_noise=1.0), "data.label_noise must be in [0, 1)"),
         (lambda: build_spec(ModelSpec, {"widht": 3}, "model"), "model.widht is not a known key"),
-        (lambda: build_spec(OptimSpec, {"lr": "fast"}, "optim"), "optim.lr must be a number, got 'fast'"),
-        (lambda: build_spec(ModelSpec, {"batch_norm": 1}, "model"), "model.batch_norm must be true or false"),
+        (
+            lambda: build_spec(OptimSpec, {"lr": "fast"}, "optim"),
+            "optim.lr must be a number, got 'fast'",
+        ),
+        (
+            lambda: build_spec(ModelSpec, {"batch_norm": 1}, "model"),
+            "model.batch_norm must be true or false",
+        ),
     ],
 )
 def test_bad_values_name_key_value_and_rule(make, message):

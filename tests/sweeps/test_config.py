@@ -21,13 +21,16 @@ def test_every_sweep_preset_composes_and_expands(sweep, out):
 
 
 @pytest.mark.parametrize(
-    ("group", "option"), [(g, o) for g, opts in config_groups().items() if g != "sweep" for o in opts]
+    ("group", "option"),
+    [(g, o) for g, opts in config_groups().items() if g != "sweep" for o in opts],
 )
 def test_every_group_option_composes(group, option, out):
     extra = ["data=digits"] if group == "model" else []  # image models need image data
     if group == "data" and option == "synthetic":
         extra = ["model=mlp"]
-    plan = plan_sweep([f"{group}={option}", "model.width=4", "seed=0", "optim.batch_size=16", out, *extra])
+    plan = plan_sweep(
+        [f"{group}={option}", "model.width=4", "seed=0", "optim.batch_size=16", out, *extra]
+    )
     assert len(plan.variants) == 1
 
 
@@ -40,8 +43,16 @@ def test_demo_preset_is_a_width_by_batch_size_grid_with_seeds(out):
 
 
 def test_command_line_axes_use_hydra_grammar(out):
-    plan = plan_sweep(["model=mlp,cnn", "model.width=range(4,13,4)", "optim.lr=choice(0.1,0.01)", "seed=0", out,
-                       "optim.batch_size=32"])
+    plan = plan_sweep(
+        [
+            "model=mlp,cnn",
+            "model.width=range(4,13,4)",
+            "optim.lr=choice(0.1,0.01)",
+            "seed=0",
+            out,
+            "optim.batch_size=32",
+        ]
+    )
     assert len(plan.variants) == 2 * 3 * 2
     assert {v.model.name for v in plan.variants} == {"mlp", "cnn"}
     assert {v.model.width for v in plan.variants} == {4, 8, 12}
@@ -61,8 +72,15 @@ def test_glob_over_a_group(out):
 
 def test_ten_thousand_variants_expand_in_seconds(out):
     t0 = time.perf_counter()
-    plan = plan_sweep(["model.width=range(1,101)", "optim.lr=range(1,11)", "seed=range(10)",
-                       "optim.batch_size=16", out])
+    plan = plan_sweep(
+        [
+            "model.width=range(1,101)",
+            "optim.lr=range(1,11)",
+            "seed=range(10)",
+            "optim.batch_size=16",
+            out,
+        ]
+    )
     assert len(plan.variants) == 10_000
     assert time.perf_counter() - t0 < 30  # generous: a few seconds on a laptop
 
