@@ -121,3 +121,42 @@ class TrainedPack:
 
     def replace(self, **changes) -> TrainedPack:
         return dataclasses.replace(self, **changes)
+
+
+OPTIMIZER_STATE_COPIES = {"sgd": 1, "adam": 2, "adamw": 2, "rmsprop": 2, "adagrad": 1}
+
+
+def member_bytes(variant: Variant, input_shape: tuple[int, ...], num_classes: int) -> int:
+    """An estimate of the device memory one pack member needs while training.
+
+    Parameters in float32 five times over (weights, gradients, initial copy, checkpoint copy and
+    a working copy) plus the optimiser's state, and every module output of one batch three times
+    (kept for the backward pass, its gradient, and slack for temporaries), counted on the meta device."""
+    from landscape.models import build_model  # local: models import variant, not pack
+
+    with torch.device("meta"):
+        model = build_model(variant.model, input_shape, num_classes)
+    n_params = sum(p.numel() for p in model.parameters())
+    activations = 0
+
+    def count(_module, _inputs, output) -> None:
+        nonlocal activations
+        if isinstance(output, Tensor):
+            activations += output.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    with torch.no_grad():
+        model(torch.empty(variant.optim.batch_size, *input_shape, device="meta"))
+    for h in handles:
+        h.remove()
+    act_bytes = 2 if variant.train.precision == "bf16" else 4
+    state = OPTIMIZER_STATE_COPIES.get(variant.optim.name, 2)
+    return 4 * n_params * (5 + state) + 3 * act_bytes * activations
+
+
+def split_to_fit(variants: Sequence[Variant], max_members: int) -> list[list[Variant]]:
+    """Split a pack into packs of at most ``max_members``, keeping replicate groups whole where possible."""
+    if len(variants) <= max_members:
+        return [list(variants)]
+    return make_packs(variants, max(1, max_members))

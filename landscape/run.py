@@ -13,14 +13,20 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from landscape.checkpoint import save_checkpoints
 from landscape.data import Dataset
 from landscape.measure import MetricsSpec, measure_pack
-from landscape.pack import pack_id
+from landscape.pack import member_bytes, pack_id, split_to_fit
 from landscape.train import train_pack
 from landscape.variant import Variant, short_hash
+
+MEMORY_HEADROOM = (
+    0.7  # share of the free device memory a pack may plan to use (the estimate is rough)
+)
 
 
 @dataclass
@@ -66,10 +72,16 @@ def failed_rows(
 
 
 def _train_and_measure(
-    variants: Sequence[Variant], metrics: MetricsSpec, dataset: Dataset, device: torch.device
+    variants: Sequence[Variant],
+    metrics: MetricsSpec,
+    dataset: Dataset,
+    device: torch.device,
+    checkpoint_dir: Path | None,
 ) -> PackRows:
     t0 = time.perf_counter()
     result = train_pack(variants, dataset, device)
+    if checkpoint_dir is not None:
+        save_checkpoints(result.pack, checkpoint_dir)
     measured = measure_pack(result.pack, metrics)
     wall = time.perf_counter() - t0
     pid, mid = pack_id(variants), metrics_id(metrics)
@@ -131,11 +143,31 @@ def run_pack(
     device: torch.device | str = "cpu",
     *,
     log: Callable[[str], None] = lambda msg: None,
+    checkpoint_dir: Path | str | None = None,
 ) -> PackRows:
-    """Train and measure a pack; every variant comes back as exactly one ``runs`` row."""
+    """Train and measure a pack; every variant comes back as exactly one ``runs`` row.
+    With ``checkpoint_dir``, each variant's checkpoint is also saved there as ``<variant_id>.pt``."""
+    checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     device = torch.device(device)
+    if device.type == "cuda" and len(variants) > 1:
+        free, _ = torch.cuda.mem_get_info(device)
+        fit = int(
+            MEMORY_HEADROOM
+            * free
+            // member_bytes(variants[0], dataset.input_shape, dataset.num_classes)
+        )
+        if fit < len(variants):
+            log(
+                f"a pack of {len(variants)} needs more than the free device memory; training {max(fit, 1)} at a time"
+            )
+            out = PackRows()
+            for part in split_to_fit(variants, fit):
+                out.extend(
+                    run_pack(part, metrics, dataset, device, log=log, checkpoint_dir=checkpoint_dir)
+                )
+            return out
     try:
-        return _train_and_measure(variants, metrics, dataset, device)
+        return _train_and_measure(variants, metrics, dataset, device, checkpoint_dir)
     except torch.OutOfMemoryError:
         if len(variants) == 1:
             return failed_rows(
@@ -148,7 +180,9 @@ def run_pack(
         torch.cuda.empty_cache()
         out = PackRows()
         for half in _halves(variants):
-            out.extend(run_pack(half, metrics, dataset, device, log=log))
+            out.extend(
+                run_pack(half, metrics, dataset, device, log=log, checkpoint_dir=checkpoint_dir)
+            )
         return out
     except Exception as exc:  # noqa: BLE001 - failure is data: the error text goes into the row
         error = f"{type(exc).__name__}: {exc}"
@@ -158,5 +192,7 @@ def run_pack(
         log(f"pack of {len(variants)} failed ({error}); retrying its members one by one")
         out = PackRows()
         for v in variants:
-            out.extend(run_pack([v], metrics, dataset, device, log=log))
+            out.extend(
+                run_pack([v], metrics, dataset, device, log=log, checkpoint_dir=checkpoint_dir)
+            )
         return out

@@ -29,3 +29,24 @@ def test_packs_hold_whole_replicate_groups():
 def test_group_larger_than_cap_is_split():
     variants = [Variant(seed=s) for s in range(5)]
     assert [len(p) for p in make_packs(variants, max_members=2)] == [2, 2, 1]
+
+
+def test_member_bytes_counts_parameters_and_activations():
+    from landscape.pack import member_bytes
+    from landscape.variant import ModelSpec
+
+    v = Variant(model=ModelSpec("mlp", width=8, depth=1), optim=OptimSpec(batch_size=2))
+    # params: Linear(4->8) 40 + Linear(8->3) 27 = 67, fp32, 5 copies + 1 momentum buffer
+    # activations of a batch of 2: Linear 16 + ReLU 16 + head 6 = 38 floats, 3 times
+    assert member_bytes(v, (4,), 3) == 4 * 67 * 6 + 3 * 4 * 38
+    wide = Variant(model=ModelSpec("mlp", width=16, depth=1), optim=OptimSpec(batch_size=2))
+    assert member_bytes(wide, (4,), 3) > member_bytes(v, (4,), 3)
+
+
+def test_split_to_fit_keeps_groups_whole():
+    from landscape.pack import split_to_fit
+
+    variants = [Variant(optim=OptimSpec(lr=lr), seed=s) for lr in (0.1, 0.2) for s in (0, 1)]
+    parts = split_to_fit(variants, 2)
+    assert [len(p) for p in parts] == [2, 2]
+    assert all(len({v.group_id for v in p}) == 1 for p in parts)

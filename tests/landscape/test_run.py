@@ -1,0 +1,86 @@
+import math
+
+import pytest
+import torch
+
+from landscape import DataSpec, ModelSpec, OptimSpec, TrainSpec, load_dataset
+from landscape.checkpoint import load_checkpoint
+from landscape.measure import HessianTraceSpec, MetricsSpec
+from landscape.run import run_pack
+from landscape.train import evaluate, train_pack
+
+FAST = MetricsSpec(hessian_trace=HessianTraceSpec(n_probes=10, n_samples=32))
+
+
+def test_every_variant_gets_one_runs_row_and_curves(tiny_variant):
+    variants = [tiny_variant(seed=s) for s in range(3)]
+    rows = run_pack(variants, FAST, load_dataset(variants[0].data))
+    runs = rows.tables["runs"]
+    assert [r["variant_id"] for r in runs] == [v.variant_id for v in variants]
+    assert {r["status"] for r in runs} == {"ok"}
+    assert all(r["hessian_trace"] is not None and r["pack_members"] == 3 for r in runs)
+    assert {r["variant_id"] for r in rows.tables["curves"]} == {v.variant_id for v in variants}
+    assert all("member" not in r for r in rows.tables["curves"])
+
+
+def test_divergence_is_a_row_with_its_step(tiny_variant):
+    good, bad = tiny_variant(seed=0), tiny_variant(optim=OptimSpec(lr=1e6, batch_size=16), seed=1)
+    runs = run_pack([good, bad], FAST, load_dataset(good.data)).tables["runs"]
+    assert runs[0]["status"] == "ok" and runs[0]["hessian_trace"] is not None
+    assert runs[1]["status"] == "diverged" and runs[1]["diverged_step"] >= 1
+    assert runs[1]["hessian_trace"] is None
+
+
+def test_an_exception_fails_only_its_variant(tiny_variant):
+    good = tiny_variant(seed=0)
+    # a member whose training set is smaller than its batch: its pack fails, then it alone fails
+    bad = tiny_variant(
+        data=DataSpec("synthetic", n_train=96, n_test=48, n_features=6, n_classes=3, subset=8),
+        seed=1,
+    )
+    rows = run_pack([good, bad], FAST, load_dataset(good.data))
+    status = {r["variant_id"]: r for r in rows.tables["runs"]}
+    assert status[good.variant_id]["status"] == "ok"
+    assert status[bad.variant_id]["status"] == "failed"
+    assert "optim.batch_size must be <=" in status[bad.variant_id]["error"]
+
+
+def test_checkpoints_round_trip_with_weights_only(tiny_variant, tmp_path):
+    variants = [tiny_variant(seed=s) for s in range(2)]
+    dataset = load_dataset(variants[0].data)
+    rows = run_pack(variants, FAST, dataset, checkpoint_dir=tmp_path)
+    for v, row in zip(variants, rows.tables["runs"]):
+        loaded_variant, stack = load_checkpoint(tmp_path / f"{v.variant_id}.pt")
+        assert loaded_variant == v
+        solo = train_pack([v], dataset)
+        x = dataset.x_train.expand(1, *dataset.x_train.shape)
+        y = dataset.y_train.expand(1, *dataset.y_train.shape)
+        loss, _ = evaluate(solo.pack.net, stack, x, y)
+        assert math.isclose(
+            loss.item(), evaluate(solo.pack.net, solo.pack.final, x, y)[0].item(), rel_tol=1e-5
+        )
+    assert not list(tmp_path.glob(".*"))  # no temporary files left
+
+
+def test_bf16_autocast_trains_on_the_cpu(tiny_variant):
+    v = tiny_variant(
+        model=ModelSpec("cnn", width=4, batch_norm=True),
+        data=DataSpec("digits", subset=64),
+        optim=OptimSpec(lr=0.05, batch_size=32),
+        train=TrainSpec(epochs=1, precision="bf16"),
+    )
+    result = train_pack([v, tiny_variant(**{**v.__dict__, "seed": 1})], load_dataset(v.data))
+    assert all(math.isfinite(x) for x in result.final_metrics["train_loss"])
+    assert (
+        result.pack.final.params["head.weight"].dtype == torch.float32
+    )  # master weights stay fp32
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager(tiny_variant):
+    v = tiny_variant(train=TrainSpec(epochs=1))
+    vc = tiny_variant(train=TrainSpec(epochs=1, compile=True))
+    dataset = load_dataset(v.data)
+    eager, compiled = train_pack([v], dataset), train_pack([vc], dataset)
+    for n, p in eager.pack.final.params.items():
+        torch.testing.assert_close(compiled.pack.final.params[n], p, rtol=1e-4, atol=1e-5)
