@@ -50,6 +50,7 @@ def test_checkpoints_round_trip_with_weights_only(tiny_variant, tmp_path):
     dataset = load_dataset(variants[0].data)
     rows = run_pack(variants, FAST, dataset, checkpoint_dir=tmp_path)
     for v, row in zip(variants, rows.tables["runs"]):
+        assert row["status"] == "ok"
         loaded_variant, stack = load_checkpoint(tmp_path / f"{v.variant_id}.pt")
         assert loaded_variant == v
         solo = train_pack([v], dataset)
