@@ -1,0 +1,165 @@
+"""Rank correlation of every measure with generalisation, overall and granulated per knob.
+
+Following Jiang et al. (2019), "Fantastic generalization measures and where to find them"
+(ICLR 2020), Sec. 2.2: for a measure mu and a target g (test accuracy, or the
+generalisation gap ``train_acc - test_acc``),
+
+- the **overall** Kendall tau is computed over every cell of the sweep;
+- the **granulated** tau of knob i, psi_i, is the mean of the taus computed within each
+  group of cells in which only knob i varies (all other knobs fixed); groups with fewer
+  than two values of the knob are skipped;
+- **Psi**, the granulated score, is the mean of psi_i over the knobs.
+
+Cells are the seed-averaged points of :func:`analysis.cells.aggregate_cells`, so run
+metrics and pair metrics (mc, CKA) are ranked on the same footing. Kendall's tau-b (ties
+corrected) is computed here with numpy, so nothing beyond numpy is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+TARGETS = ("test_acc", "gen_gap")
+# Never measures: the targets themselves, test-set quantities, bookkeeping.
+NOT_MEASURES = frozenset(
+    {
+        "test_acc",
+        "test_loss",
+        "gen_gap",
+        "wall_time_s",
+        "n_runs",
+        "n_ok",
+        "n_diverged",
+        "n_failed",
+        "n_groups",
+    }
+)
+
+
+def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
+    """Kendall's tau-b of paired samples, ignoring pairs with a non-finite value.
+
+    NaN when fewer than two pairs remain or one side is constant.
+
+    >>> kendall_tau([1, 2, 3], [10, 20, 30]), kendall_tau([1, 2, 3], [3, 2, 1])
+    (1.0, -1.0)
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 2:
+        return float("nan")
+    i, j = np.triu_indices(len(x), k=1)
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    untied_x, untied_y = np.count_nonzero(dx), np.count_nonzero(dy)
+    if untied_x == 0 or untied_y == 0:
+        return float("nan")
+    return float(np.sum(dx * dy) / np.sqrt(float(untied_x) * float(untied_y)))
+
+
+def granulated_taus(
+    cells: pd.DataFrame, measure: str, target: str, knobs: Sequence[str]
+) -> dict[str, float]:
+    """psi_i per knob: mean tau within groups of cells where only knob i varies."""
+    out = {}
+    for knob in knobs:
+        others = [k for k in knobs if k != knob]
+        groups = cells.groupby(others, dropna=False) if others else [(None, cells)]
+        taus = [
+            kendall_tau(g[measure], g[target])
+            for _, g in groups
+            if g[knob].nunique(dropna=True) > 1
+        ]
+        taus = [t for t in taus if np.isfinite(t)]
+        out[knob] = float(np.mean(taus)) if taus else float("nan")
+    return out
+
+
+def measure_columns(cells: pd.DataFrame, keys: Sequence[str]) -> list[str]:
+    """Cell columns that are measures: seed means, not keys, spreads, counts or targets."""
+    out = []
+    for col in cells.columns:
+        if col in keys or col in NOT_MEASURES or col.endswith(("_std", "_n", "_se", "_probes")):
+            continue
+        values = pd.to_numeric(cells[col], errors="coerce") if cells[col].dtype != object else None
+        if values is not None and np.isfinite(values).sum() >= 2 and values.nunique() > 1:
+            out.append(col)
+    return out
+
+
+def correlation_table(
+    cells: pd.DataFrame, keys: Sequence[str], targets: Sequence[str] = TARGETS
+) -> pd.DataFrame:
+    """One row per (measure, target): ``n``, overall ``tau``, ``tau[<knob>]`` per knob, ``Psi``.
+
+    ``keys`` are the knob columns of the cells (temperature, load, extra axes). Targets
+    absent from ``cells`` are skipped; rows are sorted by target, then by ``|Psi|``.
+    """
+    rows = []
+    for target in [t for t in targets if t in cells]:
+        for measure in measure_columns(cells, keys):
+            psi = granulated_taus(cells, measure, target, keys)
+            finite = [v for v in psi.values() if np.isfinite(v)]
+            n = int(
+                (
+                    np.isfinite(pd.to_numeric(cells[measure], errors="coerce"))
+                    & cells[target].notna()
+                ).sum()
+            )
+            row = {
+                "measure": measure,
+                "target": target,
+                "n": n,
+                "tau": kendall_tau(cells[measure], cells[target]),
+            }
+            row.update({f"tau[{k}]": v for k, v in psi.items()})
+            row["Psi"] = float(np.mean(finite)) if finite else float("nan")
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    order = table["Psi"].abs().fillna(table["tau"].abs()).fillna(-1)
+    return (
+        table.assign(_o=order)
+        .sort_values(["target", "_o"], ascending=[True, False])
+        .drop(columns="_o")
+        .reset_index(drop=True)
+    )
+
+
+def plot_correlations(table: pd.DataFrame) -> plt.Figure | None:
+    """Bar plot of overall tau and Psi per measure, one panel per target; ``None`` if empty."""
+    if table.empty:
+        return None
+    targets = list(dict.fromkeys(table["target"]))
+    n_measures = table["measure"].nunique()
+    fig, axes = plt.subplots(
+        1, len(targets), figsize=(5.5 * len(targets), 1.5 + 0.32 * n_measures), squeeze=False
+    )
+    for ax, target in zip(axes.flat, targets):
+        part = table[table["target"] == target]
+        long = part.melt(
+            id_vars="measure", value_vars=["tau", "Psi"], var_name="score", value_name="Kendall tau"
+        )
+        long["score"] = long["score"].map({"tau": "overall tau", "Psi": "granulated Psi"})
+        y = np.arange(len(part))
+        for k, (score, color) in enumerate(
+            (("overall tau", "#4c72b0"), ("granulated Psi", "#dd8452"))
+        ):
+            values = long[long["score"] == score]["Kendall tau"].to_numpy(dtype=float)
+            ax.barh(
+                y + (k - 0.5) * 0.4, np.nan_to_num(values), height=0.4, color=color, label=score
+            )
+        ax.set_yticks(y, part["measure"])
+        ax.invert_yaxis()
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_xlim(-1, 1)
+        ax.set_xlabel("Kendall tau")
+        ax.set_title(f"vs {target}")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig

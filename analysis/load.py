@@ -1,0 +1,176 @@
+"""Read a sweep's results directory into pandas, and nothing else.
+
+A results directory (``results/<sweep>/``) holds ``manifest.json`` and one directory per
+table, each a set of Parquet part files (``part-*.parquet``). The sweep driver writes every
+part under a temporary name starting with ``.`` and renames it into place, so dot- and
+underscore-files are skipped here. Parts are read one by one and concatenated, so a newer
+part that carries an extra (nullable) metric column does not hide it (a Parquet dataset
+would take the first file's schema).
+
+Only ``runs`` is required; every other table is ``None`` when it was not written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+TABLES = ("runs", "curves", "pairs", "surfaces", "spectra", "stiffness", "lr_range")
+
+# Knobs that behave like a temperature (noise scale of SGD) or a load (capacity against
+# data), in the order they are tried when the manifest names no analysis axes.
+TEMPERATURE_KNOBS = ("optim.batch_size", "optim.lr", "optim.weight_decay", "optim.momentum")
+LOAD_KNOBS = ("model.width", "data.label_noise", "data.subset", "model.depth")
+
+# Classes of the built-in data sets; synthetic data carries its own ``data.n_classes``.
+NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+class ResultsError(ValueError):
+    """A results directory that cannot be analysed; the message names the path or value."""
+
+
+@dataclass(frozen=True)
+class Results:
+    """The tables of one sweep. ``runs`` is always present; other tables may be ``None``."""
+
+    path: Path
+    manifest: dict[str, Any]
+    runs: pd.DataFrame
+    curves: pd.DataFrame | None = None
+    pairs: pd.DataFrame | None = None
+    surfaces: pd.DataFrame | None = None
+    spectra: pd.DataFrame | None = None
+    stiffness: pd.DataFrame | None = None
+    lr_range: pd.DataFrame | None = None
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest.get("sweep") or self.path.name)
+
+    @property
+    def ok_runs(self) -> pd.DataFrame:
+        """Runs that finished (``status == "ok"``)."""
+        if "status" not in self.runs:
+            return self.runs
+        return self.runs[self.runs["status"] == "ok"]
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The tables that are present, by name."""
+        return {t: getattr(self, t) for t in TABLES if getattr(self, t) is not None}
+
+    def analysis_axes(
+        self, temperature: str | None = None, load: str | None = None
+    ) -> tuple[str, str]:
+        """The (temperature, load) axes: arguments, else the manifest's ``analysis``, else a guess.
+
+        A guess takes the first varying knob from :data:`TEMPERATURE_KNOBS` and
+        :data:`LOAD_KNOBS`, then any other varying axis. Raises :class:`ResultsError` naming
+        the key when an axis is not a column of ``runs`` or no two axes can be found.
+        """
+        chosen = dict(self.manifest.get("analysis") or {})
+        varying = [a for a in self.axes if a != "seed"]
+        temperature = temperature or chosen.get("temperature")
+        load = load or chosen.get("load")
+        temperature = temperature or _first_in(TEMPERATURE_KNOBS, varying, exclude=load)
+        load = load or _first_in(LOAD_KNOBS, varying, exclude=temperature)
+        rest = [a for a in varying if a not in (temperature, load)]
+        temperature = temperature or (rest.pop(0) if rest else None)
+        load = load or (rest.pop(0) if rest else None)
+        for role, key in (("temperature", temperature), ("load", load)):
+            if key is None:
+                raise ResultsError(
+                    f"cannot choose a {role} axis: the sweep varies {varying or 'no knob'}; "
+                    f"pass --{role} KEY"
+                )
+            if key not in self.runs.columns:
+                raise ResultsError(f"{role} axis {key!r} is not a column of the runs table")
+        if temperature == load:
+            raise ResultsError(f"temperature and load axes must differ, both are {temperature!r}")
+        return temperature, load
+
+    def num_classes(self) -> int | None:
+        """Number of classes of the training data: known data sets by name, else ``data.n_classes``.
+
+        The name wins because the flattened knobs carry ``data.n_classes`` for every data set
+        (it only means something for synthetic data).
+        """
+        config = self.manifest.get("config") or {}
+        data = config.get("data") if isinstance(config.get("data"), dict) else {}
+        name = self._first_value("data.name") or data.get("name")
+        if name in NUM_CLASSES:
+            return NUM_CLASSES[name]
+        n = self._first_value("data.n_classes") or data.get("n_classes")
+        return int(n) if n is not None else None
+
+    def _first_value(self, column: str) -> Any:
+        if column in self.runs and self.runs[column].notna().any():
+            return self.runs[column].dropna().iloc[0]
+        return None
+
+
+def _first_in(candidates: tuple[str, ...], varying: list[str], exclude: str | None) -> str | None:
+    return next((c for c in candidates if c in varying and c != exclude), None)
+
+
+def read_table(directory: Path) -> pd.DataFrame | None:
+    """All ``*.parquet`` parts of one table directory, concatenated; ``None`` when there are none."""
+    if not directory.is_dir():
+        return None
+    parts = sorted(
+        p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")) and p.is_file()
+    )
+    frames = [pq.read_table(p).to_pandas() for p in parts]
+    frames = [f for f in frames if len(f.columns)]
+    if not frames:
+        return None
+    if len(frames) == 1:
+        return frames[0]
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
+def infer_axes(runs: pd.DataFrame) -> dict[str, list[Any]]:
+    """Axes of a sweep without a manifest: knob columns (``a.b``) and ``seed`` that vary."""
+    axes = {}
+    for col in runs.columns:
+        if ("." in col or col == "seed") and runs[col].nunique(dropna=True) > 1:
+            axes[col] = sorted(runs[col].dropna().unique().tolist(), key=_sort_key)
+    return axes
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, int | float):
+        return (0, float(value))
+    return (1, str(value))
+
+
+def load_results(path: str | Path) -> Results:
+    """Load ``manifest.json`` and every table under ``path``.
+
+    Raises :class:`ResultsError` (a ``ValueError``) naming the path when the directory does
+    not exist, the manifest is not valid JSON, or there is no ``runs`` table.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise ResultsError(f"results directory {str(path)!r} does not exist")
+    manifest: dict[str, Any] = {}
+    manifest_path = root / "manifest.json"
+    if manifest_path.is_file():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ResultsError(f"{str(manifest_path)!r} is not valid JSON: {err}") from err
+    tables = {name: read_table(root / name) for name in TABLES}
+    runs = tables["runs"]
+    if runs is None or runs.empty:
+        raise ResultsError(f"{str(path)!r} has no runs table (expected {str(root / 'runs')!r})")
+    axes = dict(manifest.get("axes") or {}) or infer_axes(runs)
+    # The manifest's axes are the sweep's intent; keep only those the runs actually carry.
+    axes = {k: v for k, v in axes.items() if k in runs.columns}
+    return Results(path=root, manifest=manifest, axes=axes, **tables)

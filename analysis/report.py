@@ -1,0 +1,425 @@
+"""``landscape-report <dir> [--out DIR]``: a self-contained HTML report for one results directory.
+
+The page opens with the phase diagram and a summary table (the phase rule's resolved
+thresholds and per-phase means), then every figure the data supports: the classifier's
+signal panels, heatmaps of every measured metric, correlations with generalisation,
+training curves and the LR range test, loss surfaces and paths, stiffness matrices and
+spectra. A figure whose table or metric is absent is left out, never drawn empty.
+
+Every figure is also saved as a PNG in the output directory (default
+``<dir>/report``), next to ``cells.csv`` (one row per cell, with its phase and the reason)
+and ``correlations.csv`` / ``correlations.html``. ``index.html`` embeds the PNGs as base64,
+so the page alone can be copied or mailed.
+
+Bad input (a missing directory, no runs table, an unknown axis, an invalid threshold)
+prints one line naming the value and exits with status 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis.cells import aggregate_cells  # noqa: E402
+from analysis.correlations import correlation_table, plot_correlations  # noqa: E402
+from analysis.curves import curve_axis, plot_lr_range, plot_training_curves, variant_labels  # noqa: E402
+from analysis.heatmap import LOG_METRICS, metric_heatmap, save_figure  # noqa: E402
+from analysis.load import Results, ResultsError, load_results  # noqa: E402
+from analysis.phase_diagram import plot_phase_diagram, plot_phase_panels, slices  # noqa: E402
+from analysis.phases import PHASE_ORDER, PhaseThresholds, classify_phases, threshold_options  # noqa: E402
+from analysis.surfaces import (  # noqa: E402
+    plot_paths,
+    plot_spectra,
+    plot_stiffness,
+    plot_surface_1d,
+    plot_surface_2d,
+)
+
+# Heatmaps in this order; any other measured numeric metric follows.
+RUN_METRICS = (
+    "test_acc",
+    "train_acc",
+    "gen_gap",
+    "train_loss",
+    "test_loss",
+    "hessian_trace",
+    "hessian_top_eig",
+    "eps_sharpness",
+    "adaptive_sharpness_worst",
+    "adaptive_sharpness_avg",
+    "fisher_trace",
+    "grad_diversity",
+    "grad_cos_mean",
+    "grad_norm_mean",
+    "grad_agreement_r",
+    "flatness_ratio",
+    "stiffness_within_cos",
+    "stiffness_between_cos",
+    "mli_monotonic",
+    "mli_max_bump",
+    "dist_to_init",
+    "roughness",
+)
+PAIR_METRICS = (
+    "mc",
+    "cka_linear_softmax",
+    "cka_linear_logits",
+    "cka_linear_features",
+    "l2_distance",
+    "barrier_loss",
+    "barrier_error",
+)
+SUMMARY_COLUMNS = (
+    "test_acc",
+    "train_loss",
+    "hessian_trace",
+    "hessian_top_eig",
+    "mc",
+    "cka_linear_softmax",
+)
+MAX_SLICES = 6  # phase diagrams drawn for at most this many settings of extra axes
+
+
+@dataclass
+class Section:
+    """A titled list of items in page order: HTML fragments (str) and figures (caption, PNG path)."""
+
+    title: str
+    items: list[str | tuple[str, Path]] = field(default_factory=list)
+
+    def add(self, caption: str, fig: plt.Figure | None, path: Path) -> None:
+        """Save ``fig`` as ``path`` and list it; a ``None`` figure (no data) is skipped."""
+        if fig is not None:
+            self.items.append((caption, save_figure(fig, path)))
+
+    def add_html(self, fragment: str) -> None:
+        self.items.append(fragment)
+
+    @property
+    def figures(self) -> list[tuple[str, Path]]:
+        return [item for item in self.items if isinstance(item, tuple)]
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """What to draw: axes, phase thresholds, the curve overlay knob, log surfaces."""
+
+    temperature: str | None = None
+    load: str | None = None
+    thresholds: PhaseThresholds = field(default_factory=PhaseThresholds)
+    curves_by: str | None = None
+    log_surfaces: bool = False
+    max_variants: int = 4
+
+
+def _finite(frame: pd.DataFrame, col: str) -> bool:
+    return col in frame and bool(np.isfinite(pd.to_numeric(frame[col], errors="coerce")).any())
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}")
+
+
+def summary_section(results: Results, cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
+    """Phase diagram(s), the sweep in numbers, the resolved rule, per-phase means."""
+    t, load = keys[:2]
+    section = Section("Phase diagram")
+    for i, (title, part) in enumerate(list(slices(cells, keys))[:MAX_SLICES]):
+        if _finite(part, "test_acc"):
+            ax = plot_phase_diagram(
+                part, t, load, title=f"test accuracy and phases {title}".strip()
+            )
+            section.add(f"phase diagram {title}".strip(), ax.figure, out / f"phase_diagram_{i}.png")
+    status = (
+        results.runs["status"].value_counts() if "status" in results.runs else pd.Series(dtype=int)
+    )
+    facts = pd.DataFrame(
+        [
+            ("results", results.path.name),
+            ("runs", f"{len(results.runs)} ({', '.join(f'{k} {v}' for k, v in status.items())})"),
+            ("cells", f"{len(cells)} over {', '.join(keys)}"),
+            ("tables", ", ".join(results.tables())),
+            *cells.attrs["phase_thresholds"].describe(),
+        ],
+        columns=["", "value"],
+    )
+    section.add_html(_table_html(facts))
+    cols = [c for c in SUMMARY_COLUMNS if c in cells]
+    by_phase = (
+        cells.groupby("phase")[cols].mean() if cols else pd.DataFrame(index=cells["phase"].unique())
+    )
+    by_phase.insert(0, "cells", cells.groupby("phase").size())
+    by_phase = by_phase.reindex([p for p in PHASE_ORDER if p in by_phase.index]).reset_index()
+    section.add_html("<h3>Per phase (mean over cells)</h3>" + _table_html(by_phase))
+    detail = cells[
+        [
+            *keys,
+            "n_ok",
+            *[c for c in ("test_acc", "train_loss") if c in cells],
+            "phase",
+            "phase_reason",
+        ]
+    ]
+    section.add_html(
+        "<details><summary>Every cell and why it got its phase (also cells.csv)</summary>"
+        + _table_html(detail)
+        + "</details>"
+    )
+    return section
+
+
+def panels_section(cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
+    section = Section("Signals of the phase rule")
+    for i, (title, part) in enumerate(list(slices(cells, keys))[:MAX_SLICES]):
+        fig = plot_phase_panels(part, keys[0], keys[1], title=title)
+        section.add(f"phase signals {title}".strip(), fig, out / f"phase_panels_{i}.png")
+    return section
+
+
+def heatmaps_section(cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
+    extra = f" and {', '.join(keys[2:])}" if keys[2:] else ""
+    section = Section(f"Metrics over {keys[0]} x {keys[1]} (mean over seeds{extra})")
+    for metric in [m for m in (*RUN_METRICS, *PAIR_METRICS) if _finite(cells, m)]:
+        center = 0.0 if metric == "mc" else None
+        ax = metric_heatmap(
+            cells,
+            metric,
+            keys[0],
+            keys[1],
+            center=center,
+            log=None if metric in LOG_METRICS else False,
+        )
+        section.add(metric, ax.figure, out / f"heatmap_{metric}.png")
+    return section
+
+
+def correlations_section(cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
+    section = Section("Correlation with generalisation (Kendall tau; Jiang et al. 2019)")
+    table = correlation_table(cells, keys)
+    if table.empty:
+        return section
+    table.to_csv(out / "correlations.csv", index=False)
+    (out / "correlations.html").write_text(_table_html(table))
+    section.add_html(
+        "<p>tau: over all cells; tau[knob]: mean tau within groups where only that knob "
+        "varies; Psi: mean over knobs. Also correlations.csv.</p>" + _table_html(table)
+    )
+    section.add("Kendall tau per measure", plot_correlations(table), out / "correlations.png")
+    return section
+
+
+def curves_section(results: Results, keys: list[str], out: Path, by: str | None) -> Section:
+    section = Section("Training curves")
+    if results.curves is not None:
+        by = by or curve_axis(results, keys[0])
+        fig = plot_training_curves(results, by=by)
+        section.add(f"loss and accuracy per epoch across {by}", fig, out / "curves.png")
+    labels = variant_labels(results.runs, keys)
+    section.add("LR range test", plot_lr_range(results, labels=labels), out / "lr_range.png")
+    return section
+
+
+def surfaces_section(results: Results, keys: list[str], out: Path, opts: ReportOptions) -> Section:
+    section = Section("Loss surfaces and paths")
+    labels, s, n = variant_labels(results.runs, keys), results.surfaces, opts.max_variants
+    section.add(
+        "1-D slices", plot_surface_1d(s, labels, log=opts.log_surfaces), out / "surface_1d.png"
+    )
+    section.add(
+        "2-D contours",
+        plot_surface_2d(s, labels, log=opts.log_surfaces, max_variants=n),
+        out / "surface_2d.png",
+    )
+    fig = plot_surface_2d(s, labels, log=opts.log_surfaces, three_d=True, max_variants=min(n, 3))
+    section.add("3-D surfaces", fig, out / "surface_3d.png")
+    for kind in ("mli", "interpolation", "bezier"):
+        section.add(f"{kind} path", plot_paths(s, kind, labels), out / f"path_{kind}.png")
+    return section
+
+
+def matrices_section(results: Results, keys: list[str], out: Path, opts: ReportOptions) -> Section:
+    section = Section("Stiffness and Hessian spectra")
+    labels = variant_labels(results.runs, keys)
+    fig = plot_stiffness(results.stiffness, labels, max_variants=opts.max_variants)
+    section.add("class stiffness", fig, out / "stiffness.png")
+    section.add("eigenvalue density", plot_spectra(results.spectra, labels), out / "spectra.png")
+    return section
+
+
+def status_section(results: Results, keys: list[str]) -> Section:
+    section = Section("Runs that did not finish")
+    runs = results.runs
+    if "status" not in runs or (runs["status"] == "ok").all():
+        return section
+    cols = [c for c in (*keys, "seed", "status", "diverged_step", "error") if c in runs]
+    bad = runs.loc[runs["status"] != "ok", cols].head(100)
+    section.add_html(_table_html(bad))
+    return section
+
+
+def render_html(title: str, sections: Sequence[Section], subtitle: str = "") -> str:
+    """One self-contained page: every figure embedded as a base64 PNG."""
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if subtitle:
+        body.append(f"<p class='sub'>{html.escape(subtitle)}</p>")
+    toc = "".join(
+        f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>" for i, s in enumerate(sections)
+    )
+    body.append(f"<ul class='toc'>{toc}</ul>")
+    for i, section in enumerate(sections):
+        body.append(f"<h2 id='s{i}'>{html.escape(section.title)}</h2>")
+        for item in section.items:
+            if isinstance(item, str):
+                body.append(item)
+                continue
+            caption, path = item
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            body.append(
+                "<figure>"
+                f"<img src='data:image/png;base64,{data}' alt='{html.escape(caption)}' "
+                f"data-file='{html.escape(path.name)}'>"
+                f"<figcaption>{html.escape(caption)} ({html.escape(path.name)})</figcaption>"
+                "</figure>"
+            )
+    return _PAGE.format(title=html.escape(title), body="\n".join(body))
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; padding: 0 1em; }}
+h1 {{ margin-bottom: 0.2em; }} .sub {{ color: #666; margin-top: 0; }}
+h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }}
+figure {{ display: inline-block; margin: 0.5em; vertical-align: top; }}
+figure img {{ max-width: 100%; }}
+figcaption {{ font-size: 0.85em; color: #555; text-align: center; }}
+table {{ border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }}
+th, td {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }}
+th {{ background: #f3f3f3; }}
+details {{ margin: 0.5em 0; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+def build_report(results: Results, out: Path, opts: ReportOptions | None = None) -> Path:
+    """Write every figure the data supports, the CSVs and ``index.html`` under ``out``."""
+    opts = opts or ReportOptions()
+    temperature, load = results.analysis_axes(opts.temperature, opts.load)
+    cells = aggregate_cells(results, temperature, load)
+    keys = cells.attrs["keys"]
+    cells = classify_phases(cells, opts.thresholds, results.num_classes())
+    out.mkdir(parents=True, exist_ok=True)
+    cells.to_csv(out / "cells.csv", index=False)
+    sections = [
+        summary_section(results, cells, keys, out),
+        panels_section(cells, keys, out),
+        heatmaps_section(cells, keys, out),
+        correlations_section(cells, keys, out),
+        curves_section(results, keys, out, opts.curves_by),
+        surfaces_section(results, keys, out, opts),
+        matrices_section(results, keys, out, opts),
+        status_section(results, keys),
+    ]
+    sections = [s for s in sections if s.items]
+    subtitle = f"temperature {temperature}, load {load}; {len(results.runs)} runs"
+    page = out / "index.html"
+    page.write_text(render_html(f"Sweep {results.name}", sections, subtitle))
+    plt.close("all")
+    return page
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="landscape-report",
+        description="Phase diagram, correlations and landscape figures for one results directory.",
+    )
+    p.add_argument("results", help="results directory of one sweep (results/<sweep>)")
+    p.add_argument("--out", help="output directory (default: <results>/report)")
+    p.add_argument(
+        "--temperature", help="temperature axis, a runs column (default: the manifest's)"
+    )
+    p.add_argument("--load", help="load axis, a runs column (default: the manifest's)")
+    p.add_argument(
+        "--curves-by",
+        help="knob to overlay training curves across (default: optim.lr if swept, else temperature)",
+    )
+    p.add_argument(
+        "--log-surfaces", action="store_true", help="draw 1-D/2-D/3-D surfaces in log10 loss"
+    )
+    p.add_argument(
+        "--max-variants",
+        type=int,
+        default=4,
+        help="models per surface/stiffness figure (default: 4)",
+    )
+    rule = p.add_argument_group("phase rule (see analysis.phases)")
+    for name, kind, default, text, choices in threshold_options():
+        shown = (
+            "" if default is None else f" (default: {default})"
+        )  # None: the text says what happens
+        metavar = None if choices else ("N" if kind is int else "X")
+        rule.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=f"thr_{name}",
+            type=kind,
+            default=default,
+            choices=choices,
+            metavar=metavar,
+            help=text + shown,
+        )
+    return p
+
+
+def options(args: argparse.Namespace) -> ReportOptions:
+    """ReportOptions from parsed arguments; raises ValueError naming a bad threshold."""
+    values = {k[4:]: v for k, v in vars(args).items() if k.startswith("thr_")}
+    if args.max_variants < 1:
+        raise ValueError(f"--max-variants must be >= 1, got {args.max_variants}")
+    return ReportOptions(
+        args.temperature,
+        args.load,
+        PhaseThresholds(**values),
+        args.curves_by,
+        args.log_surfaces,
+        args.max_variants,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status (2 on bad input, with nothing written)."""
+    args = parser().parse_args(argv)
+    try:
+        opts = options(args)
+        results = load_results(args.results)
+        results.analysis_axes(opts.temperature, opts.load)
+        if opts.curves_by is not None and opts.curves_by not in results.runs:
+            raise ResultsError(f"--curves-by {opts.curves_by!r} is not a column of the runs table")
+        out = Path(args.out) if args.out else results.path / "report"
+        if out.exists() and not out.is_dir():
+            raise ResultsError(f"--out {str(out)!r} exists and is not a directory")
+    except ValueError as err:  # ResultsError is a ValueError
+        print(f"landscape-report: error: {err}", file=sys.stderr)
+        return 2
+    page = build_report(results, out, opts)
+    print(f"report written to {page}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Loading a results directory: tables, absent tables, temporary parts, axes."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from analysis.load import ResultsError, load_results, read_table
+
+from .fake_results import write_results
+
+
+def test_loads_every_table_and_skips_temporary_parts(results_dir):
+    results = load_results(results_dir)
+    # 16 cells x 3 seeds, written as two parts next to a dot-named corrupt temporary part.
+    assert len(results.runs) == 48
+    assert set(results.tables()) == {
+        "runs",
+        "curves",
+        "pairs",
+        "surfaces",
+        "spectra",
+        "stiffness",
+        "lr_range",
+    }
+    assert results.manifest["sweep"] == "fake"
+    assert results.axes["model.width"] == [4, 8, 16, 32]
+
+
+def test_absent_tables_are_none(minimal_dir):
+    results = load_results(minimal_dir)
+    assert results.pairs is None and results.surfaces is None and results.lr_range is None
+    assert results.curves is not None
+
+
+def test_parts_with_different_columns_are_concatenated(tmp_path):
+    # A newer part carries a metric the older one lacks: the column must survive.
+    pd.DataFrame({"variant_id": ["a"], "x": [1.0]}).to_parquet(tmp_path / "part-0.parquet")
+    pd.DataFrame({"variant_id": ["b"], "x": [2.0], "new": [3.0]}).to_parquet(
+        tmp_path / "part-1.parquet"
+    )
+    table = read_table(tmp_path)
+    assert list(table["variant_id"]) == ["a", "b"]
+    assert table["new"].isna().tolist() == [True, False]
+
+
+def test_analysis_axes_from_manifest_and_overrides(results_dir):
+    results = load_results(results_dir)
+    assert results.analysis_axes() == ("optim.batch_size", "model.width")
+    assert results.analysis_axes(temperature="seed") == ("seed", "model.width")
+    with pytest.raises(ResultsError, match="'nope'"):
+        results.analysis_axes(load="nope")
+
+
+def test_axes_are_guessed_without_manifest(tmp_path):
+    root = write_results(tmp_path / "r", tables=("runs",))
+    (root / "manifest.json").unlink()
+    results = load_results(root)
+    assert set(results.axes) == {"model.width", "optim.batch_size", "seed"}
+    assert results.analysis_axes() == ("optim.batch_size", "model.width")
+
+
+def test_missing_directory_and_missing_runs_name_the_path(tmp_path):
+    with pytest.raises(ResultsError, match="does not exist"):
+        load_results(tmp_path / "absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ResultsError, match="no runs table"):
+        load_results(tmp_path / "empty")
+
+
+def test_bad_manifest_is_named(tmp_path):
+    root = write_results(tmp_path / "r", tables=("runs",))
+    (root / "manifest.json").write_text("{not json")
+    with pytest.raises(ResultsError, match="manifest.json"):
+        load_results(root)
+
+
+def test_num_classes_from_data_name(results_dir):
+    assert load_results(results_dir).num_classes() == 10
+    assert (
+        json.loads((results_dir / "manifest.json").read_text())["config"]["data"]["name"]
+        == "digits"
+    )
+
+
+def test_num_classes_of_synthetic_data_from_its_knob(tmp_path):
+    root = write_results(tmp_path / "r", tables=("runs",), local_metrics=())
+    runs = load_results(root).runs
+    # digits also carries the (meaningless) synthetic default: the name must win.
+    runs = runs.assign(**{"data.n_classes": 4})
+    runs.to_parquet(root / "runs" / "part-00000.parquet")
+    (root / "runs" / "part-00001.parquet").unlink()
+    assert load_results(root).num_classes() == 10
+    runs.assign(**{"data.name": "synthetic"}).to_parquet(root / "runs" / "part-00000.parquet")
+    assert load_results(root).num_classes() == 4

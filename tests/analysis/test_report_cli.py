@@ -1,0 +1,67 @@
+"""The landscape-report command: output on good input, one-line errors on bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from analysis import report
+from analysis.report import main
+
+from .fake_results import write_results
+
+
+def test_report_writes_index_and_pngs(minimal_report):
+    pngs = sorted(p.name for p in minimal_report.parent.glob("*.png"))
+    assert pngs, "no figures written"
+    page = minimal_report.read_text()
+    assert page.count("data:image/png;base64,") == len(pngs)
+
+
+def test_default_out_is_inside_results_and_printed(tmp_path, monkeypatch, capsys):
+    root = write_results(tmp_path / "r", tables=("runs",), local_metrics=())
+    written = {}
+
+    def fake_build(results, out, opts):  # the layout is under test here, not the figures
+        written.update(out=out, opts=opts)
+        out.mkdir()
+        (out / "index.html").write_text("")
+        return out / "index.html"
+
+    monkeypatch.setattr(report, "build_report", fake_build)
+    assert report.main([str(root), "--cka-threshold", "0.5"]) == 0
+    assert written["out"] == root / "report"
+    assert written["opts"].thresholds.cka_threshold == 0.5
+    assert str(root / "report" / "index.html") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing", "does not exist"),
+        ("no_runs", "no runs table"),
+        ("bad_axis", "'model.nope'"),
+        ("bad_threshold", "mc_k must be > 0, got -1.0"),
+        ("out_is_file", "is not a directory"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_nothing_written(case, message, tmp_path, capsys):
+    root = tmp_path / case
+    args = [str(root)]
+    if case == "no_runs":
+        root.mkdir()
+        (root / "curves").mkdir()
+    if case == "bad_axis":
+        write_results(root, tables=("runs",), local_metrics=())
+        args += ["--load", "model.nope"]
+    if case == "bad_threshold":
+        write_results(root, tables=("runs",), local_metrics=())
+        args += ["--mc-k", "-1"]
+    if case == "out_is_file":
+        write_results(root, tables=("runs",), local_metrics=())
+        (tmp_path / "file").write_text("x")
+        args += ["--out", str(tmp_path / "file")]
+    before = sorted(tmp_path.rglob("*"))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and err.startswith("landscape-report: error:")
+    assert sorted(tmp_path.rglob("*")) == before
