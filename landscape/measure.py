@@ -1,37 +1,110 @@
 """Which metrics to compute on a trained pack, and the one call that computes them.
 
 :class:`MetricsSpec` is hashed apart from the variants (``metrics_id``): adding a metric
-renames no trained model. ``measure_pack`` returns per-member columns for ``runs`` and
-rows for the metric's own tables, members indexed by their position in the pack.
+renames no trained model. Its fields are the metric families, flat, as in the config
+(``metrics.hessian_trace.n_probes``, ``metrics.cka.inputs``, ``metrics.bezier.epochs``).
+``measure_pack`` returns per-member columns for ``runs`` and rows for the metrics' own
+tables (``spectra``, ``stiffness``, ``lr_range``, ``pairs``, ``surfaces``), members indexed
+by their position in the pack.
+
+Randomness comes from ``MetricsSpec.seed`` alone (and, for per-member sample draws, each
+member's own seed), never from the pack's composition: a member measured in any pack gets
+the same numbers.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 
-from landscape.metrics.hessian import hessian_trace
+from landscape.metrics.local import (
+    GradientStatsSpec,
+    HessianEigenSpec,
+    HessianTraceSpec,
+    LocalMetricSpecs,
+    LRRangeSpec,
+    SharpnessSpec,
+    SpectrumSpec,
+    StiffnessSpec,
+    measure_local,
+)
+from landscape.metrics.pairs import (
+    BarrierSpec,
+    BatchNormSpec,
+    BezierSpec,
+    CKASpec,
+    DistanceSpec,
+    GlobalMetricSpecs,
+    MLISpec,
+    SurfaceSpec,
+    measure_member_surfaces,
+    measure_pairs,
+)
 from landscape.pack import TrainedPack
+from landscape.variant import ConfigError
+
+LOCAL_FIELDS = tuple(f.name for f in dataclasses.fields(LocalMetricSpecs))
+GLOBAL_FIELDS = ("distance", "cka", "barrier", "bezier", "mli", "surface", "batch_norm")
 
 
-@dataclass(frozen=True)
-class HessianTraceSpec:
-    """Hutchinson trace. Yang et al. used 100 probes on one batch of 200 samples; PyHessian's
-    maintainer warns 200 samples is noisy, so our default sample is larger."""
-
-    enabled: bool = True
-    n_probes: int = 100
-    n_samples: int = 512
-    tol: float = 1e-3  # stop a member once its standard error is below tol * |estimate|
-    chunk: int = 10  # probes per vmapped batch (bounds memory)
+def _off(spec_cls: type) -> object:
+    return spec_cls(enabled=False)
 
 
 @dataclass(frozen=True)
 class MetricsSpec:
+    """Every metric family's settings. The dataclass defaults are the ``fast`` preset's: the
+    Hutchinson trace only; ``conf/metrics/*.yaml`` switch the others on."""
+
     preset: str = "fast"
-    seed: int = 0  # seeds the sample draws and probe vectors
+    seed: int = 0  # seeds every sample draw, probe vector and random direction
+    # local geometry, one model at a time (landscape.metrics.local)
     hessian_trace: HessianTraceSpec = field(default_factory=HessianTraceSpec)
+    hessian_eigen: HessianEigenSpec = field(default_factory=lambda: _off(HessianEigenSpec))
+    spectrum: SpectrumSpec = field(default_factory=lambda: _off(SpectrumSpec))
+    sharpness: SharpnessSpec = field(default_factory=lambda: _off(SharpnessSpec))
+    gradient_stats: GradientStatsSpec = field(default_factory=lambda: _off(GradientStatsSpec))
+    stiffness: StiffnessSpec = field(default_factory=lambda: _off(StiffnessSpec))
+    lr_range: LRRangeSpec = field(default_factory=lambda: _off(LRRangeSpec))
+    # global geometry: between seeds of a replicate group, and toward initialisation
+    distance: DistanceSpec = field(default_factory=lambda: _off(DistanceSpec))
+    cka: CKASpec = field(default_factory=lambda: _off(CKASpec))
+    barrier: BarrierSpec = field(default_factory=lambda: _off(BarrierSpec))
+    bezier: BezierSpec = field(default_factory=lambda: _off(BezierSpec))
+    mli: MLISpec = field(default_factory=lambda: _off(MLISpec))
+    surface: SurfaceSpec = field(default_factory=lambda: _off(SurfaceSpec))
+    batch_norm: BatchNormSpec = field(default_factory=BatchNormSpec)  # BN recomputation along paths
+    max_pairs: int = 10  # pairs per replicate group (5 seeds -> all 10, as Yang et al.)
+    eval_chunk: int = 64  # parameter sets evaluated at once (surface grid points x models)
+    eval_batch_size: int = 512  # examples per forward pass of those evaluations
+
+    def __post_init__(self) -> None:
+        for key in ("max_pairs", "eval_chunk", "eval_batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(
+                    f"metrics.{key} must be an integer >= 1, got {getattr(self, key)!r}"
+                )
+
+    def local_specs(self) -> LocalMetricSpecs:
+        return LocalMetricSpecs(**{name: getattr(self, name) for name in LOCAL_FIELDS})
+
+    def global_specs(self) -> GlobalMetricSpecs:
+        return GlobalMetricSpecs(
+            **{name: getattr(self, name) for name in GLOBAL_FIELDS},
+            max_pairs=self.max_pairs,
+            chunk=self.eval_chunk,
+            batch_size=self.eval_batch_size,
+        )
+
+    @property
+    def any_pairs(self) -> bool:
+        return any(getattr(self, n).enabled for n in ("distance", "cka", "barrier", "bezier"))
+
+    @property
+    def any_member_surfaces(self) -> bool:
+        return self.mli.enabled or self.surface.enabled or self.distance.enabled
 
 
 @dataclass
@@ -42,29 +115,39 @@ class Measured:
     )  # rows carry member / member_a / member_b
 
 
-def _masked(values: torch.Tensor, alive: torch.Tensor) -> list:
-    return [float(v) if a else None for v, a in zip(values.tolist(), alive.tolist())]
+def replicate_groups(pack: TrainedPack) -> list[list[int]]:
+    """Member indices of each replicate group in the pack (same point, different seeds)."""
+    groups: dict[str, list[int]] = {}
+    for k, v in enumerate(pack.variants):
+        groups.setdefault(v.group_id, []).append(k)
+    return list(groups.values())
 
 
 def measure_pack(pack: TrainedPack, spec: MetricsSpec) -> Measured:
     """Every enabled metric on the pack's checkpoint; diverged members get None."""
     out = Measured()
-    seed = spec.seed * 1_000_003 + sum(v.seed for v in pack.variants)
-    g = torch.Generator().manual_seed(seed)
-    ht = spec.hessian_trace
-    if ht.enabled:
-        x, y = pack.data.train_sample(ht.n_samples, g)
-        est = hessian_trace(
-            pack.net,
-            pack.final,
-            x,
-            y,
-            n_probes=ht.n_probes,
-            tol=ht.tol,
-            chunk=ht.chunk,
-            generator=torch.Generator(x.device.type).manual_seed(seed + 1),
+    local = measure_local(pack, spec.local_specs(), torch.Generator().manual_seed(spec.seed))
+    out.columns.update(local.columns)
+    out.tables.update(local.tables)
+    surfaces: list[dict] = []
+    if spec.any_pairs:
+        pairs = measure_pairs(
+            pack,
+            replicate_groups(pack),
+            spec.global_specs(),
+            torch.Generator().manual_seed(spec.seed + 1),
         )
-        out.columns["hessian_trace"] = _masked(est.estimate, pack.alive)
-        out.columns["hessian_trace_se"] = _masked(est.stderr, pack.alive)
-        out.columns["hessian_trace_probes"] = [int(n) for n in est.n_probes.tolist()]
+        for row in pairs.rows:
+            row["group_id"] = pack.variants[row["member_a"]].group_id
+        if pairs.rows:
+            out.tables["pairs"] = pairs.rows
+        surfaces += pairs.surfaces
+    if spec.any_member_surfaces:
+        member = measure_member_surfaces(
+            pack, spec.global_specs(), torch.Generator().manual_seed(spec.seed + 2)
+        )
+        out.columns.update(member.columns)
+        surfaces += member.surfaces
+    if surfaces:
+        out.tables["surfaces"] = surfaces
     return out

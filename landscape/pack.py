@@ -76,6 +76,9 @@ class PackData:
     x_test: Tensor  # (M, *input_shape)
     y_test: Tensor  # (M,)
     num_classes: int
+    seeds: tuple[
+        int, ...
+    ] = ()  # the members' variant seeds: sample draws depend on them, not on position
 
     @property
     def members(self) -> int:
@@ -85,18 +88,32 @@ class PackData:
     def n_train(self) -> int:
         return self.train_idx.shape[1]
 
+    def select(self, index: Sequence[int]) -> PackData:
+        """The data of the chosen members (for sub-packs of pairs or of survivors)."""
+        idx = torch.as_tensor(list(index), dtype=torch.long, device=self.train_idx.device)
+        seeds = tuple(self.seeds[i] for i in index) if self.seeds else ()
+        return dataclasses.replace(
+            self, train_idx=self.train_idx[idx], y_train=self.y_train[idx], seeds=seeds
+        )
+
     def train_batch(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Positions (K, B) into each member's training set -> x (K, B, *input), y (K, B)."""
         idx = self.train_idx.gather(1, positions)
         return self.x_train[idx], self.y_train.gather(1, positions)
 
+    def member_generators(self, generator: torch.Generator) -> list[torch.Generator]:
+        """One CPU generator per member, seeded by one draw from ``generator`` and the member's
+        own seed, so a member draws the same sample whatever pack it is in and wherever."""
+        base = int(torch.randint(2**62, (1,), generator=generator))
+        seeds = self.seeds or tuple(range(self.members))
+        return [torch.Generator().manual_seed((base + 1_000_003 * s) % 2**63) for s in seeds]
+
     def train_sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """A seeded draw of min(n, n_train) distinct training examples per member (each member
         draws from its own subset, with its own labels): x (K, n, ...), y (K, n)."""
         n = min(n, self.n_train)
-        pos = torch.stack(
-            [torch.randperm(self.n_train, generator=generator)[:n] for _ in range(self.members)]
-        )
+        gens = self.member_generators(generator)
+        pos = torch.stack([torch.randperm(self.n_train, generator=g)[:n] for g in gens])
         return self.train_batch(pos.to(self.train_idx.device))
 
     def test_sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

@@ -58,6 +58,7 @@ def make_pack_data(variants: Sequence[Variant], dataset: Dataset) -> PackData:
         x_test=dataset.x_test,
         y_test=dataset.y_test,
         num_classes=dataset.num_classes,
+        seeds=tuple(v.seed for v in variants),
     )
 
 

@@ -1,0 +1,195 @@
+"""Quadratic Bezier mode connectivity between two trained models, trained for many pairs at once.
+
+Garipov, Izmailov, Podoprikhin, Vetrov, Wilson (2018), "Loss Surfaces, Mode Connectivity,
+and Fast Ensembling of DNNs" (NeurIPS): the curve
+
+    phi(t) = (1-t)^2 w_a + 2t(1-t) w_c + t^2 w_b,   t in [0, 1],
+
+with the endpoints fixed and the control point w_c trained to minimise E_{t~U(0,1)} L(phi(t)).
+Protocol of Yang, Hodgkinson, Theisen, Zou, Gonzalez, Ramchandran, Mahoney (2021),
+"Taxonomizing local versus global structure in neural network loss landscapes": w_c starts
+at the midpoint, SGD with lr 0.01, momentum 0.9, weight decay 5e-4 on w_c, one t per step,
+the learning rate constant for the first 50% of training, then linearly down to 1% of its
+value at 90%, then constant; the curve's training error (%) is read at t in {0, .25, .5,
+.75, 1} with BatchNorm statistics recomputed at each t, and summarised by Yang's
+:func:`yang_mc`. P pairs train together as one stack (vmap over pairs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+
+from landscape.functional import FunctionalNet, Params, Stack
+from landscape.metrics.batchnorm import batch_stat_net
+from landscape.metrics.surfaces import evaluate_combinations, stack_basis
+from landscape.optim import MemberHypers, apply_update, init_state
+from landscape.variant import OptimSpec
+
+YANG_TS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def bezier_coeffs(ts: Tensor) -> Tensor:
+    """(T,) -> (T, 3) coefficients of [w_a, w_c, w_b]: ((1-t)^2, 2t(1-t), t^2)."""
+    return torch.stack([(1 - ts) ** 2, 2 * ts * (1 - ts), ts**2], dim=-1)
+
+
+def bezier_lr_factor(step: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate at 0-based ``step`` of ``total_steps`` (Garipov et
+    al.'s schedule, used by Yang et al.): 1 up to 50% of training, then linear to 0.01 at
+    90%, then 0.01."""
+    frac = step / max(total_steps, 1)
+    if frac <= 0.5:
+        return 1.0
+    if frac <= 0.9:
+        return 1.0 - 0.99 * (frac - 0.5) / 0.4
+    return 0.01
+
+
+def yang_mc(errors: Tensor) -> Tensor:
+    """Yang et al.'s mode-connectivity scalar from errors (..., T) along the curve (first and
+    last at the endpoints): mc = (e_0 + e_last)/2 - e_u with u = argmax_i |e_i - (e_0 + e_last)/2|.
+    mc < 0: a barrier; mc > 0: the curve beats its endpoints; mc ~ 0: well connected."""
+    mid = (errors[..., 0] + errors[..., -1]) / 2
+    u = (errors - mid.unsqueeze(-1)).abs().argmax(-1, keepdim=True)
+    return mid - errors.gather(-1, u).squeeze(-1)
+
+
+def _curve_loss(net: FunctionalNet) -> Callable[..., Tensor]:
+    stat_net = batch_stat_net(net)  # train mode: BatchNorm normalises with batch statistics
+
+    def loss(
+        c: Params, a: Params, b: Params, buffers: Params, x: Tensor, y: Tensor, t: Tensor
+    ) -> Tensor:
+        params = {n: (1 - t) ** 2 * a[n] + 2 * t * (1 - t) * c[n] + t**2 * b[n] for n in c}
+        return F.cross_entropy(stat_net.logits(params, buffers, x).float(), y)
+
+    return loss
+
+
+def train_bezier(
+    net: FunctionalNet,
+    a: Stack,
+    b: Stack,
+    draw_batch: Callable[[torch.Generator], tuple[Tensor, Tensor]],
+    steps: int,
+    generator: torch.Generator,
+    *,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+) -> tuple[Params, Tensor]:
+    """Train the control points of P curves (pairs stacked in ``a`` and ``b``, leading dim P).
+
+    ``draw_batch(generator)`` returns one training batch per pair: x (P, B, *input), y (P, B).
+    One t ~ U(0, 1) per pair per step, drawn from ``generator``. The update is
+    ``landscape.optim.apply_update`` (torch.optim.SGD semantics, weight decay on w_c only).
+    Returns the control points (P, *shape) and the last step's training loss (P,); a pair
+    whose loss turns non-finite is frozen from that step on.
+    """
+    if steps < 1:
+        raise ValueError(f"bezier training needs >= 1 step, got {steps}")
+    P = a.members
+    device = next(iter(a.params.values())).device
+    c = {n: (a.params[n] + b.params[n]) / 2 for n in a.params}  # w_c starts at the midpoint
+    spec = OptimSpec(name="sgd", lr=lr, momentum=momentum, weight_decay=weight_decay)
+    hypers = MemberHypers(
+        *(torch.full((P,), float(v), device=device) for v in (lr, momentum, weight_decay))
+    )
+    state = init_state(spec, c)
+    alive = torch.ones(P, dtype=torch.bool, device=device)
+    step_fn = vmap(grad_and_value(_curve_loss(net)))
+    loss = torch.full((P,), float("nan"), device=device)
+    for step in range(steps):
+        x, y = draw_batch(generator)
+        t = torch.rand(P, generator=generator).to(device)
+        grads, loss = step_fn(c, a.params, b.params, a.buffers, x, y, t)
+        alive = alive & torch.isfinite(loss)
+        apply_update(
+            spec,
+            c,
+            grads,
+            state,
+            hypers,
+            hypers.lr * bezier_lr_factor(step, steps),
+            step + 1,
+            alive,
+        )
+    return c, loss.detach()
+
+
+def evaluate_bezier(
+    net: FunctionalNet,
+    a: Stack,
+    control: Params,
+    b: Stack,
+    ts: Tensor,
+    x: Tensor,
+    y: Tensor,
+    *,
+    bn_x: Tensor | None = None,
+    chunk: int = 64,
+    batch_size: int = 512,
+) -> tuple[Tensor, Tensor]:
+    """Loss and accuracy (P, T) at phi(t) for every t; BatchNorm statistics recomputed at each
+    t from ``bn_x`` (P, m, B, *input) when given (otherwise buffers follow the curve, the
+    control point's being the endpoints' mean)."""
+    mid_buffers = {
+        n: (a.buffers[n] + b.buffers[n]) / 2 if a.buffers[n].is_floating_point() else a.buffers[n]
+        for n in a.buffers
+    }
+    basis = Stack(
+        stack_basis(a.params, control, b.params), stack_basis(a.buffers, mid_buffers, b.buffers)
+    )
+    return evaluate_combinations(
+        net, basis, bezier_coeffs(ts), x, y, bn_x=bn_x, chunk=chunk, batch_size=batch_size
+    )
+
+
+@dataclass
+class BezierResult:
+    mc: Tensor  # (P,) Yang's scalar, in training-error percentage points
+    ts: Tensor  # (T,)
+    curve_loss: Tensor  # (P, T)
+    curve_error: Tensor  # (P, T) training error in %
+    curve_accuracy: Tensor  # (P, T) training accuracy, a fraction
+    control: Params  # (P, *shape) trained control points
+    train_loss: Tensor  # (P,) last training step's loss
+
+
+def bezier_connectivity(
+    net: FunctionalNet,
+    a: Stack,
+    b: Stack,
+    draw_batch: Callable[[torch.Generator], tuple[Tensor, Tensor]],
+    steps: int,
+    x: Tensor,
+    y: Tensor,
+    generator: torch.Generator,
+    *,
+    ts: Sequence[float] = YANG_TS,
+    bn_x: Tensor | None = None,
+    lr: float = 0.01,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    chunk: int = 64,
+    batch_size: int = 512,
+) -> BezierResult:
+    """Train P Bezier curves (:func:`train_bezier`), evaluate them on x (P, N, *input),
+    y (P, N) at ``ts`` (:func:`evaluate_bezier`) and summarise with :func:`yang_mc`."""
+    if len(ts) < 2 or ts[0] != 0.0 or ts[-1] != 1.0:
+        raise ValueError(f"bezier.ts must run from 0.0 to 1.0, got {tuple(ts)}")
+    control, train_loss = train_bezier(
+        net, a, b, draw_batch, steps, generator, lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    t = torch.tensor(ts, dtype=torch.float64)
+    loss, acc = evaluate_bezier(
+        net, a, control, b, t, x, y, bn_x=bn_x, chunk=chunk, batch_size=batch_size
+    )
+    error = 100 * (1 - acc)
+    return BezierResult(yang_mc(error), t, loss, error, acc, control, train_loss)

@@ -1,0 +1,236 @@
+"""Centered kernel alignment (CKA) between the representations of two models on the same inputs.
+
+Kornblith, Norouzi, Lee, Hinton (2019), "Similarity of Neural Network Representations
+Revisited" (ICML): for representations X (n, p) and Y (n, q) of the same n inputs, with
+Gram matrices K, L and the centring matrix H = I - 11'/n,
+
+    HSIC(K, L) = tr(K H L H) / (n - 1)^2,     CKA = HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L)),
+
+which for linear kernels (K = XX') is ||Y_c' X_c||_F^2 / (||X_c' X_c||_F ||Y_c' Y_c||_F) with
+column-centred X_c, Y_c. Linear CKA is invariant to orthogonal transforms and isotropic
+scaling of either representation, not to general invertible linear maps.
+
+The unbiased minibatch estimator of Nguyen, Raghu, Kornblith (2021), "Do Wide and Deep
+Networks Learn the Same Things?" (ICLR), averages the unbiased HSIC_1 of Song et al. (2012)
+over minibatches of k >= 4 inputs and forms CKA from the averages:
+
+    HSIC_1(K, L) = [tr(K~L~) + 1'K~1 1'L~1 / ((k-1)(k-2)) - 2/(k-2) 1'K~L~1] / (k(k-3)),
+
+K~, L~ the Gram matrices with zeroed diagonals. HSIC_1 may be negative (it is unbiased):
+the cross term then gives a slightly negative CKA, kept as is; a non-positive self term
+gives NaN rather than a number.
+
+Every function takes leading batch dimensions (..., n, d), so pairs of models stack.
+Arithmetic is in float64.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from landscape.functional import FunctionalNet, Params, Stack
+
+REPRESENTATIONS = ("logits", "softmax", "features")
+
+
+def _check_gram(k: Tensor, name: str) -> None:
+    """Each Gram matrix on its own: square and symmetric (not 'both broken' only)."""
+    if k.dim() < 2 or k.shape[-1] != k.shape[-2]:
+        raise ValueError(
+            f"{name} must be a square Gram matrix (..., n, n), got shape {tuple(k.shape)}"
+        )
+    scale = k.abs().amax().clamp_min(1e-300)
+    if (k - k.transpose(-1, -2)).abs().amax() > 1e-6 * scale:
+        raise ValueError(f"{name} must be symmetric (a Gram matrix), got an asymmetric matrix")
+
+
+def gram_linear(x: Tensor) -> Tensor:
+    """(..., n, d) -> (..., n, n): x x'."""
+    x = x.double()
+    return x @ x.transpose(-1, -2)
+
+
+def gram_rbf(x: Tensor, threshold: float = 1.0) -> Tensor:
+    """Gaussian kernel exp(-||x_i - x_j||^2 / (2 sigma^2)) with sigma = ``threshold`` times the
+    median pairwise distance (off-diagonal pairs), as in Kornblith et al.'s experiments."""
+    x = x.double()
+    sq = torch.cdist(x, x).square()
+    n = x.shape[-2]
+    iu = torch.triu_indices(n, n, offset=1, device=x.device)
+    median_sq = sq[..., iu[0], iu[1]].median(-1).values
+    return torch.exp(-sq / (2 * threshold**2 * median_sq[..., None, None]))
+
+
+def hsic_biased(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741
+    """tr(K H L H) / (n - 1)^2 for Gram matrices (..., n, n)."""
+    _check_gram(k, "K")
+    _check_gram(l, "L")
+    k, l = k.double(), l.double()  # noqa: E741
+    n = k.shape[-1]
+    kc = k - k.mean(-1, keepdim=True) - k.mean(-2, keepdim=True) + k.mean((-1, -2), keepdim=True)
+    return (kc * l).sum((-1, -2)) / (n - 1) ** 2  # tr(HKH L) = <HKH, L> for symmetric L
+
+
+def hsic_unbiased(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741
+    """HSIC_1 of Song et al. (2012) for Gram matrices (..., n, n), n >= 4."""
+    _check_gram(k, "K")
+    _check_gram(l, "L")
+    return _hsic1(k, l)
+
+
+def _hsic1(k: Tensor, l: Tensor) -> Tensor:  # noqa: E741
+    """HSIC_1 without input checks (Gram matrices built here are symmetric by construction)."""
+    n = k.shape[-1]
+    if n < 4:
+        raise ValueError(
+            f"unbiased HSIC needs n >= 4 examples per batch (it divides by n-3), got n={n}"
+        )
+    eye = torch.eye(n, dtype=torch.bool, device=k.device)
+    kt = k.double().masked_fill(eye, 0.0)
+    lt = l.double().masked_fill(eye, 0.0)
+    trace = (kt * lt).sum((-1, -2))
+    k_row, l_row = kt.sum(-1), lt.sum(-1)  # (..., n): K~1, L~1
+    sums = k_row.sum(-1) * l_row.sum(-1) / ((n - 1) * (n - 2))
+    cross = 2 * (k_row * l_row).sum(-1) / (n - 2)  # 1'K~L~1 = (K~1).(L~1), K~ symmetric
+    return (trace + sums - cross) / (n * (n - 3))
+
+
+def _ratio(kl: Tensor, kk: Tensor, ll: Tensor) -> Tensor:
+    """kl / sqrt(kk ll), NaN unless both self terms are > 0 (each checked on its own)."""
+    ok = (kk > 0) & (ll > 0)
+    return torch.where(
+        ok, kl / (kk.clamp_min(1e-300).sqrt() * ll.clamp_min(1e-300).sqrt()), torch.nan
+    )
+
+
+def cka_from_grams(k: Tensor, l: Tensor, unbiased: bool = False) -> Tensor:  # noqa: E741
+    """CKA from Gram matrices (..., n, n), biased HSIC or unbiased HSIC_1."""
+    hsic = hsic_unbiased if unbiased else hsic_biased
+    return _ratio(hsic(k, l), hsic(k, k), hsic(l, l))
+
+
+def linear_cka(x: Tensor, y: Tensor) -> Tensor:
+    """Linear CKA (biased HSIC) of x (..., n, p) and y (..., n, q) in feature space:
+    ||Y_c'X_c||_F^2 / (||X_c'X_c||_F ||Y_c'Y_c||_F). NaN if either is constant over inputs."""
+    _check_pair(x, y)
+    xc = x.double() - x.double().mean(-2, keepdim=True)
+    yc = y.double() - y.double().mean(-2, keepdim=True)
+    cross = (yc.transpose(-1, -2) @ xc).square().sum((-1, -2))
+    xx = (xc.transpose(-1, -2) @ xc).square().sum((-1, -2))
+    yy = (yc.transpose(-1, -2) @ yc).square().sum((-1, -2))
+    return _ratio(cross, xx, yy)
+
+
+def _check_pair(x: Tensor, y: Tensor) -> None:
+    if x.dim() < 2 or y.dim() < 2 or x.shape[:-1] != y.shape[:-1]:
+        raise ValueError(
+            f"CKA needs representations of the same inputs, (..., n, p) and (..., n, q); got "
+            f"{tuple(x.shape)} and {tuple(y.shape)}"
+        )
+
+
+def minibatch_cka(
+    x: Tensor, y: Tensor, batch_size: int, kernel: str = "linear", threshold: float = 1.0
+) -> Tensor:
+    """Nguyen et al.'s unbiased minibatch CKA: HSIC_1 averaged over consecutive minibatches of
+    ``batch_size`` >= 4 inputs (an incomplete last batch is dropped), CKA from the averages.
+    x (..., n, p), y (..., n, q) -> (...)."""
+    _check_pair(x, y)
+    n = x.shape[-2]
+    if batch_size < 4:
+        raise ValueError(
+            f"unbiased CKA needs batches of >= 4 inputs (HSIC_1 divides by n-3), got {batch_size}"
+        )
+    if n < 4:
+        raise ValueError(f"unbiased CKA needs >= 4 inputs, got n={n}")
+    if kernel not in ("linear", "rbf"):
+        raise ValueError(f"kernel must be 'linear' or 'rbf', got {kernel!r}")
+    size = min(batch_size, n)
+    gram = gram_linear if kernel == "linear" else (lambda z: gram_rbf(z, threshold))
+    kl = kk = ll = 0.0
+    batches = n // size
+    for i in range(batches):
+        k = gram(x[..., i * size : (i + 1) * size, :])
+        l = gram(y[..., i * size : (i + 1) * size, :])  # noqa: E741
+        kl = kl + _hsic1(k, l)
+        kk = kk + _hsic1(k, k)
+        ll = ll + _hsic1(l, l)
+    return _ratio(kl / batches, kk / batches, ll / batches)
+
+
+def representations(
+    net: FunctionalNet,
+    params: Params,
+    buffers: Params,
+    x: Tensor,
+    kinds: Sequence[str],
+    batch_size: int = 512,
+) -> dict[str, Tensor]:
+    """Eval-mode representations of ONE model on x (N, *input): ``logits`` (N, C), ``softmax``
+    (N, C) and penultimate ``features`` (N, D), as asked. Callers vmap over models."""
+    unknown = set(kinds) - set(REPRESENTATIONS)
+    if unknown:
+        raise ValueError(
+            f"cka.representations must be among {', '.join(REPRESENTATIONS)}, got {sorted(unknown)}"
+        )
+    out: dict[str, list[Tensor]] = {k: [] for k in kinds}
+    for start in range(0, x.shape[0], batch_size):
+        xb = x[start : start + batch_size]
+        if "logits" in out or "softmax" in out:
+            logits = net.logits(params, buffers, xb).float()
+            if "logits" in out:
+                out["logits"].append(logits)
+            if "softmax" in out:
+                out["softmax"].append(logits.softmax(-1))
+        if "features" in out:
+            out["features"].append(net.features(params, buffers, xb).float().flatten(1))
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def mixup_inputs(x: Tensor, generator: torch.Generator, concentration: float = 16.0) -> Tensor:
+    """Mixup of inputs x (P, n, *input) within each model's row: example i mixed with a random
+    partner, lambda_i ~ Beta(concentration, concentration) (Yang et al.: Beta(16, 16)).
+    Lambdas come from a NumPy generator seeded by ``generator``."""
+    P, n = x.shape[:2]
+    partner = torch.stack([torch.randperm(n, generator=generator) for _ in range(P)]).to(x.device)
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    lam = np.random.default_rng(seed).beta(concentration, concentration, size=(P, n))
+    lam = torch.as_tensor(lam, dtype=x.dtype, device=x.device).view(P, n, *([1] * (x.dim() - 2)))
+    other = x.gather(1, partner.view(P, n, *([1] * (x.dim() - 2))).expand_as(x))
+    return lam * x + (1 - lam) * other
+
+
+@torch.no_grad()
+def pair_cka(
+    net: FunctionalNet,
+    a: Stack,
+    b: Stack,
+    x: Tensor,
+    *,
+    kinds: Sequence[str] = REPRESENTATIONS,
+    unbiased_batch_size: int | None = 256,
+    rbf_threshold: float | None = None,
+    batch_size: int = 512,
+) -> dict[str, Tensor]:
+    """CKA between P pairs of models (stacked in ``a`` and ``b``) on inputs x (P, N, *input).
+
+    Returns ``{f"linear_{kind}": (P,)}`` (biased linear CKA), plus ``unbiased_{kind}`` (the
+    minibatch estimator, when ``unbiased_batch_size`` is set) and ``rbf_{kind}`` (biased RBF
+    CKA, when ``rbf_threshold`` is set), for every representation kind."""
+    rep = vmap(lambda p, bf, xs: representations(net, p, bf, xs, kinds, batch_size))
+    ra, rb = rep(a.params, a.buffers, x), rep(b.params, b.buffers, x)
+    out = {}
+    for kind in kinds:
+        out[f"linear_{kind}"] = linear_cka(ra[kind], rb[kind])
+        if unbiased_batch_size is not None:
+            out[f"unbiased_{kind}"] = minibatch_cka(ra[kind], rb[kind], unbiased_batch_size)
+        if rbf_threshold is not None:
+            out[f"rbf_{kind}"] = cka_from_grams(
+                gram_rbf(ra[kind], rbf_threshold), gram_rbf(rb[kind], rbf_threshold)
+            )
+    return out

@@ -1,0 +1,100 @@
+"""Learning-rate range test (Smith 2017, "Cyclical learning rates for training neural
+networks", section 3.3): train briefly from the trained point while the learning rate
+grows, and record the loss. Smith grows it linearly over a few epochs; we grow it
+exponentially over a few hundred steps, as fastai's ``lr_find`` does (there: 1e-7 to 10 in
+100 steps, stopping when the loss exceeds 4x its best), so that every decade gets the same
+number of steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+
+from landscape.functional import FunctionalNet, Stack
+from landscape.optim import MemberHypers, apply_update, init_state
+from landscape.pack import PackData
+from landscape.variant import OptimSpec
+
+
+@dataclass
+class LRRangeCurve:
+    lr: Tensor  # (S,) learning rate of each step
+    loss: Tensor  # (K, S) minibatch training loss before each step; NaN once a member stopped
+
+
+def lr_range_test(
+    net: FunctionalNet,
+    stack: Stack,
+    data: PackData,
+    optim: OptimSpec,
+    hypers: MemberHypers,
+    *,
+    lr_min: float = 1e-6,
+    lr_max: float = 10.0,
+    steps: int = 200,
+    batch_size: int = 64,
+    stop_factor: float = 4.0,
+    generator: torch.Generator,
+) -> LRRangeCurve:
+    """Loss while the learning rate grows as lr_min (lr_max / lr_min)^(t / (steps - 1)).
+
+    Starts from a copy of ``stack`` (it is left untouched) and trains every member with
+    its own optimiser settings (``optim.name`` and its pack-wide knobs; momentum and weight
+    decay per member from ``hypers``; the rate from the schedule), in training mode (BatchNorm on batch statistics, running statistics of
+    the copy updated). Each step draws ``batch_size`` positions, shared by the members,
+    uniformly with replacement from each member's own training set. A member stops (NaN
+    from then on, parameters frozen) once its loss is not finite or exceeds
+    ``stop_factor`` times its best so far (fastai's rule).
+    """
+    if not 0 < lr_min < lr_max:
+        raise ValueError(f"need 0 < lr_min < lr_max, got lr_min={lr_min}, lr_max={lr_max}")
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2, got {steps}")
+    device = data.y_train.device
+    work = stack.clone()
+    state = init_state(optim, work.params)
+    lrs = lr_min * (lr_max / lr_min) ** torch.linspace(0, 1, steps, dtype=torch.float64)
+    K = work.members
+    losses = torch.full((K, steps), float("nan"), device=device)
+    best = torch.full((K,), float("inf"), device=device)
+    alive = torch.ones(K, dtype=torch.bool, device=device)
+
+    def train_loss(params, buffers, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(net.logits(params, buffers, x, train=True).float(), y)
+
+    step_grad = vmap(grad_and_value(train_loss))
+    # TODO: reuse the engine's training step (landscape.train.train_step) once its
+    # signature settles; until then this is the minimal SGD-family step, sharing only the
+    # update rule (landscape.optim.apply_update) with it.
+    for t in range(steps):
+        pos = torch.randint(
+            0, data.n_train, (batch_size,), generator=generator, device=generator.device
+        )
+        x, y = data.train_batch(pos.to(device).expand(K, batch_size))
+        grads, loss = step_grad(work.params, work.buffers, x, y)
+        best = torch.where(alive, torch.minimum(best, loss), best)
+        alive = alive & torch.isfinite(loss) & (loss <= stop_factor * best)
+        losses[:, t] = torch.where(alive, loss, float("nan"))
+        if not alive.any():
+            break
+        lr = torch.full((K,), float(lrs[t]), device=device)
+        apply_update(optim, work.params, grads, state, hypers, lr, t + 1, alive)
+    return LRRangeCurve(lrs.to(device), losses)
+
+
+def lr_range_rows(curve: LRRangeCurve, members: list[int] | None = None) -> list[dict]:
+    """Rows for the ``lr_range`` table (member, step, lr, loss), up to each member's stop."""
+    K = curve.loss.shape[0]
+    members = list(range(K)) if members is None else members
+    lrs, losses = curve.lr.tolist(), curve.loss.tolist()
+    return [
+        {"member": member, "step": t, "lr": lrs[t], "loss": loss}
+        for k, member in enumerate(members)
+        for t, loss in enumerate(losses[k])
+        if loss == loss  # NaN: stopped
+    ]

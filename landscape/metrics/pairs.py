@@ -1,0 +1,636 @@
+"""Global metrics of a trained pack: between seeds of a replicate group, and toward initialisation.
+
+Two entry points, both pure functions of a :class:`~landscape.pack.TrainedPack`, typed
+settings and an explicit generator:
+
+- :func:`measure_pairs`: for pairs of members of one replicate group, one row each with
+  ``member_a``, ``member_b`` (positions in the pack) and the columns in :data:`PAIR_COLUMNS`;
+  plus path rows (``PAIR_SURFACE_COLUMNS``: linear interpolation and Bezier curve).
+- :func:`measure_member_surfaces`: per-member columns (:data:`MEMBER_COLUMNS`, one value per
+  pack member, None for diverged members) and surface rows (:data:`MEMBER_SURFACE_COLUMNS`:
+  MLI path, filter-normalised 1-D and 2-D surfaces).
+
+Diverged members (``pack.alive`` False) are skipped. Columns of disabled metrics are absent.
+
+Data. A pair is evaluated (barrier, Bezier curve) and its curve trained on training
+examples drawn half from each member's own training set, with that member's labels: with
+full data and no label noise both halves come from the same set; with subsets or label
+noise the pair's data is the union of both views. CKA inputs come from the same union (or
+the shared test set). BatchNorm statistics of path points are recomputed from such batches.
+Units: losses in nats (mean cross-entropy), accuracies as fractions, errors (``barrier_error``,
+``mc``) in percentage points.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from landscape.functional import Stack
+from landscape.metrics.batchnorm import bn_batches, has_batchnorm
+from landscape.metrics.bezier import bezier_connectivity
+from landscape.metrics.cka import REPRESENTATIONS, mixup_inputs, pair_cka
+from landscape.metrics.distance import l2_distance
+from landscape.metrics.interpolation import linear_barrier, monotonic_linear_interpolation
+from landscape.metrics.surfaces import (
+    ONE_DIM_MODES,
+    filter_normalized_direction,
+    roughness_index,
+    surface_1d,
+    surface_2d,
+    symmetric_grid,
+)
+from landscape.pack import PackData, TrainedPack
+from landscape.variant import ConfigError
+
+CKA_INPUTS = ("train", "test", "mixup")
+
+
+def _positive(key: str, value: int | float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DistanceSpec:
+    """L2 distance over trainable parameters (pairs) and to the initialisation (members)."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class CKASpec:
+    """Linear CKA (Kornblith et al. 2019) and the unbiased minibatch estimator (Nguyen et al.
+    2021) between the two members of a pair. Yang et al.: 768 training inputs mixed up with
+    lambda ~ Beta(16, 16), logits and softmax outputs."""
+
+    enabled: bool = True
+    inputs: str = "mixup"  # train | test | mixup (of training inputs)
+    n_inputs: int = 768  # Yang et al.
+    mixup_concentration: float = 16.0  # lambda ~ Beta(c, c); Yang et al.: 16
+    representations: tuple[str, ...] = REPRESENTATIONS  # logits, softmax, penultimate features
+    unbiased: bool = True  # also the minibatch HSIC_1 estimator (cka_unbiased_* columns)
+    unbiased_batch_size: int = 256  # inputs per minibatch of the unbiased estimator, >= 4
+    rbf: bool = False  # also biased RBF CKA (cka_rbf_* columns)
+    rbf_threshold: float = 1.0  # RBF sigma as a multiple of the median pairwise distance
+
+    def __post_init__(self) -> None:
+        if self.inputs not in CKA_INPUTS:
+            raise ConfigError(
+                f"metrics.cka.inputs must be one of {', '.join(CKA_INPUTS)}, got {self.inputs!r}"
+            )
+        if self.n_inputs < 4:
+            raise ConfigError(
+                f"metrics.cka.n_inputs must be >= 4 (unbiased HSIC needs n > 3), got {self.n_inputs}"
+            )
+        if self.unbiased_batch_size < 4:
+            raise ConfigError(
+                f"metrics.cka.unbiased_batch_size must be >= 4 (HSIC_1 divides by n-3), got {self.unbiased_batch_size}"
+            )
+        unknown = set(self.representations) - set(REPRESENTATIONS)
+        if unknown or not self.representations:
+            raise ConfigError(
+                f"metrics.cka.representations must be a non-empty subset of {REPRESENTATIONS}, got {self.representations!r}"
+            )
+        _positive("metrics.cka.mixup_concentration", self.mixup_concentration)
+        _positive("metrics.cka.rbf_threshold", self.rbf_threshold)
+
+
+@dataclass(frozen=True)
+class BatchNormSpec:
+    """Recomputation of BatchNorm statistics at every point of a path (barrier, Bezier, MLI),
+    for models with BatchNorm. 8 x 128 training inputs is our CPU-sized default;
+    dnn-mode-connectivity passes over the whole training set."""
+
+    enabled: bool = True
+    n_batches: int = 8
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        _positive("metrics.batch_norm.n_batches", self.n_batches)
+        if self.batch_size < 2:
+            raise ConfigError(f"metrics.batch_norm.batch_size must be >= 2, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class BarrierSpec:
+    """Linear interpolation barrier (Frankle et al. 2020) in loss and in error (%)."""
+
+    enabled: bool = True
+    n_alphas: int = 11  # alpha grid on [0, 1], endpoints included (step 0.1)
+    n_samples: int = 2048  # training examples, half from each member
+
+    def __post_init__(self) -> None:
+        if self.n_alphas < 2:
+            raise ConfigError(f"metrics.barrier.n_alphas must be >= 2, got {self.n_alphas}")
+        _positive("metrics.barrier.n_samples", self.n_samples)
+
+
+@dataclass(frozen=True)
+class BezierSpec:
+    """Quadratic Bezier mode connectivity (Garipov et al. 2018) with Yang et al.'s protocol and
+    scalar mc. Yang et al. train 50 epochs on the full data; 2 epochs is a CPU default."""
+
+    enabled: bool = True
+    epochs: int = 2  # an epoch = one member's training-set size in examples
+    batch_size: int = 128  # half from each member
+    lr: float = 0.01  # Yang et al.
+    momentum: float = 0.9  # Yang et al.
+    weight_decay: float = 5e-4  # Yang et al., on the control point
+    ts: tuple[float, ...] = (
+        0.0,
+        0.25,
+        0.5,
+        0.75,
+        1.0,
+    )  # where training error is read (Yang et al.)
+    n_samples: int = 2048  # training examples the curve is evaluated on, half from each member
+    pairs_per_stack: int = 16  # curves trained together (memory bound)
+
+    def __post_init__(self) -> None:
+        _positive("metrics.bezier.epochs", self.epochs)
+        if self.batch_size < 2:
+            raise ConfigError(f"metrics.bezier.batch_size must be >= 2, got {self.batch_size}")
+        _positive("metrics.bezier.lr", self.lr)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"metrics.bezier.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"metrics.bezier.weight_decay must be >= 0, got {self.weight_decay}")
+        ts = tuple(self.ts)
+        if len(ts) < 2 or ts[0] != 0.0 or ts[-1] != 1.0 or list(ts) != sorted(ts):
+            raise ConfigError(f"metrics.bezier.ts must increase from 0.0 to 1.0, got {ts!r}")
+        _positive("metrics.bezier.n_samples", self.n_samples)
+        _positive("metrics.bezier.pairs_per_stack", self.pairs_per_stack)
+
+
+@dataclass(frozen=True)
+class MLISpec:
+    """Monotonic linear interpolation (Lucas et al. 2021) from the initialisation to the checkpoint."""
+
+    enabled: bool = True
+    n_alphas: int = 21  # alpha grid on [0, 1]
+    n_samples: int = 1024  # each member's own training examples
+    tol: float = (
+        1e-4  # monotonic when the largest rise of the loss is <= tol (nats; float32 noise guard)
+    )
+
+    def __post_init__(self) -> None:
+        if self.n_alphas < 2:
+            raise ConfigError(f"metrics.mli.n_alphas must be >= 2, got {self.n_alphas}")
+        _positive("metrics.mli.n_samples", self.n_samples)
+        if self.tol < 0:
+            raise ConfigError(f"metrics.mli.tol must be >= 0, got {self.tol}")
+
+
+@dataclass(frozen=True)
+class SurfaceSpec:
+    """Filter-normalised loss surfaces (Li et al. 2018) around each member, eval mode, and the
+    roughness index (after Wu et al. 2021). Li et al. use 51 points in 1-D and 21x21 or
+    51x51 in 2-D, on [-1, 1], on the full training set; our sample is smaller for the CPU."""
+
+    enabled: bool = True
+    n_samples: int = 1024  # each member's own training examples
+    points_1d: int = 51  # alphas in [-span, span]; 0 turns the 1-D surface off
+    points_2d: int = 21  # per axis; 0 turns the 2-D surface off
+    span: float = 1.0
+    one_dim: str = (
+        "zero"  # biases and BN affine in the direction: zero | weights (Li et al.'s code)
+    )
+    roughness_directions: int = 8  # random directions of the roughness index; 0 turns it off
+    roughness_points: int = 21  # points per roughness slice on [-span, span]
+
+    def __post_init__(self) -> None:
+        _positive("metrics.surface.n_samples", self.n_samples)
+        for key in ("points_1d", "points_2d", "roughness_directions"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"metrics.surface.{key} must be >= 0, got {getattr(self, key)}")
+        if self.points_1d == 1 or self.points_2d == 1:
+            raise ConfigError(
+                f"metrics.surface.points_1d and points_2d must be 0 or >= 2, got {self.points_1d}, {self.points_2d}"
+            )
+        if self.roughness_points < 3:
+            raise ConfigError(
+                f"metrics.surface.roughness_points must be >= 3, got {self.roughness_points}"
+            )
+        _positive("metrics.surface.span", self.span)
+        if self.one_dim not in ONE_DIM_MODES:
+            raise ConfigError(
+                f"metrics.surface.one_dim must be one of {', '.join(ONE_DIM_MODES)}, got {self.one_dim!r}"
+            )
+
+
+@dataclass(frozen=True)
+class GlobalMetricSpecs:
+    """Settings of every global metric. ``chunk`` and ``batch_size`` bound memory, not results."""
+
+    distance: DistanceSpec = field(default_factory=DistanceSpec)
+    cka: CKASpec = field(default_factory=CKASpec)
+    barrier: BarrierSpec = field(default_factory=BarrierSpec)
+    bezier: BezierSpec = field(default_factory=BezierSpec)
+    mli: MLISpec = field(default_factory=MLISpec)
+    surface: SurfaceSpec = field(default_factory=SurfaceSpec)
+    batch_norm: BatchNormSpec = field(default_factory=BatchNormSpec)
+    max_pairs: int = 10  # pairs per replicate group (5 seeds -> all 10 pairs, as Yang et al.); a seeded subset beyond
+    chunk: int = 64  # parameter sets evaluated at once (surface grid points x models)
+    batch_size: int = 512  # examples per forward pass
+
+    def __post_init__(self) -> None:
+        _positive("metrics.max_pairs", self.max_pairs)
+        _positive("metrics.chunk", self.chunk)
+        _positive("batch_size", self.batch_size)
+
+
+# Column names, in one place. Pairs: one row per pair (plus member_a, member_b).
+PAIR_COLUMNS = {
+    "l2_distance": "||w_a - w_b||_2 over trainable parameters (BN affine in, running stats out)",
+    "cka_linear_{rep}": "linear CKA, biased HSIC (Kornblith et al. 2019); rep in logits, softmax, features",
+    "cka_unbiased_{rep}": "linear CKA, unbiased minibatch HSIC_1 (Nguyen et al. 2021)",
+    "cka_rbf_{rep}": "RBF CKA, biased HSIC (only with cka.rbf)",
+    "barrier_loss": "linear interpolation barrier of the training loss (nats)",
+    "barrier_error": "linear interpolation barrier of the training error (percentage points)",
+    "mc": "Yang et al.'s Bezier mode-connectivity scalar (training error, percentage points)",
+}
+PAIR_SURFACE_COLUMNS = (
+    "member_a",
+    "member_b",
+    "kind",
+    "alpha",
+    "loss",
+    "accuracy",
+)  # kind: interpolation | bezier
+MEMBER_COLUMNS = {
+    "dist_to_init": "||w_T - w_0||_2 over trainable parameters",
+    "mli_monotonic": "loss non-increasing along w_0 -> w_T (within mli.tol)",
+    "mli_max_bump": "largest rise of the loss along w_0 -> w_T (nats)",
+    "roughness": "mean normalised total variation of filter-normalised 1-D slices (see roughness_index)",
+    "roughness_std": "its standard deviation over directions",
+}
+MEMBER_SURFACE_COLUMNS = (
+    "member",
+    "kind",
+    "alpha",
+    "beta",
+    "loss",
+    "accuracy",
+)  # kind: mli | 1d | 2d
+
+
+@dataclass
+class PairsResult:
+    rows: list[dict] = field(default_factory=list)  # one per pair
+    surfaces: list[dict] = field(default_factory=list)  # one per pair x path point
+
+
+@dataclass
+class SurfacesResult:
+    columns: dict[str, list] = field(default_factory=dict)  # name -> one value per pack member
+    surfaces: list[dict] = field(default_factory=list)  # one per member x grid point
+
+
+def select_pairs(
+    group_members: list[list[int]], alive: Tensor, max_pairs: int, generator: torch.Generator
+) -> list[tuple[int, int]]:
+    """All pairs (a < b) of alive members within each group; a seeded subset of ``max_pairs``
+    per group when there are more."""
+    alive_list = alive.tolist()
+    pairs: list[tuple[int, int]] = []
+    for group in group_members:
+        living = sorted(m for m in group if alive_list[m])
+        candidates = list(itertools.combinations(living, 2))
+        if len(candidates) > max_pairs:
+            keep = torch.randperm(len(candidates), generator=generator)[:max_pairs].sort().values
+            candidates = [candidates[i] for i in keep.tolist()]
+        pairs.extend(candidates)
+    return pairs
+
+
+def _gather(data: PackData, members: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """Positions pos (P, h) into the training sets of ``members`` (P,) -> x (P, h, ...), y (P, h)."""
+    idx = data.train_idx[members].gather(1, pos)
+    return data.x_train[idx], data.y_train[members].gather(1, pos)
+
+
+def _positions(n_train: int, rows: int, h: int, generator: torch.Generator, device) -> Tensor:
+    """``rows`` independent draws of h distinct positions in [0, n_train): (rows, h)."""
+    draws = [torch.randperm(n_train, generator=generator)[:h] for _ in range(rows)]
+    return torch.stack(draws).to(device)
+
+
+def _shuffle_rows(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """An independent permutation of dim 1 for every row of x (P, n, ...) and y (P, n)."""
+    P, n = y.shape
+    order = _positions(n, P, n, generator, y.device)
+    x_order = order.view(P, n, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, x_order), y.gather(1, order)
+
+
+def pair_sample(
+    data: PackData, a: Tensor, b: Tensor, n: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """n training examples per pair, half from each member's own set (with its labels),
+    shuffled together: x (P, n', ...), y (P, n'), n' = min(n, 2 n_train)."""
+    h_a = min(n // 2, data.n_train)
+    h_b = min(n - h_a, data.n_train)
+    P, device = len(a), data.train_idx.device
+    xa, ya = _gather(data, a, _positions(data.n_train, P, h_a, generator, device))
+    xb, yb = _gather(data, b, _positions(data.n_train, P, h_b, generator, device))
+    return _shuffle_rows(torch.cat([xa, xb], 1), torch.cat([ya, yb], 1), generator)
+
+
+class PairBatches:
+    """Epochs of training batches for P pairs: each step takes batch_size/2 examples from each
+    member's own shuffled training set; an epoch is n_train // batch_size steps."""
+
+    def __init__(self, data: PackData, a: Tensor, b: Tensor, batch_size: int):
+        self.data, self.a, self.b = data, a, b
+        self.half = max(1, min(batch_size // 2, data.n_train))
+        self.steps_per_epoch = max(1, data.n_train // (2 * self.half))
+        self.step = 0
+        self.perm_a = self.perm_b = None
+
+    def __call__(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        k = self.step % self.steps_per_epoch
+        device = self.data.train_idx.device
+        if k == 0:  # a new epoch: fresh shuffles of both members' training sets
+            n = self.data.n_train
+            self.perm_a = _positions(n, len(self.a), n, generator, device)
+            self.perm_b = _positions(n, len(self.b), n, generator, device)
+        self.step += 1
+        window = slice(k * self.half, (k + 1) * self.half)
+        xa, ya = _gather(self.data, self.a, self.perm_a[:, window])
+        xb, yb = _gather(self.data, self.b, self.perm_b[:, window])
+        return torch.cat([xa, xb], 1), torch.cat([ya, yb], 1)
+
+
+def _bn_batch_count(pack: TrainedPack, specs: GlobalMetricSpecs) -> int:
+    """Training inputs needed for BN recomputation; 0 when the model has no BatchNorm."""
+    bn = specs.batch_norm
+    return bn.n_batches * bn.batch_size if bn.enabled and has_batchnorm(pack.net) else 0
+
+
+def _pair_bn_x(
+    pack: TrainedPack, specs: GlobalMetricSpecs, a: Tensor, b: Tensor, g: torch.Generator
+) -> Tensor | None:
+    """BN recomputation batches (P, m, B, ...) from each pair's training data, or None."""
+    n = _bn_batch_count(pack, specs)
+    if n == 0:
+        return None
+    x, _ = pair_sample(pack.data, a, b, n, g)
+    return bn_batches(x, specs.batch_norm.n_batches, specs.batch_norm.batch_size)
+
+
+def _member_bn_x(
+    pack: TrainedPack, specs: GlobalMetricSpecs, idx: Tensor, g: torch.Generator
+) -> Tensor | None:
+    """BN recomputation batches (K', m, B, ...) from the members' own training data, or None."""
+    n = _bn_batch_count(pack, specs)
+    if n == 0:
+        return None
+    x, _ = pack.data.train_sample(n, g)
+    return bn_batches(x[idx], specs.batch_norm.n_batches, specs.batch_norm.batch_size)
+
+
+def _cka_inputs(
+    data: PackData, a: Tensor, b: Tensor, spec: CKASpec, generator: torch.Generator
+) -> Tensor:
+    if spec.inputs == "test":
+        x, _ = data.test_sample(spec.n_inputs, generator)  # shared by all members: (K, n, ...)
+        return x[0].expand(len(a), *x.shape[1:])
+    x, _ = pair_sample(data, a, b, spec.n_inputs, generator)
+    return mixup_inputs(x, generator, spec.mixup_concentration) if spec.inputs == "mixup" else x
+
+
+def _path_rows(
+    a: Tensor, b: Tensor, kind: str, alphas: Tensor, loss: Tensor, acc: Tensor
+) -> list[dict]:
+    rows = []
+    losses, accs = loss.tolist(), acc.tolist()  # one device sync, not one per value
+    for p, (ma, mb) in enumerate(zip(a.tolist(), b.tolist())):
+        for i, alpha in enumerate(alphas.tolist()):
+            row = {"member_a": ma, "member_b": mb, "kind": kind, "alpha": alpha}
+            rows.append({**row, "loss": losses[p][i], "accuracy": accs[p][i]})
+    return rows
+
+
+def _bezier(
+    pack: TrainedPack,
+    A: Stack,
+    B: Stack,
+    a: Tensor,
+    b: Tensor,
+    specs: GlobalMetricSpecs,
+    g: torch.Generator,
+) -> tuple[Tensor, list[dict]]:
+    """Bezier curves for all pairs, ``pairs_per_stack`` at a time: mc (P,) and path rows."""
+    spec = specs.bezier
+    mc, rows = [], []
+    for start in range(0, len(a), spec.pairs_per_stack):
+        sel = list(range(start, min(start + spec.pairs_per_stack, len(a))))
+        sa, sb = a[sel], b[sel]
+        batches = PairBatches(pack.data, sa, sb, spec.batch_size)
+        x, y = pair_sample(pack.data, sa, sb, spec.n_samples, g)
+        bn_x = _pair_bn_x(pack, specs, sa, sb, g)
+        res = bezier_connectivity(
+            pack.net,
+            A.select(sel),
+            B.select(sel),
+            batches,
+            spec.epochs * batches.steps_per_epoch,
+            x,
+            y,
+            g,
+            ts=spec.ts,
+            bn_x=bn_x,
+            lr=spec.lr,
+            momentum=spec.momentum,
+            weight_decay=spec.weight_decay,
+            chunk=specs.chunk,
+            batch_size=specs.batch_size,
+        )
+        mc.append(res.mc)
+        rows += _path_rows(sa, sb, "bezier", res.ts, res.curve_loss, res.curve_accuracy)
+    return torch.cat(mc), rows
+
+
+def measure_pairs(
+    pack: TrainedPack,
+    group_members: list[list[int]],
+    specs: GlobalMetricSpecs,
+    generator: torch.Generator,
+) -> PairsResult:
+    """Global metrics between pairs of alive members of each replicate group (positions in the
+    pack), all pairs of the pack evaluated as one stack. See the module docstring for data
+    and units, :data:`PAIR_COLUMNS` for the columns."""
+    pairs = select_pairs(group_members, pack.alive, specs.max_pairs, generator)
+    out = PairsResult()
+    if not pairs:
+        return out
+    device = pack.data.train_idx.device
+    a = torch.tensor([p[0] for p in pairs], device=device)
+    b = torch.tensor([p[1] for p in pairs], device=device)
+    A, B = pack.final.select(a), pack.final.select(b)
+    cols: dict[str, Tensor] = {}
+    if specs.distance.enabled:
+        cols["l2_distance"] = l2_distance(A.params, B.params)
+    if specs.cka.enabled:
+        c = specs.cka
+        x = _cka_inputs(pack.data, a, b, c, generator)
+        cka = pair_cka(
+            pack.net,
+            A,
+            B,
+            x,
+            kinds=c.representations,
+            unbiased_batch_size=c.unbiased_batch_size if c.unbiased else None,
+            rbf_threshold=c.rbf_threshold if c.rbf else None,
+            batch_size=specs.batch_size,
+        )
+        cols.update({f"cka_{k}": v for k, v in cka.items()})
+    if specs.barrier.enabled:
+        x, y = pair_sample(pack.data, a, b, specs.barrier.n_samples, generator)
+        bn_x = _pair_bn_x(pack, specs, a, b, generator)
+        res = linear_barrier(
+            pack.net,
+            A,
+            B,
+            x,
+            y,
+            n_alphas=specs.barrier.n_alphas,
+            bn_x=bn_x,
+            chunk=specs.chunk,
+            batch_size=specs.batch_size,
+        )
+        cols["barrier_loss"], cols["barrier_error"] = res.loss, res.error
+        out.surfaces += _path_rows(
+            a, b, "interpolation", res.alphas, res.curve_loss, res.curve_accuracy
+        )
+    if specs.bezier.enabled:
+        cols["mc"], rows = _bezier(pack, A, B, a, b, specs, generator)
+        out.surfaces += rows
+    values = {k: v.tolist() for k, v in cols.items()}
+    for p, (ma, mb) in enumerate(pairs):
+        out.rows.append(
+            {"member_a": ma, "member_b": mb, **{k: float(v[p]) for k, v in values.items()}}
+        )
+    return out
+
+
+def _surface_rows(
+    members: list[int],
+    kind: str,
+    alphas: list[float],
+    betas: list[float | None],
+    loss: Tensor,
+    acc: Tensor,
+) -> list[dict]:
+    """Rows for loss/acc shaped (K, G) at G points (alphas[i], betas[i])."""
+    rows = []
+    losses, accs = loss.tolist(), acc.tolist()  # one device sync, not one per value
+    for k, m in enumerate(members):
+        for i, (alpha, beta) in enumerate(zip(alphas, betas)):
+            row = {"member": m, "kind": kind, "alpha": alpha, "beta": beta}
+            rows.append({**row, "loss": losses[k][i], "accuracy": accs[k][i]})
+    return rows
+
+
+def _spread(values: Tensor, members: list[int], n: int) -> list:
+    """Per-alive-member values -> one entry per pack member, None for the dead."""
+    out: list = [None] * n
+    for m, v in zip(members, values.tolist()):
+        out[m] = v
+    return out
+
+
+def measure_member_surfaces(
+    pack: TrainedPack, specs: GlobalMetricSpecs, generator: torch.Generator
+) -> SurfacesResult:
+    """Per-member global metrics: distance to the initialisation, MLI, filter-normalised 1-D
+    and 2-D surfaces and the roughness index. See :data:`MEMBER_COLUMNS`."""
+    out = SurfacesResult()
+    K = pack.data.members
+    members = pack.alive.nonzero().flatten().tolist()
+    if not members:
+        return out
+    idx = torch.tensor(members, device=pack.data.train_idx.device)
+    final, init = pack.final.select(idx), pack.init.select(idx)
+    kw = {"chunk": specs.chunk, "batch_size": specs.batch_size}
+    if specs.distance.enabled:
+        out.columns["dist_to_init"] = _spread(l2_distance(final.params, init.params), members, K)
+    if specs.mli.enabled:
+        x, y = pack.data.train_sample(specs.mli.n_samples, generator)
+        bn_x = _member_bn_x(pack, specs, idx, generator)
+        res = monotonic_linear_interpolation(
+            pack.net,
+            init,
+            final,
+            x[idx],
+            y[idx],
+            n_alphas=specs.mli.n_alphas,
+            tol=specs.mli.tol,
+            bn_x=bn_x,
+            **kw,
+        )
+        out.columns["mli_monotonic"] = _spread(res.monotonic, members, K)
+        out.columns["mli_max_bump"] = _spread(res.max_bump, members, K)
+        alphas = res.alphas.tolist()
+        out.surfaces += _surface_rows(
+            members, "mli", alphas, [None] * len(alphas), res.loss, res.accuracy
+        )
+    if specs.surface.enabled:
+        rows, roughness = _filter_surfaces(pack, final, idx, members, specs, generator)
+        out.surfaces += rows
+        out.columns.update({k: _spread(v, members, K) for k, v in roughness.items()})
+    return out
+
+
+def _filter_surfaces(
+    pack: TrainedPack,
+    final: Stack,
+    idx: Tensor,
+    members: list[int],
+    specs: GlobalMetricSpecs,
+    generator: torch.Generator,
+) -> tuple[list[dict], dict[str, Tensor]]:
+    """Filter-normalised 1-D and 2-D surface rows of the living members, and their roughness
+    columns (per living member)."""
+    s = specs.surface
+    kw = {"chunk": specs.chunk, "batch_size": specs.batch_size}
+    x, y = pack.data.train_sample(s.n_samples, generator)
+    x, y = x[idx], y[idx]
+    d1 = filter_normalized_direction(final.params, generator, s.one_dim)
+    d2 = filter_normalized_direction(final.params, generator, s.one_dim)
+    rows: list[dict] = []
+    if s.points_1d:
+        alphas = symmetric_grid(s.span, s.points_1d)
+        loss, acc = surface_1d(pack.net, final, d1, alphas, x, y, **kw)
+        rows += _surface_rows(members, "1d", alphas.tolist(), [None] * s.points_1d, loss, acc)
+    if s.points_2d:
+        grid = symmetric_grid(s.span, s.points_2d)
+        loss, acc = surface_2d(pack.net, final, d1, d2, grid, grid, x, y, **kw)
+        a, b = torch.meshgrid(grid, grid, indexing="ij")
+        rows += _surface_rows(
+            members,
+            "2d",
+            a.flatten().tolist(),
+            b.flatten().tolist(),
+            loss.flatten(1),
+            acc.flatten(1),
+        )
+    if s.roughness_directions:
+        r = roughness_index(
+            pack.net,
+            final,
+            x,
+            y,
+            generator,
+            n_directions=s.roughness_directions,
+            n_points=s.roughness_points,
+            span=s.span,
+            one_dim=s.one_dim,
+            **kw,
+        )
+        return rows, {"roughness": r.index, "roughness_std": r.std}
+    return rows, {}

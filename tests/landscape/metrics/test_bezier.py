@@ -1,0 +1,163 @@
+"""Bezier mode connectivity: Yang's scalar on known errors, the schedule, one stacked SGD step
+against autograd, and a known connected valley (a network and its hidden-unit permutation)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from landscape.functional import Stack, init_stack
+from landscape.metrics.bezier import (
+    bezier_coeffs,
+    bezier_connectivity,
+    bezier_lr_factor,
+    train_bezier,
+    yang_mc,
+)
+from landscape.metrics.interpolation import linear_barrier
+from landscape.models import MLP
+
+
+def test_coefficients_hit_the_endpoints_and_sum_to_one():
+    c = bezier_coeffs(torch.tensor([0.0, 0.5, 1.0]))
+    assert c.tolist() == [[1.0, 0.0, 0.0], [0.25, 0.5, 0.25], [0.0, 0.0, 1.0]]
+    assert torch.allclose(bezier_coeffs(torch.rand(10)).sum(-1), torch.ones(10))
+
+
+def test_schedule_constant_then_linear_to_one_percent():
+    total = 100
+    assert [bezier_lr_factor(s, total) for s in (0, 50)] == [1.0, 1.0]
+    assert bezier_lr_factor(70, total) == pytest.approx(1 - 0.99 * 0.5)
+    assert bezier_lr_factor(90, total) == pytest.approx(0.01)
+    assert bezier_lr_factor(99, total) == 0.01
+
+
+def test_yang_mc_of_known_error_curves():
+    errors = torch.tensor(
+        [
+            [1.0, 5.0, 9.0, 4.0, 1.0],  # a barrier: mid 1, u = 2 -> 1 - 9
+            [10.0, 2.0, 3.0, 4.0, 10.0],  # the curve beats its ends: mid 10, u = 1 -> 10 - 2
+            [3.0, 3.0, 3.0, 3.0, 3.0],  # flat: connected
+            [
+                2.0,
+                3.0,
+                3.0,
+                3.0,
+                4.0,
+            ],  # mid 3: the largest deviation is an endpoint (|2 - 3|), first wins
+        ]
+    )
+    assert yang_mc(errors).tolist() == [-8.0, 8.0, 0.0, 1.0]
+
+
+def test_one_stacked_step_equals_autograd_sgd():
+    net, stack = init_stack(lambda: MLP(3, 2, 4, 1, False), [0, 1, 2, 3], "cpu")
+    a, b = stack.select([0, 1]), stack.select([2, 3])
+    x = torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 2, (2, 8), generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(2)
+    replay = torch.Generator().set_state(g.get_state())
+    control, _ = train_bezier(net, a, b, lambda gen: (x, y), 1, g, lr=0.1, weight_decay=0.01)
+    t = torch.rand(2, generator=replay)  # the t each pair drew
+    module = MLP(3, 2, 4, 1, False)
+    for p in range(2):
+        c = {n: ((a.params[n][p] + b.params[n][p]) / 2).requires_grad_() for n in a.params}
+        point = {
+            n: (1 - t[p]) ** 2 * a.params[n][p]
+            + 2 * t[p] * (1 - t[p]) * c[n]
+            + t[p] ** 2 * b.params[n][p]
+            for n in c
+        }
+        loss = F.cross_entropy(functional_call(module, point, (x[p],)), y[p])
+        grads = torch.autograd.grad(loss, list(c.values()))
+        for (name, value), grad in zip(c.items(), grads):
+            expected = value - 0.1 * (grad + 0.01 * value)  # SGD step 1: buffer = g + wd w
+            assert torch.allclose(control[name][p], expected.detach(), atol=1e-6), name
+
+
+def _xor(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 2, generator=g) * 2 - 1
+    return x, ((x[:, 0] * x[:, 1]) > 0).long()
+
+
+def test_a_known_connected_valley_has_mc_near_zero():
+    """A trained ReLU net and the same net with its hidden units permuted compute the same
+    function; the straight line between them averages units and has an error barrier, while
+    a quadratic curve finds the valley that joins them (Garipov et al. 2018)."""
+    x, y = _xor()
+    torch.manual_seed(0)
+    model = MLP(2, 2, 64, 1, False)
+    opt = torch.optim.Adam(model.parameters(), lr=0.03)
+    for _ in range(400):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    w = {n: p.detach() for n, p in model.named_parameters()}
+    perm = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    permuted = {
+        "body.0.weight": w["body.0.weight"][perm],
+        "body.0.bias": w["body.0.bias"][perm],
+        "head.weight": w["head.weight"][:, perm],
+        "head.bias": w["head.bias"],
+    }
+    net, _ = init_stack(lambda: MLP(2, 2, 64, 1, False), [0], "cpu")
+    a = Stack({n: v[None] for n, v in w.items()}, {})
+    b = Stack({n: v[None] for n, v in permuted.items()}, {})
+
+    def draw(gen):
+        i = torch.randint(0, len(y), (64,), generator=gen)
+        return x[i][None], y[i][None]
+
+    straight = linear_barrier(net, a, b, x[None], y[None], n_alphas=11)
+    curve = bezier_connectivity(
+        net,
+        a,
+        b,
+        draw,
+        300,
+        x[None],
+        y[None],
+        torch.Generator().manual_seed(1),
+        lr=0.2,
+        weight_decay=0.0,
+    )
+    assert curve.curve_error[0, 0].item() == 0.0 and curve.curve_error[0, -1].item() == 0.0
+    assert straight.error.item() > 3.0  # the straight line crosses a barrier
+    assert abs(curve.mc.item()) <= 1.0  # the curve does not (1 % = 2.56 of 256 examples)
+    assert curve.mc.item() > -straight.error.item() / 2
+
+
+def test_identical_endpoints_are_connected():
+    net, stack = init_stack(lambda: MLP(2, 2, 16, 1, True), [0], "cpu")
+    x, y = _xor(64)
+    bn_x = x[None, :64].reshape(1, 2, 32, 2)
+    res = bezier_connectivity(
+        net,
+        stack,
+        stack,
+        lambda g: (x[None, :32], y[None, :32]),
+        5,
+        x[None],
+        y[None],
+        torch.Generator().manual_seed(0),
+        bn_x=bn_x,
+    )
+    assert res.mc.item() == pytest.approx(0.0, abs=1e-4)
+    assert res.curve_error.shape == (1, 5)
+
+
+def test_ts_must_span_the_curve():
+    net, stack = init_stack(lambda: MLP(2, 2, 4, 1, False), [0], "cpu")
+    with pytest.raises(ValueError, match="from 0.0 to 1.0"):
+        bezier_connectivity(
+            net,
+            stack,
+            stack,
+            None,
+            1,
+            torch.zeros(1, 4, 2),
+            torch.zeros(1, 4, dtype=torch.long),
+            torch.Generator(),
+            ts=(0.0, 0.5),
+        )

@@ -1,0 +1,266 @@
+"""Hessian trace, top eigenvalues and density against quadratics and exact small Hessians."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.func import hessian
+
+from landscape.functional import FunctionalNet, Stack, init_stack, unstack
+from landscape.metrics.hessian import (
+    broadened_density,
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_trace,
+    hutchinson_trace,
+    lanczos_quadrature,
+    top_eigenvalues,
+)
+from landscape.models import MLP
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def quadratic(p: dict, a: torch.Tensor) -> torch.Tensor:
+    """1/2 w'Aw for one member: its Hessian is A (symmetric)."""
+    w = p["w"]
+    return 0.5 * w @ a @ w
+
+
+def spd(n: int, eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:
+    """Q diag(eigenvalues) Q' with a seeded random orthogonal Q."""
+    q = torch.linalg.qr(torch.randn(n, n, generator=gen(seed), dtype=torch.float64))[0]
+    return (q * eigenvalues) @ q.T
+
+
+def quadratic_pack(mats: list[torch.Tensor]) -> tuple[dict, tuple]:
+    k, n = len(mats), mats[0].shape[0]
+    params = {"w": torch.randn(k, n, generator=gen(1), dtype=torch.float64)}
+    return params, (torch.stack(mats),)
+
+
+def tiny_mlp(
+    members: int = 2, width: int = 5, n: int = 16
+) -> tuple[FunctionalNet, Stack, torch.Tensor, torch.Tensor]:
+    """An MLP 4 -> 5 -> 3 (43 parameters: 4*5+5 + 5*3+3) and per-member data."""
+    net, stack = init_stack(
+        lambda: MLP(4, 3, width, 1, batch_norm=False), list(range(members)), "cpu"
+    )
+    x = torch.randn(members, n, 4, generator=gen(2))
+    y = torch.randint(0, 3, (members, n), generator=gen(3))
+    return net, stack, x, y
+
+
+def exact_hessian(
+    net: FunctionalNet, stack: Stack, x: torch.Tensor, y: torch.Tensor, k: int
+) -> torch.Tensor:
+    """The full Hessian of member k's loss w.r.t. its flattened parameters, (P, P)."""
+    params, buffers = unstack(stack, k)
+    names, shapes = list(params), [p.shape for p in params.values()]
+    flat = torch.cat([p.flatten() for p in params.values()])
+
+    def loss(f: torch.Tensor) -> torch.Tensor:
+        parts = f.split([math.prod(s) for s in shapes])
+        return net.loss(
+            {n: t.view(s) for n, t, s in zip(names, parts, shapes)}, buffers, x[k], y[k]
+        )
+
+    return hessian(loss)(flat)
+
+
+# --- trace -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "eigs",
+    [
+        pytest.param(torch.linspace(0.1, 3.0, 30, dtype=torch.float64), id="psd"),
+        pytest.param(torch.linspace(-2.0, 5.0, 30, dtype=torch.float64), id="indefinite"),
+    ],
+)
+def test_hutchinson_on_quadratic_within_3_stderr(eigs: torch.Tensor) -> None:
+    mats = [spd(30, eigs, seed=s) for s in (0, 1, 2)]
+    params, args = quadratic_pack(mats)
+    est = hutchinson_trace(
+        quadratic, params, args, n_probes=200, tol=0.0, chunk=25, generator=gen()
+    )
+    assert est.n_probes.tolist() == [200, 200, 200]
+    exact = eigs.sum()
+    assert ((est.estimate - exact).abs() <= 3 * est.stderr).all(), (est.estimate, exact, est.stderr)
+    assert (est.stderr > 0).all()
+
+
+def test_hutchinson_diagonal_is_exact_and_stops_at_min_probes() -> None:
+    # Rademacher v: v'Dv = tr(D) exactly for diagonal D, so the standard error is 0.
+    d = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
+    params, args = quadratic_pack([d, 2 * d])
+    est = hutchinson_trace(
+        quadratic, params, args, n_probes=100, chunk=5, min_probes=10, generator=gen()
+    )
+    torch.testing.assert_close(est.estimate, torch.tensor([55.0, 110.0], dtype=torch.float64))
+    assert est.n_probes.tolist() == [10, 10]
+
+
+def test_tolerance_stops_members_independently() -> None:
+    # member 0 is diagonal (exact after min_probes); member 1 is noisy and runs to n_probes
+    eigs = torch.linspace(-1.0, 1.0, 20, dtype=torch.float64) + 0.05
+    params, args = quadratic_pack([torch.eye(20, dtype=torch.float64), spd(20, eigs, seed=4)])
+    est = hutchinson_trace(
+        quadratic, params, args, n_probes=40, tol=1e-3, chunk=10, generator=gen()
+    )
+    assert est.n_probes.tolist() == [10, 40]
+
+
+def test_hessian_trace_mlp_matches_exact() -> None:
+    net, stack, x, y = tiny_mlp()
+    est = hessian_trace(net, stack, x, y, n_probes=300, tol=0.0, chunk=50, generator=gen())
+    for k in range(2):
+        exact = exact_hessian(net, stack, x, y, k).trace().double()
+        assert abs(est.estimate[k] - exact) <= 3 * est.stderr[k], (
+            k,
+            est.estimate[k],
+            exact,
+            est.stderr[k],
+        )
+
+
+def test_hessian_trace_pack_equals_members() -> None:
+    net, stack, x, y = tiny_mlp(members=3)
+    pack = hessian_trace(net, stack, x, y, n_probes=30, tol=1e-2, chunk=10, generator=gen(7))
+    for k in range(3):
+        alone = hessian_trace(
+            net,
+            stack.member(k),
+            x[k : k + 1],
+            y[k : k + 1],
+            n_probes=30,
+            tol=1e-2,
+            chunk=10,
+            generator=gen(7),
+        )
+        torch.testing.assert_close(pack.estimate[k : k + 1], alone.estimate, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(pack.stderr[k : k + 1], alone.stderr, rtol=1e-4, atol=1e-6)
+        assert pack.n_probes[k] == alone.n_probes[0]
+
+
+def test_trace_rejects_bad_knobs() -> None:
+    params, args = quadratic_pack([torch.eye(3, dtype=torch.float64)])
+    with pytest.raises(ValueError, match="chunk must be > 0"):
+        hutchinson_trace(quadratic, params, args, chunk=0, generator=gen())
+
+
+# --- top eigenvalues ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_top_eigenvalues_match_eig_of_quadratic(k: int) -> None:
+    eigs = [
+        torch.tensor([10.0, 6.0, 4.0, 1.0, 0.5, -0.5, 0.2, 0.1], dtype=torch.float64),
+        torch.tensor([3.0, -2.0, 1.5, 1.0, 0.5, 0.3, 0.2, 0.1], dtype=torch.float64),
+    ]
+    params, args = quadratic_pack([spd(8, e, seed=i) for i, e in enumerate(eigs)])
+    est = top_eigenvalues(quadratic, params, args, k=k, max_iter=1000, tol=1e-10, generator=gen())
+    for member, e in enumerate(eigs):
+        want = e[e.abs().argsort(descending=True)][:k]  # largest magnitude first
+        torch.testing.assert_close(est.values[member], want, rtol=1e-4, atol=0)
+    assert (est.iterations < 1000).all()
+
+
+def test_top_eigenvalues_mlp_match_exact_hessian() -> None:
+    net, stack, x, y = tiny_mlp()
+    est = hessian_eigenvalues(net, stack, x, y, k=2, max_iter=2000, tol=1e-7, generator=gen())
+    for member in range(2):
+        exact = torch.linalg.eigvalsh(exact_hessian(net, stack, x, y, member).double())
+        want = exact[exact.abs().argsort(descending=True)][:2].float()
+        torch.testing.assert_close(est.values[member], want, rtol=1e-3, atol=1e-5)
+
+
+def test_top_eigenvalues_pack_equals_members() -> None:
+    net, stack, x, y = tiny_mlp(members=3)
+    pack = hessian_eigenvalues(net, stack, x, y, k=2, max_iter=50, generator=gen(5))
+    for k in range(3):
+        alone = hessian_eigenvalues(
+            net, stack.member(k), x[k : k + 1], y[k : k + 1], k=2, max_iter=50, generator=gen(5)
+        )
+        torch.testing.assert_close(pack.values[k : k + 1], alone.values, rtol=1e-4, atol=1e-6)
+        assert pack.iterations[k] == alone.iterations[0]
+
+
+# --- eigenvalue density ------------------------------------------------------------------------
+
+
+def test_lanczos_nodes_are_eigenvalues_when_krylov_space_is_full() -> None:
+    # 12 distinct eigenvalues, more Lanczos steps than dimensions: Gauss quadrature is exact.
+    e = torch.linspace(-1.0, 4.0, 12, dtype=torch.float64)
+    params, args = quadratic_pack([spd(12, e, seed=0)])
+    q = lanczos_quadrature(quadratic, params, args, n_iter=30, n_v=2, generator=gen())
+    for r in range(2):
+        nodes = q.nodes[0, r][~q.nodes[0, r].isnan()]
+        torch.testing.assert_close(nodes.sort().values, e, rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(q.weights[0, r].sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_density_integrates_to_one_and_mean_is_trace_over_n() -> None:
+    # diagonal A: a Rademacher start gives v'Av/n = tr(A)/n exactly, so the measure's mean is exact
+    n = 40
+    d = torch.linspace(0.0, 2.0, n, dtype=torch.float64) ** 2
+    params, args = quadratic_pack([torch.diag(d), torch.diag(3 * d)])
+    q = lanczos_quadrature(quadratic, params, args, n_iter=15, n_v=2, generator=gen())
+    dens = broadened_density(q, n_grid=4000, sigma2=1e-5)
+    width = dens.grid[:, 1] - dens.grid[:, 0]
+    torch.testing.assert_close(
+        (dens.density * width[:, None]).sum(-1), torch.ones(2, dtype=torch.float64)
+    )
+    mean = (dens.grid * dens.density * width[:, None]).sum(-1)
+    torch.testing.assert_close(mean, torch.stack([d.mean(), 3 * d.mean()]), rtol=1e-3, atol=1e-4)
+    quad_mean = (q.nodes.nan_to_num(0) * q.weights).sum(-1)  # (K, n_v), exact per run
+    torch.testing.assert_close(
+        quad_mean, torch.stack([d.mean(), 3 * d.mean()])[:, None].expand(2, 2)
+    )
+
+
+def test_density_mlp_pack_equals_members_and_is_normalised() -> None:
+    net, stack, x, y = tiny_mlp(members=2)
+    pack = hessian_density(net, stack, x, y, n_iter=20, n_grid=200, generator=gen(9))
+    assert pack.grid.shape == pack.density.shape == (2, 200)
+    assert (pack.density >= 0).all()
+    for k in range(2):
+        alone = hessian_density(
+            net,
+            stack.member(k),
+            x[k : k + 1],
+            y[k : k + 1],
+            n_iter=20,
+            n_grid=200,
+            generator=gen(9),
+        )
+        torch.testing.assert_close(pack.grid[k : k + 1], alone.grid, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(pack.density[k : k + 1], alone.density, rtol=1e-3, atol=1e-3)
+    # the quadrature's extreme nodes bracket the extreme eigenvalues (Ritz values interlace)
+    exact = torch.linalg.eigvalsh(exact_hessian(net, stack, x, y, 0).double())
+    nodes = pack.quadrature.nodes[0, 0][~pack.quadrature.nodes[0, 0].isnan()].double()
+    assert exact.min() - 1e-4 <= nodes.min() and nodes.max() <= exact.max() + 1e-4
+
+
+def test_a_nan_member_gives_nan_and_leaves_the_others_alone() -> None:
+    net, stack, x, y = tiny_mlp(members=3)
+    poisoned = stack.clone()
+    for p in poisoned.params.values():
+        p[1] = float("nan")
+    kwargs = {"generator": gen(1)}
+    runs = {
+        "trace": lambda st: hessian_trace(net, st, x, y, n_probes=20, **kwargs).estimate,
+        "eig": lambda st: hessian_eigenvalues(net, st, x, y, k=2, max_iter=20, **kwargs).values,
+        "density": lambda st: hessian_density(net, st, x, y, n_iter=8, n_grid=20, **kwargs).density,
+    }
+    for name, run in runs.items():
+        kwargs["generator"] = gen(1)
+        clean = run(stack)
+        kwargs["generator"] = gen(1)
+        dirty = run(poisoned)
+        assert dirty[1].isnan().all(), name
+        torch.testing.assert_close(dirty[[0, 2]], clean[[0, 2]], msg=name)
