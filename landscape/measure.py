@@ -42,7 +42,16 @@ from landscape.metrics.pairs import (
     measure_member_surfaces,
     measure_pairs,
 )
+from landscape.metrics.reparam import (
+    ReparamSpec,
+    find_relu_pairs,
+    probe_metrics,
+    reparam_rows,
+    reparametrisation_probe,
+)
+from landscape.metrics.weights import WeightsSpec, weight_statistics
 from landscape.pack import TrainedPack
+from landscape.trajectory import TrajectoryRecorder, TrajectorySpec
 from landscape.variant import ConfigError
 
 LOCAL_FIELDS = tuple(f.name for f in dataclasses.fields(LocalMetricSpecs))
@@ -79,6 +88,10 @@ class MetricsSpec:
     max_pairs: int = 10  # pairs per replicate group (5 seeds -> all 10, as Yang et al.)
     eval_chunk: int = 64  # parameter sets evaluated at once (surface grid points x models)
     eval_batch_size: int = 512  # examples per forward pass of those evaluations
+    weights: WeightsSpec = field(default_factory=WeightsSpec)  # params table
+    reparam: ReparamSpec = field(default_factory=ReparamSpec)  # reparam table (MLPs)
+    # during training: a metric schedule, sharpness tracking, snapshots (landscape.trajectory)
+    trajectory: TrajectorySpec = field(default_factory=TrajectorySpec)
 
     def __post_init__(self) -> None:
         for key in ("max_pairs", "eval_chunk", "eval_batch_size"):
@@ -96,6 +109,14 @@ class MetricsSpec:
             max_pairs=self.max_pairs,
             chunk=self.eval_chunk,
             batch_size=self.eval_batch_size,
+        )
+
+    def recorder(self, total_steps: int, steps_per_epoch: int) -> TrajectoryRecorder | None:
+        """The observer the training loop calls, or None when nothing is measured during training."""
+        if not self.trajectory.enabled:
+            return None
+        return TrajectoryRecorder(
+            self.trajectory, self.local_specs(), self.seed, total_steps, steps_per_epoch
         )
 
     @property
@@ -150,4 +171,27 @@ def measure_pack(pack: TrainedPack, spec: MetricsSpec) -> Measured:
         surfaces += member.surfaces
     if surfaces:
         out.tables["surfaces"] = surfaces
+    if spec.weights.enabled:
+        out.tables["params"] = weight_statistics(pack.final, bins=spec.weights.bins)
+    if spec.reparam.enabled:
+        out.tables["reparam"] = _reparam(pack, spec)
     return out
+
+
+def _reparam(pack: TrainedPack, spec: MetricsSpec) -> list[dict]:
+    """Dinh et al.'s probe on the alive members; a model without a ReLU pair gets no rows."""
+    try:
+        find_relu_pairs(pack.net.module)
+    except ValueError:
+        return []
+    alive = pack.alive.nonzero().flatten().tolist()
+    if not alive:
+        return []
+    stack = pack.final.select(alive)
+    x, y = pack.data.train_sample(
+        spec.reparam.n_samples, torch.Generator().manual_seed(spec.seed + 3)
+    )
+    x, y = x[alive], y[alive]
+    metrics = probe_metrics(pack.net, x, y, spec.reparam, seed=spec.seed + 4)
+    probe = reparametrisation_probe(pack.net, stack, x, alpha=spec.reparam.alpha, metrics=metrics)
+    return reparam_rows(probe, members=alive)

@@ -18,6 +18,7 @@ returns the new values; :func:`apply_update` writes them in place for live membe
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -174,6 +175,15 @@ def init_state(spec: OptimSpec, params: Params) -> dict[str, Params]:
 
 
 @torch.no_grad()
+def lr_multiplier(spec: OptimSpec, name: str) -> float:
+    """The learning-rate multiplier of parameter ``name``: among the ``optim.lr_multipliers``
+    patterns (shell-style, e.g. ``head.*``) that match it, the longest (most specific) wins;
+    1 when none matches. The fine-tuning recipe: a small base rate, ``{"head.*": 10}``."""
+    table = dict(spec.lr_multipliers)
+    matches = [pattern for pattern in table if fnmatch.fnmatchcase(name, pattern)]
+    return table[max(matches, key=len)] if matches else 1.0
+
+
 def apply_update(
     spec: OptimSpec,
     params: Params,
@@ -190,7 +200,8 @@ def apply_update(
     ``step`` counts from 1 (Adam's bias correction uses it)."""
     rule, slots = _rule(spec)
     for name, p in params.items():
-        h = _Local(_bcast(lr, p), _bcast(hypers.momentum, p), _bcast(hypers.weight_decay, p))
+        lr_p = lr * lr_multiplier(spec, name) if spec.lr_multipliers else lr
+        h = _Local(_bcast(lr_p, p), _bcast(hypers.momentum, p), _bcast(hypers.weight_decay, p))
         old = {slot: state[slot][name] for slot in slots}
         new_p, new = rule(spec, p, grads[name], old, h, step)
         keep = alive.bool().view(-1, *([1] * (p.dim() - 1)))

@@ -21,7 +21,7 @@ from landscape.checkpoint import save_checkpoints
 from landscape.data import Dataset
 from landscape.measure import MetricsSpec, measure_pack
 from landscape.pack import member_bytes, pack_id, split_to_fit
-from landscape.train import train_pack
+from landscape.train import pack_steps, train_pack
 from landscape.variant import Variant, short_hash
 
 MEMORY_HEADROOM = (
@@ -79,7 +79,8 @@ def _train_and_measure(
     checkpoint_dir: Path | None,
 ) -> PackRows:
     t0 = time.perf_counter()
-    result = train_pack(variants, dataset, device)
+    recorder = metrics.recorder(*pack_steps(variants[0], dataset))
+    result = train_pack(variants, dataset, device, recorder=recorder)
     if checkpoint_dir is not None:
         save_checkpoints(result.pack, checkpoint_dir)
     measured = measure_pack(result.pack, metrics)
@@ -105,7 +106,11 @@ def _train_and_measure(
         runs.append(row)
     out.add("runs", runs)
     out.add("curves", [_with_variant(r, ids) for r in result.curves])
-    for table, rows in measured.tables.items():
+    tables = dict(measured.tables)
+    if recorder is not None:
+        for table, rows in recorder.finish(result.pack).items():
+            tables[table] = tables.get(table, []) + rows
+    for table, rows in tables.items():
         out.add(table, [_with_variant(r, ids) for r in rows])
     return out
 

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from landscape.augment import augment_batch
-from landscape.data import Dataset, member_view
+from landscape.data import Dataset, member_view, subset_size
 from landscape.functional import FunctionalNet, Params, Stack, init_stack
 from landscape.models import build_model
 from landscape.optim import MemberHypers, apply_update, base_lr, init_state, lr_factor
@@ -60,6 +61,16 @@ def make_pack_data(variants: Sequence[Variant], dataset: Dataset) -> PackData:
         num_classes=dataset.num_classes,
         seeds=tuple(v.seed for v in variants),
     )
+
+
+def pack_steps(variant: Variant, dataset: Dataset) -> tuple[int, int]:
+    """(total steps, steps per epoch) of a pack whose first member is ``variant``."""
+    spe = steps_per_epoch(
+        subset_size(variant.data, len(dataset.y_train)),
+        variant.optim.batch_size,
+        variant.train.drop_last,
+    )
+    return spe * variant.train.epochs, spe
 
 
 def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool) -> int:
@@ -217,12 +228,26 @@ def _epoch_orders(generators: list[torch.Generator], n: int, device: torch.devic
     return torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
 
 
+class TrajectoryRecorderLike(Protocol):
+    """What the loop asks of an observer (``landscape.trajectory.TrajectoryRecorder``)."""
+
+    def wants(self, step: int) -> bool: ...
+
+    def observe(self, step: int, pack: TrainedPack, lr: Tensor) -> None: ...
+
+    @property
+    def records_lca(self) -> bool: ...
+
+    def record_lca(self, step: int, before: Params, pack: TrainedPack) -> None: ...
+
+
 def train_pack(
     variants: Sequence[Variant],
     dataset: Dataset,
     device: torch.device | str = "cpu",
     *,
     on_epoch: Callable[[int, dict[str, Tensor]], None] | None = None,
+    recorder: TrajectoryRecorderLike | None = None,
 ) -> TrainResult:
     """Train every variant of a pack together and return the checkpoint the metrics use.
 
@@ -260,13 +285,27 @@ def train_pack(
     best_epoch = torch.zeros(K, dtype=torch.long, device=device)
     _record(curves, 0, 0, base * lr_factor(first.optim, 0, total, spe), metrics)
 
+    def view() -> TrainedPack:
+        return TrainedPack(list(variants), net, init, stack, data, opt.alive.clone())
+
+    def observe(lr: Tensor) -> None:
+        if recorder is not None and recorder.wants(opt.step):
+            recorder.observe(opt.step, view(), lr)
+
+    observe(base * lr_factor(first.optim, 0, total, spe))
+
     for epoch in range(1, first.train.epochs + 1):
         order = _epoch_orders(generators, data.n_train, device)
         for b in range(spe):
             factor = lr_factor(first.optim, opt.step, total, spe)
             x, y = data.train_batch(order[:, b * B : (b + 1) * B])
             x = augment_batch(x, first.data, aug_generators, fill=pad)
+            lca = recorder is not None and recorder.records_lca
+            before = {n: p.detach().clone() for n, p in stack.params.items()} if lca else None
             train_step(step_fn, stack, opt, variants, x, y, base * factor, precision)
+            if before is not None:
+                recorder.record_lca(opt.step, before, view())
+            observe(base * factor)
         metrics = evaluate_pack(net, stack, data, precision)
         _record(curves, epoch, opt.step, base * factor, metrics)
         if keep_best:

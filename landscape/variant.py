@@ -124,6 +124,9 @@ class OptimSpec:
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from 0 over this many epochs
     lr_ref_batch_size: int = 0  # > 0: lr scales linearly as lr * batch_size / lr_ref_batch_size
+    # per-layer multipliers by parameter-name pattern, e.g. {"head.*": 10.0}; the longest match wins
+    # (a mapping in the config; kept as sorted (pattern, multiplier) pairs so the spec stays hashable)
+    lr_multipliers: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         _choice("optim.name", self.name, OPTIM_NAMES)
@@ -144,6 +147,16 @@ class OptimSpec:
             "fractions in (0, 1)",
         )
         _require(self.warmup_epochs >= 0, "optim.warmup_epochs", self.warmup_epochs, ">= 0")
+        pairs = (
+            self.lr_multipliers.items()
+            if isinstance(self.lr_multipliers, dict)
+            else self.lr_multipliers
+        )
+        object.__setattr__(
+            self, "lr_multipliers", tuple(sorted((str(k), float(v)) for k, v in pairs))
+        )
+        for pattern, mult in self.lr_multipliers:
+            _require(mult >= 0, f"optim.lr_multipliers.{pattern}", mult, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -207,7 +220,11 @@ class Variant:
         out: dict[str, Any] = {}
         for section in ("model", "data", "optim", "train"):
             for key, value in dataclasses.asdict(getattr(self, section)).items():
-                out[f"{section}.{key}"] = list(value) if isinstance(value, tuple) else value
+                if (
+                    key == "lr_multipliers"
+                ):  # Parquet needs one type per column: the mapping as JSON
+                    value = json.dumps(dict(value), sort_keys=True) if value else None
+                out[f"{section}.{key}"] = list(value) if isinstance(value, (tuple, list)) else value
         out["seed"] = self.seed
         return out
 
@@ -233,10 +250,20 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         hint = next(a for a in args if a is not type(None))
     if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
+        if (
+            isinstance(value, dict) and typing.get_origin(args[0]) is tuple
+        ):  # a mapping -> (key, value) pairs
+            value = list(value.items())
+        if value is None and args[-1] is Ellipsis:  # null for a list: empty
+            value = ()
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
-        inner = typing.get_args(hint)[0]
-        return tuple(_check_type(key, v, inner) for v in value)
+        if args[-1] is Ellipsis:
+            return tuple(_check_type(key, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key} must have {len(args)} entries, got {value!r}")
+        return tuple(_check_type(key, v, a) for v, a in zip(value, args))
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in _TYPE_NAMES and (

@@ -220,6 +220,9 @@ def hessian_trace(
 class EigenEstimate:
     values: Tensor  # (K, k) eigenvalues of largest magnitude, largest magnitude first
     iterations: Tensor  # (K,) int64, iterations until all k converged (or max_iter)
+    vectors: Tensor | None = (
+        None  # (K, k, P) the last orthonormal block: a warm start for the next call
+    )
 
 
 def top_eigenvalues(
@@ -231,8 +234,12 @@ def top_eigenvalues(
     max_iter: int = 100,
     tol: float = 1e-3,
     generator: torch.Generator,
+    init: Tensor | None = None,
 ) -> EigenEstimate:
     """The k Hessian eigenvalues of largest magnitude, by subspace (block power) iteration.
+
+    ``init`` (K, k, P), e.g. the ``vectors`` of an earlier call, warm-starts the iteration
+    (sharpness tracking during training: a few iterations per call then suffice).
 
     Each iteration applies H to an orthonormal block of k vectors (vmapped over the block
     and the members), takes Ritz values from the k x k projection, and re-orthonormalises
@@ -251,9 +258,14 @@ def top_eigenvalues(
     if k > size:
         raise ValueError(f"k must be <= the number of parameters ({size}), got {k}")
     hv = batched_hvp(loss, shapes, shared=False)
-    start = torch.randn(size, k, generator=generator, device=generator.device)
-    block = torch.linalg.qr(start.to(device=like.device, dtype=like.dtype))[0].mT  # (k, P)
-    block = block.expand(K, k, size).clone()  # (K, k, P) orthonormal rows
+    if init is not None:
+        if init.shape != (K, k, size):
+            raise ValueError(f"init must have shape {(K, k, size)}, got {tuple(init.shape)}")
+        block = torch.linalg.qr(init.to(device=like.device, dtype=like.dtype).mT)[0].mT.clone()
+    else:
+        start = torch.randn(size, k, generator=generator, device=generator.device)
+        block = torch.linalg.qr(start.to(device=like.device, dtype=like.dtype))[0].mT  # (k, P)
+        block = block.expand(K, k, size).clone()  # (K, k, P) orthonormal rows
     values = torch.zeros(K, k, dtype=like.dtype, device=like.device)
     iterations = torch.zeros(K, dtype=torch.long, device=like.device)
     active = torch.arange(K, device=like.device)
@@ -275,7 +287,7 @@ def top_eigenvalues(
         active = active[~converged]
         if active.numel() == 0:
             break
-    return EigenEstimate(values, iterations)
+    return EigenEstimate(values, iterations, block)
 
 
 def _ritz(v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
@@ -296,6 +308,7 @@ def hessian_eigenvalues(
     max_iter: int = 100,
     tol: float = 1e-3,
     generator: torch.Generator,
+    init: Tensor | None = None,
 ) -> EigenEstimate:
     """Top-k Hessian eigenvalues of the mean cross-entropy (eval mode); see :func:`top_eigenvalues`."""
     return top_eigenvalues(
@@ -306,6 +319,7 @@ def hessian_eigenvalues(
         max_iter=max_iter,
         tol=tol,
         generator=generator,
+        init=init,
     )
 
 

@@ -32,6 +32,7 @@ from landscape.metrics.sharpness import (
     epsilon_sharpness,
 )
 from landscape.metrics.stiffness import class_stiffness, stiffness_rows
+from landscape.metrics.stiffness_distance import stiffness_by_distance, stiffness_distance_rows
 from landscape.optim import MemberHypers
 from landscape.pack import PackData, TrainedPack
 from landscape.variant import ConfigError
@@ -160,9 +161,17 @@ class StiffnessSpec:
     enabled: bool = False
     n_samples: int = 512  # test examples (shared by the members)
     chunk: int = 32  # per-example gradients per block
+    distance_bins: int = (
+        0  # > 0: also stiffness against input-space distance, pairs in this many bins
+    )
+    distance_binning: str = "quantile"  # quantile | linear bin edges (shared by the members)
 
     def __post_init__(self) -> None:
-        _check(self, "stiffness", ("n_samples", "chunk"))
+        _check(self, "stiffness", ("n_samples", "chunk"), ("distance_bins",))
+        if self.distance_binning not in ("quantile", "linear"):
+            raise ConfigError(
+                f"metrics.stiffness.distance_binning must be quantile or linear, got {self.distance_binning!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -412,7 +421,19 @@ def _stiffness(
     m.column("stiffness_between_cos", c.between_cos)
     m.column("stiffness_within_sign", c.within_sign)
     m.column("stiffness_between_sign", c.between_sign)
-    m.table("stiffness", stiffness_rows(c, m.alive))
+    rows = stiffness_rows(c, m.alive)
+    if s.distance_bins > 0:
+        d = stiffness_by_distance(
+            m.pack.net,
+            m.stack,
+            x,
+            y,
+            n_bins=s.distance_bins,
+            binning=s.distance_binning,
+            chunk=s.chunk,
+        )
+        rows += stiffness_distance_rows(d, m.alive)
+    m.table("stiffness", rows)
 
 
 def _lr_range(

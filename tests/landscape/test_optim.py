@@ -201,3 +201,40 @@ def test_linear_warmup_then_schedule():
     # a fractional warm-up never overshoots 1
     frac = OptimSpec(schedule="constant", warmup_epochs=0.5)  # 2.5 steps
     assert [lr_factor(frac, s, 20, 5) for s in range(4)] == pytest.approx([0.4, 0.8, 1.0, 1.0])
+
+
+def test_per_layer_lr_multipliers_scale_only_matching_parameters():
+    from landscape.optim import lr_multiplier
+
+    spec = OptimSpec(
+        name="sgd", momentum=0.0, lr_multipliers={"head.*": 10.0, "head.bias": 0.0, "body.*": 0.5}
+    )
+    assert spec.lr_multipliers == (
+        ("body.*", 0.5),
+        ("head.*", 10.0),
+        ("head.bias", 0.0),
+    )  # hashable, sorted
+    assert lr_multiplier(spec, "head.weight") == 10.0
+    assert lr_multiplier(spec, "head.bias") == 0.0  # the longest matching pattern wins
+    assert lr_multiplier(spec, "body.0.weight") == 0.5
+    assert lr_multiplier(spec, "stem.weight") == 1.0
+    params = {
+        n: torch.ones(2, 3) for n in ("head.weight", "head.bias", "body.0.weight", "stem.weight")
+    }
+    grads = {n: torch.ones(2, 3) for n in params}
+    hypers = MemberHypers.from_specs([spec, spec], "cpu")
+    apply_update(
+        spec,
+        params,
+        grads,
+        init_state(spec, params),
+        hypers,
+        torch.tensor([0.1, 0.2]),
+        1,
+        torch.ones(2, dtype=torch.bool),
+    )
+    # p = 1 - lr_k * multiplier * g
+    assert torch.allclose(params["head.weight"][:, 0], torch.tensor([0.0, -1.0]))
+    assert torch.equal(params["head.bias"], torch.ones(2, 3))
+    assert torch.allclose(params["body.0.weight"][:, 0], torch.tensor([0.95, 0.9]))
+    assert torch.allclose(params["stem.weight"][:, 0], torch.tensor([0.9, 0.8]))
