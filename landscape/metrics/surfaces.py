@@ -120,32 +120,43 @@ def zeros_like_params(params: Params) -> Params:
     return {n: torch.zeros_like(p) for n, p in params.items()}
 
 
-def filter_normalized_direction(
-    params: Params, generator: torch.Generator, one_dim: str = "zero"
-) -> Params:
-    """A Gaussian direction shaped like stacked ``params`` (K, *shape), filter-normalised
-    per member (Li et al. 2018): for every tensor with more than one dimension, each slice
-    along its first dimension (a conv filter, a linear neuron's row) is rescaled to
+def filter_normalize(direction: Params, weights: Params, one_dim: str = "zero") -> Params:
+    """Li et al.'s (2018) filter normalisation of a stacked ``direction`` (K, *shape) to
+    ``weights``: in every tensor with more than one dimension besides the member dim, each
+    slice along its first dimension (a conv filter, a linear neuron's row) is rescaled to
     ``d_i * ||w_i|| / (||d_i|| + 1e-10)``. Tensors with dim <= 1 (biases, BatchNorm affine)
     are zeroed (``one_dim="zero"``, the reference code's ``ignore='biasbn'``) or set equal
-    to the weights (``one_dim="weights"``, the reference code otherwise). The Gaussian is
-    drawn on the CPU from ``generator``, so a seed gives the same direction on any device.
-    """
+    to the weights (``one_dim="weights"``, the reference code otherwise)."""
     if one_dim not in ONE_DIM_MODES:
         raise ValueError(f"one_dim must be one of {', '.join(ONE_DIM_MODES)}, got {one_dim!r}")
     out = {}
-    for name, w in params.items():
+    for name, d in direction.items():
+        w = weights[name]
         if w.dim() - 1 <= 1:  # the member dim does not count
             out[name] = torch.zeros_like(w) if one_dim == "zero" else w.clone()
             continue
-        d = torch.randn(w.shape, generator=generator, dtype=torch.float32).to(
-            device=w.device, dtype=w.dtype
-        )
         dims = tuple(range(2, w.dim()))  # (K, filters, *filter_shape): norm over the filter
         w_norm = torch.linalg.vector_norm(w, dim=dims, keepdim=True)
         d_norm = torch.linalg.vector_norm(d, dim=dims, keepdim=True)
         out[name] = d * w_norm / (d_norm + 1e-10)
     return out
+
+
+def filter_normalized_direction(
+    params: Params, generator: torch.Generator, one_dim: str = "zero"
+) -> Params:
+    """A Gaussian direction shaped like stacked ``params`` (K, *shape), filter-normalised per
+    member (:func:`filter_normalize`). The Gaussian is drawn on the CPU from ``generator``,
+    so a seed gives the same direction on any device."""
+    gaussian = {
+        name: torch.randn(w.shape, generator=generator, dtype=torch.float32).to(
+            device=w.device, dtype=w.dtype
+        )
+        if w.dim() - 1 > 1
+        else torch.zeros_like(w)
+        for name, w in params.items()
+    }
+    return filter_normalize(gaussian, params, one_dim)
 
 
 def surface_1d(

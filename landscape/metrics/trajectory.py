@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from landscape.functional import FunctionalNet, Params, Stack
-from landscape.metrics.surfaces import ONE_DIM_MODES, surface_2d, symmetric_grid
+from landscape.metrics.surfaces import filter_normalize, surface_2d, symmetric_grid
 
 RANK_TOL = 1e-10  # components with variance below this fraction of the first are "absent"
 
@@ -32,28 +32,6 @@ class TrajectoryPCA:
     directions: list[Params]  # n_components directions shaped like one member's params
     explained_variance_ratio: Tensor  # (n_components,) share of the centred rows' variance
     path: Tensor  # (T, n_components) float64 coordinates of w_t - w_final in the directions
-
-
-def filter_normalize(direction: Params, weights: Params, one_dim: str = "zero") -> Params:
-    """Li et al.'s filter normalisation of stacked ``direction`` (K, *shape) to ``weights``:
-    in every tensor with more than one dimension besides the member dim, each slice along
-    its first dimension (a filter, a neuron's row) gets the norm of the weights' slice,
-    ``d_i * ||w_i|| / (||d_i|| + 1e-10)``; tensors with one dimension are zeroed
-    (``one_dim="zero"``) or set to the weights (``"weights"``), the rule of
-    :func:`~landscape.metrics.surfaces.filter_normalized_direction`."""
-    if one_dim not in ONE_DIM_MODES:
-        raise ValueError(f"one_dim must be one of {', '.join(ONE_DIM_MODES)}, got {one_dim!r}")
-    out = {}
-    for name, d in direction.items():
-        w = weights[name]
-        if w.dim() - 1 <= 1:  # the member dim does not count
-            out[name] = torch.zeros_like(w) if one_dim == "zero" else w.clone()
-            continue
-        dims = tuple(range(2, w.dim()))  # (K, filters, *filter_shape): norm over the filter
-        w_norm = torch.linalg.vector_norm(w, dim=dims, keepdim=True)
-        d_norm = torch.linalg.vector_norm(d, dim=dims, keepdim=True)
-        out[name] = d * w_norm / (d_norm + 1e-10)
-    return out
 
 
 def _as_stacked(snapshots: Stack | Params | Sequence[Params]) -> Params:
