@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from landscape.cross import CrossPairSpec
 from landscape.metrics.local import (
     GradientStatsSpec,
     HessianEigenSpec,
@@ -90,6 +91,9 @@ class MetricsSpec:
     eval_batch_size: int = 512  # examples per forward pass of those evaluations
     weights: WeightsSpec = field(default_factory=WeightsSpec)  # params table
     reparam: ReparamSpec = field(default_factory=ReparamSpec)  # reparam table (MLPs)
+    cross: CrossPairSpec = field(
+        default_factory=CrossPairSpec
+    )  # between sweep points, after training
     # during training: a metric schedule, sharpness tracking, snapshots (landscape.trajectory)
     trajectory: TrajectorySpec = field(default_factory=TrajectorySpec)
 
