@@ -7,7 +7,9 @@ underscore-files are skipped here. Parts are read one by one and concatenated, s
 part that carries an extra (nullable) metric column does not hide it (a Parquet dataset
 would take the first file's schema).
 
-Only ``runs`` is required; every other table is ``None`` when it was not written.
+Only ``runs`` is required; every other table is ``None`` when it was not written. The
+``path`` table (the optimiser's path on its PCA plane) is ``Results.pca_path``, because
+``Results.path`` is the directory.
 """
 
 from __future__ import annotations
@@ -20,7 +22,23 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-TABLES = ("runs", "curves", "pairs", "surfaces", "spectra", "stiffness", "lr_range")
+TABLES = (
+    "runs",
+    "curves",
+    "pairs",
+    "surfaces",
+    "spectra",
+    "stiffness",
+    "lr_range",
+    # Measurements during training (see analysis.training and its neighbours).
+    "trajectory",
+    "path",
+    "lca",
+    "params",
+    "reparam",
+)
+# Tables held under another attribute of Results, whose ``path`` is the directory.
+ATTRIBUTES = {"path": "pca_path"}
 
 # Knobs that behave like a temperature (noise scale of SGD) or a load (capacity against
 # data), in the order they are tried when the manifest names no analysis axes.
@@ -48,6 +66,11 @@ class Results:
     spectra: pd.DataFrame | None = None
     stiffness: pd.DataFrame | None = None
     lr_range: pd.DataFrame | None = None
+    trajectory: pd.DataFrame | None = None
+    pca_path: pd.DataFrame | None = None  # the ``path`` table (``path`` is the directory)
+    lca: pd.DataFrame | None = None
+    params: pd.DataFrame | None = None
+    reparam: pd.DataFrame | None = None
     axes: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
@@ -63,7 +86,8 @@ class Results:
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables that are present, by name."""
-        return {t: getattr(self, t) for t in TABLES if getattr(self, t) is not None}
+        present = {t: getattr(self, ATTRIBUTES.get(t, t)) for t in TABLES}
+        return {t: frame for t, frame in present.items() if frame is not None}
 
     def analysis_axes(
         self, temperature: str | None = None, load: str | None = None
@@ -166,7 +190,7 @@ def load_results(path: str | Path) -> Results:
             manifest = json.loads(manifest_path.read_text())
         except json.JSONDecodeError as err:
             raise ResultsError(f"{str(manifest_path)!r} is not valid JSON: {err}") from err
-    tables = {name: read_table(root / name) for name in TABLES}
+    tables = {ATTRIBUTES.get(name, name): read_table(root / name) for name in TABLES}
     runs = tables["runs"]
     if runs is None or runs.empty:
         raise ResultsError(f"{str(path)!r} has no runs table (expected {str(root / 'runs')!r})")

@@ -4,12 +4,15 @@ The page opens with the phase diagram and a summary table (the phase rule's reso
 thresholds and per-phase means), then every figure the data supports: the classifier's
 signal panels, heatmaps of every measured metric, correlations with generalisation,
 training curves and the LR range test, loss surfaces and paths, stiffness matrices and
-spectra. A figure whose table or metric is absent is left out, never drawn empty.
+spectra, and what was measured during training (metrics and sharpness against step,
+stiffness over training and by distance, the PCA path, loss change allocation, weights,
+the reparametrisation probe). A figure whose table or metric is absent is left out, never
+drawn empty.
 
-Every figure is also saved as a PNG in the output directory (default
-``<dir>/report``), next to ``cells.csv`` (one row per cell, with its phase and the reason)
-and ``correlations.csv`` / ``correlations.html``. ``index.html`` embeds the PNGs as base64,
-so the page alone can be copied or mailed.
+Every figure is also saved as a PNG in the output directory (default ``<dir>/report``),
+next to ``cells.csv`` (one row per cell, with its phase and the reason),
+``correlations.csv`` / ``correlations.html`` and, when the probe ran, ``reparam.csv``.
+``index.html`` embeds the PNGs as base64, so the page alone can be copied or mailed.
 
 Bad input (a missing directory, no runs table, an unknown axis, an invalid threshold)
 prints one line naming the value and exits with status 2 before anything is written.
@@ -37,9 +40,17 @@ from analysis.cells import aggregate_cells  # noqa: E402
 from analysis.correlations import correlation_table, plot_correlations  # noqa: E402
 from analysis.curves import curve_axis, plot_lr_range, plot_training_curves, variant_labels  # noqa: E402
 from analysis.heatmap import LOG_METRICS, metric_heatmap, save_figure  # noqa: E402
+from analysis.lca import plot_lca  # noqa: E402
 from analysis.load import Results, ResultsError, load_results  # noqa: E402
+from analysis.pca_path import plot_pca_path  # noqa: E402
 from analysis.phase_diagram import plot_phase_diagram, plot_phase_panels, slices  # noqa: E402
 from analysis.phases import PHASE_ORDER, PhaseThresholds, classify_phases, threshold_options  # noqa: E402
+from analysis.reparam import TOLERANCE, reparam_summary  # noqa: E402
+from analysis.stiffness import (  # noqa: E402
+    final_stiffness,
+    plot_stiffness_distance,
+    plot_stiffness_stages,
+)
 from analysis.surfaces import (  # noqa: E402
     plot_paths,
     plot_spectra,
@@ -47,6 +58,8 @@ from analysis.surfaces import (  # noqa: E402
     plot_surface_1d,
     plot_surface_2d,
 )
+from analysis.training import plot_trajectory, trajectory_metrics  # noqa: E402
+from analysis.weights import plot_weight_histograms, plot_weight_norms  # noqa: E402
 
 # Heatmaps in this order; any other measured numeric metric follows.
 RUN_METRICS = (
@@ -253,9 +266,65 @@ def surfaces_section(results: Results, keys: list[str], out: Path, opts: ReportO
 def matrices_section(results: Results, keys: list[str], out: Path, opts: ReportOptions) -> Section:
     section = Section("Stiffness and Hessian spectra")
     labels = variant_labels(results.runs, keys)
-    fig = plot_stiffness(results.stiffness, labels, max_variants=opts.max_variants)
-    section.add("class stiffness", fig, out / "stiffness.png")
+    stiffness = final_stiffness(results.stiffness)  # not the matrices over training
+    fig = plot_stiffness(stiffness, labels, max_variants=opts.max_variants)
+    section.add("class stiffness at the end of training", fig, out / "stiffness.png")
     section.add("eigenvalue density", plot_spectra(results.spectra, labels), out / "spectra.png")
+    return section
+
+
+def reparam_html(summary: pd.DataFrame) -> str:
+    """The reparametrisation table, invariant measures highlighted."""
+    rows = []
+    for r in summary.to_dict("records"):
+        mark = " class='invariant'" if r["invariant"] else ""
+        cells = [
+            html.escape(str(r["metric"])),
+            f"{r['alpha']:.3g}",
+            html.escape(str(r["layers"])),
+            str(r["variants"]),
+            *(f"{r[c]:.4g}" for c in ("ratio_mean", "ratio_min", "ratio_max")),
+            "yes" if r["invariant"] else "no",
+        ]
+        rows.append(f"<tr{mark}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    head = ("metric", "alpha", "layers", "variants", "ratio mean", "min", "max", "invariant")
+    return (
+        "<p>Each measure after / before a function-preserving rescaling of two layers by alpha "
+        "and 1/alpha (Dinh et al. 2017). Highlighted: invariant (every ratio within "
+        f"{TOLERANCE:g} of 1).</p><table><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in head)
+        + "</tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+    )
+
+
+def training_section(results: Results, keys: list[str], out: Path, opts: ReportOptions) -> Section:
+    """Metrics against step, stiffness over training, the PCA path, LCA, weights, reparam."""
+    section = Section("During training")
+    by = opts.curves_by or curve_axis(results, keys[0])
+    for metric in trajectory_metrics(results.trajectory):
+        fig = plot_trajectory(results, metric, by=by)
+        section.add(f"{metric} against step across {by}", fig, out / f"trajectory_{metric}.png")
+    fig = plot_stiffness_stages(results)
+    section.add("class stiffness over training", fig, out / "stiffness_stages.png")
+    fig = plot_stiffness_distance(results, by=by)
+    section.add(
+        f"stiffness against input distance across {by}", fig, out / "stiffness_distance.png"
+    )
+    labels = variant_labels(results.runs, keys)
+    fig = plot_pca_path(results, labels, max_variants=min(opts.max_variants, 3))
+    section.add("optimiser path on its PCA plane", fig, out / "pca_path.png")
+    section.add("loss change allocation per layer", plot_lca(results), out / "lca.png")
+    weights_by = opts.curves_by or keys[0]  # Li et al. compare batch sizes and weight decays
+    fig = plot_weight_histograms(results, by=weights_by)
+    section.add(f"weight histograms across {weights_by}", fig, out / "weight_histograms.png")
+    fig = plot_weight_norms(results, by=weights_by, hue=keys[1])
+    section.add(f"weight norms across {weights_by}", fig, out / "weight_norms.png")
+    summary = reparam_summary(results.reparam)
+    if summary is not None:
+        summary.to_csv(out / "reparam.csv", index=False)
+        section.add_html("<h3>Reparametrisation probe</h3>" + reparam_html(summary))
     return section
 
 
@@ -310,6 +379,7 @@ table {{ border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }}
 th, td {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }}
 th {{ background: #f3f3f3; }}
 details {{ margin: 0.5em 0; }}
+tr.invariant td {{ background: #e3f4e1; font-weight: 600; }}
 </style></head>
 <body>
 {body}
@@ -334,6 +404,7 @@ def build_report(results: Results, out: Path, opts: ReportOptions | None = None)
         curves_section(results, keys, out, opts.curves_by),
         surfaces_section(results, keys, out, opts),
         matrices_section(results, keys, out, opts),
+        training_section(results, keys, out, opts),
         status_section(results, keys),
     ]
     sections = [s for s in sections if s.items]
@@ -357,7 +428,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--load", help="load axis, a runs column (default: the manifest's)")
     p.add_argument(
         "--curves-by",
-        help="knob to overlay training curves across (default: optim.lr if swept, else temperature)",
+        help="knob to overlay training curves and measurements during training across "
+        "(default: optim.lr if swept, else temperature; weights: temperature)",
     )
     p.add_argument(
         "--log-surfaces", action="store_true", help="draw 1-D/2-D/3-D surfaces in log10 loss"

@@ -15,6 +15,12 @@ The planted grid (load ``model.width`` upwards, temperature ``optim.batch_size``
 Phase signatures follow SCIENCE.md: I/II high training loss and large Hessian, III/IV
 small loss and small Hessian; mc < 0 in I and III, > 0 in II, ~0 in IV; CKA high only in
 IV-B. Seed noise is small against the planted gaps, so the classifier must recover the map.
+
+The tables measured during training (:data:`TRAINING_TABLES`) are written only when named
+in ``tables``; with ``trajectory`` the ``stiffness`` table also gets matrices at scheduled
+steps and rows by input distance, and with ``path`` the ``surfaces`` table gets the loss on
+the PCA plane (kind ``pca``), as the sweep writes them. They draw on their own random
+stream, so the other tables are the same with or without them.
 """
 
 from __future__ import annotations
@@ -47,6 +53,12 @@ SIGNATURE = {
     "IV-B": (0.005, 1.00, 0.94, 8.0, 0.0, 0.95),
 }
 ALL_TABLES = ("runs", "curves", "pairs", "surfaces", "spectra", "stiffness", "lr_range")
+TRAINING_TABLES = ("trajectory", "path", "lca", "params", "reparam")
+TOTAL_STEPS = 200
+SCHEDULE = (0, 1, 2, 6, 14, 34, 83, TOTAL_STEPS)  # log-spaced, as metrics.trajectory.log_points=8
+SHARPNESS_EVERY = 20
+STEPS_PER_EPOCH = 50
+LAYERS = ("body.0", "body.2", "head")
 LOCAL_METRICS = (
     "hessian_trace",
     "hessian_trace_se",
@@ -253,6 +265,175 @@ def _lr_range(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _ok(runs: pd.DataFrame) -> list[dict]:
+    return runs[runs["status"] == "ok"].to_dict("records")
+
+
+def _trajectory(runs: pd.DataFrame) -> pd.DataFrame:
+    """Local metrics at the log-spaced schedule; sharpness rising to 2/lr every 20 steps."""
+    rows = []
+    for r in _ok(runs):
+        lr, final = r["optim.lr"], r.get("hessian_trace", 50.0)
+        for step in sorted(set(SCHEDULE) | set(range(0, TOTAL_STEPS + 1, SHARPNESS_EVERY))):
+            row = {"variant_id": r["variant_id"], "step": step, "epoch": step / STEPS_PER_EPOCH}
+            row["lr"] = lr
+            if step in SCHEDULE:
+                h = final * (0.2 + 0.8 * (1 - np.exp(-step / 20)))
+                row.update(hessian_trace=h, hessian_trace_se=0.05 * h)
+                row["stiffness_between_cos"] = 0.1 + 0.8 * np.exp(-step / 30)
+            if step % SHARPNESS_EVERY == 0:  # progressive sharpening, then the edge of stability
+                edge = 2 / lr * (1 + 0.03 * np.sin(step / 7))
+                row.update(sharpness=min(np.exp(step / 40), edge), two_over_lr=2 / lr)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _stiffness_during_training(runs: pd.DataFrame, rng, classes: int = 4) -> pd.DataFrame:
+    """Matrices at four steps for the variants _stiffness has; distance rows for every run."""
+    rows = []
+    for v in runs["variant_id"][:2]:
+        for step in (0, 6, 34, TOTAL_STEPS):
+            off = 0.1 + 0.8 * np.exp(-step / 30)
+            for a, b in itertools.product(range(classes), repeat=2):
+                s = 0.95 - 0.35 * (1 - np.exp(-step / 30)) if a == b else off
+                rows.append(
+                    {"variant_id": v, "class_a": a, "class_b": b, "s_cos": s, "s_sign": 2 * s - 1}
+                )
+                rows[-1].update(step=step, epoch=step / STEPS_PER_EPOCH)
+    for r in _ok(runs):
+        edges = np.linspace(2.0, 10.0, 9) * (1 + rng.normal(0, 0.02))
+        scale = 2.0 + 20 * r["optim.lr"]  # stiff over a longer range at larger learning rates
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            s = 0.8 * np.exp(-(lo + hi) / 2 / scale) + rng.normal(0, 0.01)
+            rows.append(
+                {
+                    "variant_id": r["variant_id"],
+                    "class_a": None,
+                    "class_b": None,
+                    "s_cos": s,
+                    "s_sign": min(1.0, 1.5 * s),
+                    "distance_bin_lo": lo,
+                    "distance_bin_hi": hi,
+                    "count": int(rng.integers(50, 500)),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _pca(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A spiral path into (0, 0) and a valley-shaped loss on its plane, for three runs."""
+    path, plane = [], []
+    for k, r in enumerate(_ok(runs)[:3]):
+        v = r["variant_id"]
+        for step in SCHEDULE:
+            left = 1 - step / TOTAL_STEPS
+            theta = step / 40 + k
+            path.append(
+                {
+                    "variant_id": v,
+                    "step": step,
+                    "alpha": 6 * left**2 * np.cos(theta),
+                    "beta": 1.5 * left**2 * np.sin(theta),
+                }
+            )
+        for a, b in itertools.product(np.linspace(-8, 8, 11), np.linspace(-2, 2, 11)):
+            loss = 0.05 + 0.03 * a**2 + 0.5 * b**2
+            plane.append({"variant_id": v, "kind": "pca", "alpha": a, "beta": b, "loss": loss})
+            plane[-1]["accuracy"] = 1 - 0.1 * loss
+    return pd.DataFrame(path), pd.DataFrame(plane)
+
+
+def _lca(runs: pd.DataFrame, rng) -> pd.DataFrame:
+    """Ten windows of 20 steps; the first layers lower the loss, the head raises it a little."""
+    shares = {"body.0": 0.6, "body.2": 0.5, "head": -0.1}
+    rows = []
+    for r in _ok(runs):
+        for start in range(0, TOTAL_STEPS, 20):
+            drop = 2.3 * (np.exp(-start / 50) - np.exp(-(start + 20) / 50))
+            for layer in LAYERS:
+                allocation = -shares[layer] * drop + rng.normal(0, 0.005)
+                rows.append({"variant_id": r["variant_id"], "step": start, "layer": layer})
+                rows[-1]["allocation"] = allocation
+    return pd.DataFrame(rows)
+
+
+def _params(runs: pd.DataFrame, rng, bins: int = 20) -> pd.DataFrame:
+    """Weight statistics at init and at the end: smaller batches end with wider weights."""
+    rows = []
+    for r in _ok(runs):
+        w = r["model.width"]
+        shapes = {"body.0.weight": 64 * w, "body.0.bias": w, "body.2.weight": w * w}
+        shapes.update({"body.2.bias": w, "head.weight": 10 * w, "head.bias": 10})
+        for step, (name, numel) in itertools.product((0, TOTAL_STEPS), shapes.items()):
+            std = 0.1 if step == 0 else 0.1 * (1 + 0.15 * np.log2(1024 / r["optim.batch_size"]))
+            x = rng.normal(0, std, size=numel)
+            counts, edges = np.histogram(x, bins=bins)
+            rows.append(
+                {
+                    "variant_id": r["variant_id"],
+                    "layer": name,
+                    "numel": numel,
+                    "l2_norm": float(np.linalg.norm(x)),
+                    "mean": float(x.mean()),
+                    "std": float(x.std()),
+                    "abs_max": float(np.abs(x).max()),
+                    "hist_counts": counts.tolist(),
+                    "hist_edges": edges.tolist(),
+                    "hist_outside": 0,
+                    "step": step,
+                    "epoch": step / STEPS_PER_EPOCH,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+# metric -> (mean, sd) of after / before under a rescaling by alpha = 2 (Dinh et al. 2017)
+REPARAM_RATIOS = {
+    "hessian_trace": (3.6, 0.3),
+    "hessian_top_eig": (4.1, 0.4),
+    "adaptive_sharpness_avg": (1.0, 0.005),
+}
+
+
+def _reparam(runs: pd.DataFrame, rng) -> pd.DataFrame:
+    rows = []
+    for r in _ok(runs):
+        for metric, (mean, sd) in REPARAM_RATIOS.items():
+            before = 10 + rng.random()
+            ratio = mean + rng.normal(0, sd)
+            rows.append(
+                {
+                    "variant_id": r["variant_id"],
+                    "metric": metric,
+                    "alpha": 2.0,
+                    "layer_a": "body.0",
+                    "layer_b": "body.2",
+                    "before": before,
+                    "after": before * ratio,
+                    "ratio": ratio,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _during_training(runs: pd.DataFrame, built: dict, tables: set[str], rng_seed: int) -> None:
+    """Add the tables measured during training that ``tables`` names to ``built``."""
+    rng = np.random.default_rng(rng_seed + 1)  # own stream: the other tables do not change
+    if "trajectory" in tables:
+        built["trajectory"] = _trajectory(runs)
+        extra = _stiffness_during_training(runs, rng)
+        built["stiffness"] = pd.concat([f for f in (built["stiffness"], extra) if f is not None])
+    if "path" in tables:
+        built["path"], plane = _pca(runs)
+        built["surfaces"] = pd.concat([f for f in (built["surfaces"], plane) if f is not None])
+    if "lca" in tables:
+        built["lca"] = _lca(runs, rng)
+    if "params" in tables:
+        built["params"] = _params(runs, rng)
+    if "reparam" in tables:
+        built["reparam"] = _reparam(runs, rng)
+
+
 def _write_table(frame: pd.DataFrame, directory: Path, parts: int = 2) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for i, chunk in enumerate(np.array_split(np.arange(len(frame)), parts)):
@@ -277,7 +458,8 @@ def write_results(
     """Write a results directory under ``root`` and return it.
 
     ``diverged`` lists (width, batch size, seed) runs marked diverged with NaN metrics.
-    ``tables`` selects which tables exist (``runs`` always does). ``mc_noise`` is the
+    ``tables`` selects which tables exist (``runs`` always does; add
+    :data:`TRAINING_TABLES` for the measurements during training). ``mc_noise`` is the
     seed-pair standard deviation of mc in percentage points (training error noise is about
     0.3 points, less where accuracy is clipped at 1).
     """
@@ -296,6 +478,7 @@ def write_results(
         "stiffness": _stiffness(runs) if "stiffness" in tables else None,
         "lr_range": _lr_range(runs) if "lr_range" in tables else None,
     }
+    _during_training(runs, built, tables, rng_seed)
     for name, frame in built.items():
         if frame is not None:
             _write_table(frame, root / name)
