@@ -129,14 +129,15 @@ def log_if_wide(ax: plt.Axes, values: pd.Series, ratio: float = 20.0) -> None:
 
 # --- metrics against step ------------------------------------------------------------------
 def trajectory_metrics(trajectory: pd.DataFrame | None) -> list[str]:
-    """Measured metric columns of ``trajectory`` (sharpness first), without standard errors."""
+    """Measured metric columns of ``trajectory`` (sharpness first), without standard errors
+    and bookkeeping counts (``*_probes``)."""
     if trajectory is None or trajectory.empty or "step" not in trajectory:
         return []
     cols = [
         c
         for c in trajectory.columns
         if c not in TRAJECTORY_INDEX
-        and not c.endswith("_se")
+        and not c.endswith(("_se", "_probes"))
         and numeric(trajectory, c).notna().any()
     ]
     return sorted(cols, key=lambda c: c != SHARPNESS)
