@@ -5,21 +5,50 @@
     landscape-sweep ray.address=auto ...              # join a running Ray cluster
     landscape-sweep --cfg job                         # Hydra prints the composed config
     landscape-sweep --help                            # Hydra's help: groups and options
+    landscape-sweep status results/demo               # counts, failures by error, throughput, ETA
+    landscape-sweep compact results/demo              # merge many small Parquet parts into few
+
+Running the same command again resumes a sweep (finished variants are skipped); new values
+on an axis train only the new variants. Flags:
+
+    --retry-failed   run variants recorded as failed again (their old rows are replaced)
+    --remeasure      retrain variants measured with other metrics settings (rows replaced)
+    --force          add to a results directory whose base config differs
+    --no-report      skip the HTML report        --quiet   no progress bar
 
 Bad input (unknown option or key, invalid value, unwritable out_dir) prints one line naming
-the key, the value and what is allowed, exits with 2 and writes nothing.
+the key, the value and what is allowed, exits with 2 and writes nothing. So does a refused
+results directory (another driver holds it, another base config, other metrics settings).
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from landscape.variant import ConfigError
 
 # Hydra's own flags: these are handed to Hydra's entry point, which prints and runs nothing.
-HYDRA_FLAGS = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--package", "-p")
-OUR_FLAGS = {"--retry-failed": "run variants recorded as failed again", "--no-report": "skip the HTML report",
-             "--quiet": "no progress bar"}
+HYDRA_FLAGS = (
+    "--cfg",
+    "-c",
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--info",
+    "-i",
+    "--resolve",
+    "--package",
+    "-p",
+)
+OUR_FLAGS = {
+    "--retry-failed": "run variants recorded as failed again",
+    "--remeasure": "retrain variants measured with other metrics settings",
+    "--force": "add to a results directory whose base config differs",
+    "--no-report": "skip the HTML report",
+    "--quiet": "no progress bar",
+}
+COMMANDS = ("status", "compact")
 
 
 def _hydra_passthrough(args: list[str]) -> int:
@@ -48,16 +77,67 @@ def _hydra_passthrough(args: list[str]) -> int:
     return 0
 
 
+def _error(message: str) -> int:
+    print(f"landscape-sweep: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _command(name: str, args: list[str]) -> int:
+    """``status <dir>`` or ``compact <dir> [--max-rows N]``."""
+    import argparse
+
+    about = {
+        "status": "counts by status, failures by error, throughput and ETA (reads only)",
+        "compact": "merge many small Parquet parts into few with the same rows (crash-safe)",
+    }
+    parser = argparse.ArgumentParser(prog=f"landscape-sweep {name}", description=about[name])
+    parser.add_argument("results_dir", help="a sweep's results directory, e.g. results/demo")
+    if name == "compact":
+        parser.add_argument(
+            "--max-rows", type=int, default=None, help="runs rows per compacted part"
+        )
+    opts = parser.parse_args(args)
+    root = Path(opts.results_dir)
+    if not (root / "runs").is_dir() and not (root / "manifest.json").is_file():
+        return _error(
+            f"{opts.results_dir} is not a sweep's results directory (no runs/ or manifest.json)"
+        )
+    if name == "status":
+        from sweeps.status import format_status, sweep_status
+
+        print(format_status(sweep_status(root)))
+        return 0
+    from sweeps.lock import ResultsLock, ResultsLockedError
+    from sweeps.store import COMPACT_ROWS, Store
+
+    if opts.max_rows is not None and opts.max_rows < 1:
+        return _error(f"--max-rows must be >= 1, got {opts.max_rows}")
+    store = Store(root)
+    try:
+        with ResultsLock(root):
+            for line in store.recover().lines():
+                print(line)
+            before_parts = {t: len(store.parts(t)) for t in store.tables()}
+            before, after = store.compact(opts.max_rows or COMPACT_ROWS)
+            after_parts = {t: len(store.parts(t)) for t in store.tables()}
+    except ResultsLockedError as exc:
+        return _error(str(exc))
+    changes = ", ".join(f"{t} {before_parts.get(t, 0)} -> {n}" for t, n in after_parts.items())
+    print(f"compacted {before} pack commits into {after} ({changes} parts)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in COMMANDS:
+        return _command(args[0], args[1:])
     if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in args):
         return _hydra_passthrough(args)
     flags = {a for a in args if a.startswith("--")}
     unknown = flags - set(OUR_FLAGS)
     if unknown:
         allowed = ", ".join([*OUR_FLAGS, "--cfg job", "--help"])
-        print(f"landscape-sweep: error: unknown flag {sorted(unknown)[0]}; allowed: {allowed}", file=sys.stderr)
-        return 2
+        return _error(f"unknown flag {sorted(unknown)[0]}; allowed: {allowed}")
     overrides = [a for a in args if not a.startswith("--")]
 
     from sweeps.config import plan_sweep
@@ -65,19 +145,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = plan_sweep(overrides)
     except ConfigError as exc:
-        print(f"landscape-sweep: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
 
     from sweeps.runner import run_sweep
 
     try:
-        summary = run_sweep(plan, progress="--quiet" not in flags, retry_failed="--retry-failed" in flags)
+        summary = run_sweep(
+            plan,
+            progress="--quiet" not in flags,
+            retry_failed="--retry-failed" in flags,
+            remeasure="--remeasure" in flags,
+            force="--force" in flags,
+        )
     except ConfigError as exc:
-        print(f"landscape-sweep: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing new"
-    print(f"ran {summary.ran} variants ({counts}) in {summary.wall_time_s:.1f} s; "
-          f"{summary.skipped} skipped as already finished")
+    deaths = f"; {summary.worker_deaths} worker deaths survived" if summary.worker_deaths else ""
+    print(
+        f"ran {summary.ran} variants ({counts}) in {summary.wall_time_s:.1f} s; "
+        f"{summary.skipped} skipped as already finished{deaths}"
+    )
     print(f"results: {plan.results_dir}/  (runs, curves, ... as Parquet; manifest.json)")
     if "--no-report" not in flags:
         from analysis.load import load_results

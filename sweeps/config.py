@@ -10,7 +10,9 @@ the scalar axes are applied to plain dicts, so 10,000 variants expand in seconds
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
+import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from landscape.data import subset_size
 from landscape.measure import MetricsSpec
-from landscape.variant import ConfigError, DataSpec, Variant, build_spec
+from landscape.variant import ConfigError, DataSpec, Variant, build_spec, canonical_json
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VARIANT_SECTIONS = ("model", "data", "optim", "train")
@@ -42,12 +44,16 @@ TRAIN_SET_SIZES = {
 
 @dataclass(frozen=True)
 class RaySettings:
-    address: str | None = None  # null: start a local instance; "auto" or host:port: join a cluster
+    # null: join the cluster in RAY_ADDRESS if set, else start a local instance; "local": always start
+    # one; "auto" or host:port: join a running cluster
+    address: str | None = None
     num_cpus: int | None = None  # CPUs of the local instance (null: all)
     num_workers: int | None = None  # worker actors (null: as many as the resources allow)
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # fractional allowed
     max_in_flight: int = 2  # packs queued per worker (backpressure)
+    max_pack_attempts: int = 3  # a pack whose worker dies this many times is recorded as failed
+    ship_code: bool = False  # send landscape/ and sweeps/ to the cluster (runtime_env py_modules)
 
     def __post_init__(self) -> None:
         for key in ("cpus_per_worker", "gpus_per_worker"):
@@ -55,6 +61,8 @@ class RaySettings:
                 raise ConfigError(f"ray.{key} must be >= 0, got {getattr(self, key)!r}")
         if self.max_in_flight < 1:
             raise ConfigError(f"ray.max_in_flight must be >= 1, got {self.max_in_flight!r}")
+        if self.max_pack_attempts < 1:
+            raise ConfigError(f"ray.max_pack_attempts must be >= 1, got {self.max_pack_attempts!r}")
         if self.num_workers is not None and self.num_workers < 1:
             raise ConfigError(f"ray.num_workers must be >= 1 or null, got {self.num_workers!r}")
 
@@ -210,6 +218,26 @@ def _preset_axes(cfg: DictConfig, groups: dict[str, list[str]]) -> dict[str, lis
     return axes
 
 
+class _VariantBuilder:
+    """``Variant.from_dict`` with memory: a grid of 10,000 variants has a few hundred distinct
+    sets of sections and a few seeds, and building (type-checking) a section is the slow part
+    of expansion. Each distinct input is still validated by ``Variant.from_dict`` itself."""
+
+    def __init__(self) -> None:
+        self._bases: dict[str, Variant] = {}
+        self._seeds: dict[str, int] = {}
+
+    def __call__(self, d: dict) -> Variant:
+        sections = {k: v for k, v in d.items() if k != "seed"}
+        key = canonical_json(sections)
+        if key not in self._bases:
+            self._bases[key] = Variant.from_dict(sections)
+        seed = json.dumps(d.get("seed", 0))  # "1", "true" and "1.0" stay apart
+        if seed not in self._seeds:
+            self._seeds[seed] = Variant.from_dict({"seed": d.get("seed", 0)}).seed
+        return dataclasses.replace(self._bases[key], seed=self._seeds[seed])
+
+
 def train_set_size(spec: DataSpec) -> int:
     return spec.n_train if spec.name == "synthetic" else TRAIN_SET_SIZES[spec.name]
 
@@ -262,6 +290,7 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
     group_axes = {k: v for k, v in axes.items() if k in groups}
     scalar_axes = {k: v for k, v in axes.items() if k not in groups}
     variants: dict[str, Variant] = {}
+    build = _VariantBuilder()
     for combo in itertools.product(*group_axes.values()):
         group_overrides = [f"{k}={v}" for k, v in zip(group_axes, combo)]
         cfg = base if not combo else _compose(scalars + group_overrides, conf_dir)
@@ -271,7 +300,7 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
             d = copy.deepcopy(plain)
             for key, value in zip(scalar_axes, values):
                 _set_path(d, key, value)
-            v = Variant.from_dict(d)
+            v = build(d)
             variants.setdefault(v.variant_id, v)
     for v in variants.values():
         validate_variant(v)

@@ -1,28 +1,42 @@
-"""The sweep driver: skip what is finished, pack the rest, dispatch packs to Ray workers with a
-bound on work in flight, and write each pack's rows to the store as soon as it returns."""
+"""The sweep driver: take the results directory's lock, repair it after any crash, skip what is
+finished, pack the rest (biggest first), dispatch packs to long-lived Ray workers with a bound
+on work in flight, and write each pack's rows to the store as soon as it returns.
+
+Failure is data: a pack whose worker process dies is run again (on the restarted actor or
+another one); a pack that has killed its worker ``ray.max_pack_attempts`` times is recorded
+``failed`` with the error, and the sweep goes on.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from tqdm import tqdm
 
+import landscape
 from landscape.pack import make_packs
-from landscape.run import failed_rows
+from landscape.run import failed_rows, metrics_id
 from landscape.variant import ConfigError, Variant
 from sweeps.config import SweepPlan
-from sweeps.store import Store, code_version, package_versions
-from sweeps.workers import RemotePackWorker
+from sweeps.cost import schedule
+from sweeps.lock import ResultsLock, ResultsLockedError
+from sweeps.manifest import build_manifest, check_same_base
+from sweeps.store import FINISHED, Store
+from sweeps.workers import PackWorker
 
-MAX_PACK_ATTEMPTS = 3  # a pack whose worker dies this many times is recorded as failed
+WAIT_LOG_S = 60.0  # with no result for this long, say what the driver is waiting for
+DIED = (RayActorError, WorkerCrashedError)
 
 
 @dataclass
@@ -31,38 +45,43 @@ class SweepSummary:
     skipped: int
     ran: int = 0
     counts: dict[str, int] = field(default_factory=dict)
+    worker_deaths: int = 0
     wall_time_s: float = 0.0
 
 
-def _manifest(plan: SweepPlan, store: Store) -> dict:
-    old = store.read_manifest() or {}
-    axes = dict(old.get("axes", {}))
-    for key, values in plan.axes.items():  # extending an axis keeps the values run before
-        merged = list(axes.get(key, []))
-        merged += [v for v in values if v not in merged]
-        axes[key] = merged
-    return {
-        "sweep": plan.name,
-        "config": plan.config,
-        "axes": axes,
-        "analysis": plan.analysis,
-        "variants": len(plan.variants),
-        "code_version": code_version(),
-        "versions": package_versions(),
-        "created": old.get("created", datetime.now(timezone.utc).isoformat()),
-        "updated": datetime.now(timezone.utc).isoformat(),
-    }
+def _ray_init_kwargs(plan: SweepPlan) -> dict[str, Any]:
+    """``ray.address``: null joins the cluster in RAY_ADDRESS if that is set, else starts a local
+    instance; ``local`` always starts one; ``auto`` or host:port joins a cluster."""
+    kwargs: dict[str, Any] = dict(
+        include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True
+    )
+    if plan.ray.ship_code:  # nodes need the dependencies only; our packages travel with the job
+        kwargs["runtime_env"] = {
+            "py_modules": [str(Path(landscape.__file__).parent), str(Path(__file__).parent)]
+        }
+    address = plan.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+    kwargs["address"] = address
+    if address == "local":
+        kwargs["num_cpus"] = plan.ray.num_cpus
+    return kwargs
 
 
-def _init_ray(plan: SweepPlan) -> bool:
+def _init_ray(plan: SweepPlan, log: Callable[[str], None]) -> bool:
     """Start a local instance or join a cluster; returns True if this call started Ray."""
     if ray.is_initialized():
         return False
-    kwargs = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
-    if plan.ray.address:
-        ray.init(address=plan.ray.address, **kwargs)
+    kwargs = _ray_init_kwargs(plan)
+    if kwargs["address"] == "local":
+        if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+            log(
+                "warning: RAY_AUTH_MODE disables Ray's token authentication; the local Ray instance "
+                "listens on every network interface, so anyone who can reach this machine can run code in it"
+            )
     else:
-        ray.init(num_cpus=plan.ray.num_cpus, **kwargs)
+        log(f"joining the Ray cluster at {kwargs['address']}")
+        if plan.ray.num_cpus is not None:
+            log("ray.num_cpus only sizes a local instance; ignored when joining a cluster")
+    ray.init(**kwargs)
     return True
 
 
@@ -87,71 +106,312 @@ def _num_workers(plan: SweepPlan, n_packs: int) -> int:
     return max(1, min(limits))
 
 
-def run_sweep(plan: SweepPlan, *, progress: bool = True, retry_failed: bool = False,
-              log: Callable[[str], None] = print) -> SweepSummary:
+def _stale(
+    plan: SweepPlan,
+    ids: list[str],
+    recorded: dict[str, dict],
+    mid: str,
+    remeasure: bool,
+    old_manifest: dict | None,
+) -> set[str]:
+    """Finished variants measured with other metrics settings: refused unless ``remeasure``."""
+    stale = {
+        i
+        for i in ids
+        if i in recorded
+        and recorded[i]["status"] in FINISHED
+        and recorded[i].get("metrics_id") != mid
+    }
+    if stale and not remeasure:
+        old_ids = sorted({str(recorded[i].get("metrics_id")) for i in stale})
+        old_preset = ((old_manifest or {}).get("config", {}).get("metrics") or {}).get(
+            "preset", "?"
+        )
+        raise ConfigError(
+            f"{len(stale)} variants in {plan.results_dir} were measured with metrics_id {', '.join(old_ids)} "
+            f"(metrics={old_preset}); metrics={plan.metrics.preset} (metrics_id {mid}) needs them retrained, "
+            "since no checkpoints are kept: pass --remeasure to retrain them and replace their rows, "
+            "or choose another sweep.name or out_dir"
+        )
+    return stale
+
+
+def run_sweep(
+    plan: SweepPlan,
+    *,
+    progress: bool = True,
+    retry_failed: bool = False,
+    remeasure: bool = False,
+    force: bool = False,
+    log: Callable[[str], None] = print,
+    worker_cls: type = PackWorker,
+    worker_kwargs: dict | None = None,
+) -> SweepSummary:
+    """Run what the results directory lacks of ``plan``. Raises ConfigError (one line) when the
+    directory is another driver's, holds another base config (unless ``force``) or other
+    metrics (unless ``remeasure``); nothing is changed then but crash repairs."""
     t0 = time.perf_counter()
     store = Store(plan.results_dir)
-    if removed := store.drop_uncommitted():
-        log(f"removed {removed} parts of an interrupted write (their variants run again)")
-    recorded = store.recorded_ids()
-    done = {vid for vid, status in recorded.items() if status != "failed" or not retry_failed}
-    todo = [v for v in plan.variants if v.variant_id not in done]
-    summary = SweepSummary(total=len(plan.variants), skipped=len(plan.variants) - len(todo))
-    log(f"sweep {plan.name}: {summary.total} variants, {summary.skipped} already finished (skipped), "
-        f"{len(todo)} to run")
-    if not todo:
-        store.write_manifest(_manifest(plan, store))
-        summary.wall_time_s = time.perf_counter() - t0
-        return summary
-
-    packs = make_packs(todo, plan.pack.max_members)
-    started = _init_ray(plan)
+    lock = ResultsLock(plan.results_dir)
     try:
-        _check_resources(plan)
-        store.write_manifest(_manifest(plan, store))
-        _dispatch(plan, store, packs, summary, progress, log)
+        lock.acquire()
+    except ResultsLockedError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        for line in store.recover().lines():
+            log(line)
+        old = store.read_manifest()
+        forced = check_same_base(old, plan, force)
+        ids = [v.variant_id for v in plan.variants]  # hashed once (a Variant hashes on each access)
+        todo, redo = _todo(plan, ids, store.recorded(), retry_failed, remeasure, old)
+        summary = SweepSummary(total=len(ids), skipped=len(ids) - len(todo))
+        replacing = f" ({len(redo)} replacing recorded rows)" if redo else ""
+        log(
+            f"sweep {plan.name}: {summary.total} variants, {summary.skipped} already finished "
+            f"(skipped), {len(todo)} to run{replacing}"
+        )
+        manifest = build_manifest(plan, old, ids, forced)
+        if todo:
+            ids_of = {id(v): i for v, i in zip(plan.variants, ids)}
+            dispatch = _Dispatch(plan, store, summary, ids_of, worker_cls, worker_kwargs or {}, log)
+            dispatch.show_progress = progress
+            _run_on_ray(plan, store, manifest, todo, redo, dispatch)
+        else:
+            store.write_manifest(manifest)
+        for table in store.tables():
+            store.harmonize(table)
     finally:
-        if started:
-            ray.shutdown()
-    for table in ("runs", "curves", "pairs", "surfaces", "spectra", "stiffness", "lr_range"):
-        store.harmonize(table)
+        lock.release()
     summary.wall_time_s = time.perf_counter() - t0
     return summary
 
 
-def _dispatch(plan: SweepPlan, store: Store, packs: list[list[Variant]], summary: SweepSummary,
-              progress: bool, log: Callable[[str], None]) -> None:
-    n_workers = _num_workers(plan, len(packs))
-    threads = max(1, math.floor(plan.ray.cpus_per_worker))
-    options = dict(num_cpus=plan.ray.cpus_per_worker, num_gpus=plan.ray.gpus_per_worker, max_restarts=-1)
-    workers = [RemotePackWorker.options(**options).remote(plan.device, threads) for _ in range(n_workers)]
-    queue: deque[tuple[list[Variant], int]] = deque((p, 1) for p in packs)
-    in_flight: dict[ray.ObjectRef, tuple[list[Variant], int, int]] = {}
-    load = [0] * n_workers
-    bar = tqdm(total=sum(len(p) for p in packs), unit="variant", disable=not progress, desc=plan.name)
-    while queue or in_flight:
-        while queue and min(load) < plan.ray.max_in_flight:
-            pack, attempt = queue.popleft()
-            w = load.index(min(load))
-            in_flight[workers[w].run.remote(pack, plan.metrics)] = (pack, attempt, w)
-            load[w] += 1
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        ref = ready[0]
-        pack, attempt, w = in_flight.pop(ref)
-        load[w] -= 1
+def _todo(
+    plan: SweepPlan,
+    ids: list[str],
+    recorded: dict[str, dict],
+    retry_failed: bool,
+    remeasure: bool,
+    old_manifest: dict | None,
+) -> tuple[list[Variant], set[str]]:
+    """The variants to run, and those of them whose recorded rows they replace."""
+    redo = _stale(plan, ids, recorded, metrics_id(plan.metrics), remeasure, old_manifest)
+    if retry_failed:
+        redo |= {i for i in ids if recorded.get(i, {}).get("status") == "failed"}
+    todo = [v for v, i in zip(plan.variants, ids) if i not in recorded or i in redo]
+    return todo, redo
+
+
+def _run_on_ray(
+    plan: SweepPlan,
+    store: Store,
+    manifest: dict,
+    todo: list[Variant],
+    redo: set[str],
+    dispatch: _Dispatch,
+) -> None:
+    """Start or join Ray, then (only once Ray says the workers fit) write the manifest, drop
+    the rows being replaced, and dispatch the packs, biggest first."""
+    started = _init_ray(plan, dispatch.log)
+    try:
+        _check_resources(plan)
+        store.write_manifest(manifest)
+        store.supersede(redo)
+        packs = make_packs(todo, plan.pack.max_members)
+        n_workers = _num_workers(plan, len(packs))
+        scheduled = schedule(packs, plan.metrics, n_workers)
+        dispatch.run(scheduled, n_workers)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+@dataclass
+class _Job:
+    pack: list[Variant]
+    deaths: int  # times a worker died while running this pack
+    worker: int
+    seq: int  # submission order
+
+
+@dataclass
+class _Worker:
+    handle: Any
+    ready: bool = False
+    probe: Any = None  # ObjectRef of ready() while starting or restarting
+    queue: deque = field(default_factory=deque)  # ObjectRefs of its packs, in submission order
+    info: dict = field(default_factory=dict)
+
+
+class _Dispatch:
+    """Keeps every ready worker at most ``ray.max_in_flight`` packs deep, writes results as they
+    come, and, when a worker dies, counts an attempt only against the pack it was running."""
+
+    def __init__(
+        self,
+        plan: SweepPlan,
+        store: Store,
+        summary: SweepSummary,
+        ids_of: dict[int, str],
+        worker_cls: type,
+        worker_kwargs: dict,
+        log: Callable[[str], None],
+    ):
+        self.plan, self.store, self.summary, self.log = plan, store, summary, log
+        self.ids_of = ids_of  # id(variant) -> variant_id, hashed once by the driver
+        self.worker_cls, self.worker_kwargs = worker_cls, worker_kwargs
+        self.show_progress = True
+        self.workers: list[_Worker] = []
+        self.queue: deque[tuple[list[Variant], int]] = deque()  # (pack, deaths), next first
+        self.jobs: dict[Any, _Job] = {}  # in flight, by ObjectRef
+        self.seq = 0
+
+    def _start_workers(self, n: int) -> None:
+        threads = max(1, math.floor(self.plan.ray.cpus_per_worker))
+        actor = ray.remote(self.worker_cls).options(
+            num_cpus=self.plan.ray.cpus_per_worker,
+            num_gpus=self.plan.ray.gpus_per_worker,
+            max_restarts=-1,  # a dead worker process comes back (here or on another node)
+        )
+        args = (self.plan.device, threads)
+        self.workers = [_Worker(actor.remote(*args, **self.worker_kwargs)) for _ in range(n)]
+        for w in self.workers:
+            self._probe(w)
+
+    def run(self, scheduled: list[tuple[list[Variant], float]], n_workers: int) -> None:
+        self._start_workers(n_workers)
+        self.queue.extend((pack, 0) for pack, _ in scheduled)
+        total = sum(len(p) for p, _ in scheduled)
+        self.bar = tqdm(
+            total=total, unit="variant", disable=not self.show_progress, desc=self.plan.name
+        )
+        try:
+            while self.queue or self.jobs:
+                self._submit()
+                for ref in self._wait():
+                    self._handle(ref)
+        finally:
+            self.bar.close()
+            for w in self.workers:
+                ray.kill(w.handle)
+
+    def _submit(self) -> None:
+        while self.queue:
+            ready = [
+                w for w in self.workers if w.ready and len(w.queue) < self.plan.ray.max_in_flight
+            ]
+            if not ready:
+                return
+            w = min(ready, key=lambda w: len(w.queue))
+            pack, deaths = self.queue.popleft()
+            ref = w.handle.run.remote(pack, self.plan.metrics)
+            w.queue.append(ref)
+            self.jobs[ref] = _Job(pack, deaths, self.workers.index(w), self.seq)
+            self.seq += 1
+
+    def _wait(self) -> list:
+        """Every result or probe ready now (at least one), oldest submission first."""
+        pending = list(self.jobs) + [w.probe for w in self.workers if w.probe is not None]
+        while True:
+            ready, _ = ray.wait(pending, num_returns=1, timeout=WAIT_LOG_S)
+            if ready:
+                break
+            alive = sum(w.ready for w in self.workers)
+            self.log(
+                f"waiting: {len(self.jobs)} packs running, {len(self.queue)} queued, "
+                f"{alive} of {len(self.workers)} workers up"
+            )
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=0)
+        return sorted(ready, key=lambda r: self.jobs[r].seq if r in self.jobs else -1)
+
+    def _handle(self, ref) -> None:
+        probed = [w for w in self.workers if w.probe is not None and w.probe == ref]
+        if probed:
+            self._on_probe(probed[0], ref)
+            return
+        if ref not in self.jobs:  # queued behind a pack whose worker died: already queued again
+            return
+        job = self.jobs[ref]
+        w = self.workers[job.worker]
         try:
             tables = ray.get(ref)
-        except (RayActorError, WorkerCrashedError) as exc:
-            if attempt < MAX_PACK_ATTEMPTS:
-                log(f"worker died running a pack of {len(pack)} (attempt {attempt}); retrying it")
-                queue.append((pack, attempt + 1))
-                continue
-            tables = failed_rows(pack, plan.metrics, f"worker died {attempt} times: {type(exc).__name__}", plan.device).tables
-        except RayTaskError as exc:
-            tables = failed_rows(pack, plan.metrics, str(exc.cause if exc.cause else exc).splitlines()[0], plan.device).tables
-        store.write_pack(tables)
+        except DIED as exc:
+            self._on_death(w, exc)
+            return
+        except RayTaskError as exc:  # an error outside run_pack's own handling (e.g. data missing)
+            error = _first_line(exc.cause or exc)
+            tables = failed_rows(job.pack, self.plan.metrics, error, self.plan.device).tables
+        del self.jobs[ref]
+        w.queue.remove(ref)
+        self._write(job.pack, tables)
+
+    def _probe(self, w: _Worker) -> None:
+        w.probe = w.handle.ready.remote(self.plan.variants[0], self.plan.metrics)
+
+    def _on_probe(self, w: _Worker, ref) -> None:
+        try:
+            w.info = ray.get(ref)
+        except DIED:  # died while starting: ask again (the actor restarts)
+            self._probe(w)
+            return
+        ours = {
+            "variant_id": self.plan.variants[0].variant_id,
+            "metrics_id": metrics_id(self.plan.metrics),
+        }
+        theirs = {k: w.info.get(k) for k in ours}
+        if theirs != ours:
+            raise ConfigError(
+                f"the worker on {w.info.get('host')} computes other ids than this driver ({theirs} there, {ours} "
+                "here): its landscape code differs; install the same version on every node, or set "
+                "ray.ship_code=true"
+            )
+        w.ready, w.probe = True, None
+
+    def _on_death(self, w: _Worker, exc: Exception) -> None:
+        """The worker's oldest pack was running (results come oldest first, and an actor runs
+        its calls in order): it spends an attempt. The packs queued behind it go back to the
+        queue as they were; their own failed results are not waited for."""
+        self.summary.worker_deaths += 1
+        index = self.workers.index(w)
+        where = f"pid {w.info.get('pid', '?')} on {w.info.get('host', '?')}"
+        self.log(f"worker {index} ({where}) died: {_first_line(exc)}")
+        w.ready = False
+        self._probe(w)
+        running, *behind = [self.jobs.pop(ref) for ref in w.queue]
+        w.queue.clear()
+        self.queue.extendleft((job.pack, job.deaths) for job in reversed(behind))
+        deaths = running.deaths + 1
+        n = len(running.pack)
+        if deaths < self.plan.ray.max_pack_attempts:
+            self.log(
+                f"a pack of {n} was running on it ({deaths} of {self.plan.ray.max_pack_attempts} attempts); it runs again"
+            )
+            self.queue.appendleft((running.pack, deaths))
+            return
+        self.log(f"a pack of {n} killed its worker {deaths} times; recorded as failed")
+        error = f"worker died {deaths} times running this pack: {_first_line(exc)}"
+        self._write(
+            running.pack,
+            failed_rows(running.pack, self.plan.metrics, error, self.plan.device).tables,
+        )
+
+    def _write(self, pack: list[Variant], tables: dict[str, list[dict]]) -> None:
+        expected = sorted(self.ids_of[id(v)] for v in pack)
+        got = sorted(r["variant_id"] for r in tables.get("runs", []))
+        # a worker with other code: never write rows the driver cannot account for
+        if got != expected:
+            raise RuntimeError(
+                f"a worker returned runs rows for {got}, not for its pack {expected}"
+            )
+        now = datetime.now(timezone.utc)
         for row in tables.get("runs", []):
-            summary.counts[row["status"]] = summary.counts.get(row["status"], 0) + 1
-        summary.ran += len(pack)
-        bar.update(len(pack))
-    bar.close()
+            row["finished_at"] = now
+            self.summary.counts[row["status"]] = self.summary.counts.get(row["status"], 0) + 1
+        self.store.write_pack(tables)
+        self.summary.ran += len(pack)
+        self.bar.update(len(pack))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"

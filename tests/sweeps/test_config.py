@@ -44,12 +44,24 @@ def test_demo_preset_is_a_width_by_batch_size_grid_with_seeds(out):
 
 def test_sweep_preset_values_override_the_base_config(out):
     plan = plan_sweep([out])
-    assert {v.train.epochs for v in plan.variants} == {30}  # conf/sweep/demo.yaml, not config.yaml's 10
+    assert {v.train.epochs for v in plan.variants} == {
+        30
+    }  # conf/sweep/demo.yaml, not config.yaml's 10
     assert plan.metrics.preset == "demo"
     yang = plan_sweep(["sweep=taxonomy_cifar10", out])
     v = yang.variants[0]
-    assert (v.model.name, v.data.name, v.optim.lr, v.optim.weight_decay, v.train.epochs) == ("resnet18", "cifar10", 0.1, 5e-4, 100)
-    assert v.optim.schedule == "step" and v.optim.step_at == (0.75,) and v.train.checkpoint == "best_train_loss"
+    assert (v.model.name, v.data.name, v.optim.lr, v.optim.weight_decay, v.train.epochs) == (
+        "resnet18",
+        "cifar10",
+        0.1,
+        5e-4,
+        100,
+    )
+    assert (
+        v.optim.schedule == "step"
+        and v.optim.step_at == (0.75,)
+        and v.train.checkpoint == "best_train_loss"
+    )
     assert yang.metrics.preset == "taxonomy" and yang.metrics.bezier.epochs == 50
     assert len(yang.variants) == 14 * 13 * 5
 

@@ -1,12 +1,26 @@
-"""A real sweep on a real local Ray instance with 2 CPUs, Parquet read back with pandas."""
+"""A real sweep on a real local Ray instance with 2 CPUs, Parquet read back with pandas.
+
+The default test measures the cheap ``metrics=fast`` preset (the sweep machinery is what it
+tests); the slow one runs the demo preset's local and global metrics through Ray."""
 
 import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
-ARGS = ["model.width=8,16", "optim.batch_size=32,128", "seed=0,1", "train.epochs=2", "metrics.hessian_trace.n_probes=10",
-        "ray.num_cpus=2", "--quiet"]
+from sweeps.cli import main
+
+ARGS = [
+    "model.width=8,16",
+    "optim.batch_size=32,128",
+    "seed=0,1",
+    "train.epochs=2",
+    "metrics=fast",
+    "metrics.hessian_trace.n_probes=10",
+    "ray.num_cpus=2",
+    "--quiet",
+]
 
 
 def sweep(cwd, *extra):
@@ -34,12 +48,57 @@ def test_sweep_writes_parquet_and_a_rerun_trains_nothing(tmp_path):
     assert list((results / "report").glob("*.png"))
 
     parts_before = sorted(p.name for p in (results / "runs").iterdir())
-    again = sweep(tmp_path)
+    again = sweep(tmp_path, "--no-report")
     assert "8 already finished (skipped), 0 to run" in again
     assert sorted(p.name for p in (results / "runs").iterdir()) == parts_before
 
     # extending an axis trains only the new variants
-    extended = sweep(tmp_path, "model.width=8,16,32")
+    extended = sweep(tmp_path, "model.width=8,16,32", "--no-report")
     assert "8 already finished (skipped), 4 to run" in extended
     runs = pd.read_parquet(results / "runs")
     assert len(runs) == 12 and runs.variant_id.is_unique
+    assert runs["finished_at"].notna().all()
+
+    # status reads the directory alone; compact merges the parts and keeps every row as it was
+    status = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "status", "results/demo"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        "12 variants recorded (12 ok)" in status.stdout
+        and "0 of them still to run" in status.stdout
+    )
+    assert main(["compact", str(results)]) == 0
+    compacted = pd.read_parquet(results / "runs")
+    assert len(list((results / "runs").iterdir())) == 1
+    pd.testing.assert_frame_equal(
+        compacted.sort_values("variant_id").reset_index(drop=True),
+        runs.sort_values("variant_id").reset_index(drop=True),
+    )
+
+
+@pytest.mark.slow
+def test_demo_metrics_preset_fills_the_global_tables(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "sweeps.cli",
+        "out_dir=results",
+        "model.width=8",
+        "optim.batch_size=64",
+        "seed=0,1",
+        "train.epochs=2",
+        "ray.num_cpus=2",
+        "--quiet",
+        "--no-report",
+    ]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = tmp_path / "results" / "demo"
+    runs = pd.read_parquet(results / "runs")
+    assert len(runs) == 2 and runs.variant_id.is_unique and set(runs.status) == {"ok"}
+    pairs = pd.read_parquet(results / "pairs")
+    assert len(pairs) == 1 and {pairs.variant_a[0], pairs.variant_b[0]} == set(runs.variant_id)

@@ -1,0 +1,117 @@
+"""How much work a variant is, so that packs run biggest first and none is a long tail.
+
+A variant's cost is an estimate of its floating-point operations: the model's forward
+FLOPs per example (counted once per architecture, on the ``meta`` device, so nothing is
+allocated) times the examples it touches, forward and backward (about 3x a forward)
+while training, forward for the per-epoch evaluations, and about 4x a forward per Hessian
+probe sample. Only ratios matter: they order the packs (longest-processing-time-first
+scheduling), and they split a pack that alone would be more than a fair share of the sweep.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from landscape.data import subset_size
+from landscape.measure import MetricsSpec
+from landscape.models import build_model
+from landscape.variant import ModelSpec, Variant
+from sweeps.config import train_set_size
+
+# (input shape, classes) of the built-in data sets; synthetic data carries its own.
+DATA_SHAPES = {
+    "digits": ((1, 8, 8), 10),
+    "mnist": ((1, 28, 28), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+    "cifar100": ((3, 32, 32), 100),
+}
+TEST_SET_SIZES = {
+    "digits": 450,
+    "mnist": 10000,
+    "fashion_mnist": 10000,
+    "cifar10": 10000,
+    "cifar100": 10000,
+}
+TAIL_SHARE = 0.5  # no pack may cost more than this fraction of one worker's fair share of the sweep
+
+
+def _data_shape(v: Variant) -> tuple[tuple[int, ...], int]:
+    if v.data.name == "synthetic":
+        return (v.data.n_features,), v.data.n_classes
+    return DATA_SHAPES[v.data.name]
+
+
+@functools.lru_cache(maxsize=4096)
+def _forward_flops(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> float:
+    with torch.device("meta"):
+        model = build_model(spec, input_shape, num_classes)
+        x = torch.empty(1, *input_shape)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    flops = float(counter.get_total_flops())
+    # a model whose work the counter cannot see (no matmul or convolution) still costs something
+    return max(flops, float(sum(p.numel() for p in model.parameters())))
+
+
+def forward_flops(v: Variant) -> float:
+    """Forward FLOPs for one example of this variant's model and data."""
+    shape, classes = _data_shape(v)
+    return _forward_flops(v.model, shape, classes)
+
+
+def variant_cost(v: Variant, metrics: MetricsSpec) -> float:
+    n_train = subset_size(v.data, train_set_size(v.data))
+    n_test = v.data.n_test if v.data.name == "synthetic" else TEST_SET_SIZES[v.data.name]
+    steps = (
+        n_train // v.optim.batch_size
+        if v.train.drop_last
+        else math.ceil(n_train / v.optim.batch_size)
+    )
+    examples = 3.0 * v.train.epochs * steps * v.optim.batch_size  # forward + backward
+    examples += (v.train.epochs + 1) * (n_train + n_test)  # evaluation after every epoch
+    ht = metrics.hessian_trace
+    if ht.enabled:
+        examples += 4.0 * ht.n_probes * min(ht.n_samples, n_train)
+    return forward_flops(v) * examples
+
+
+def _split(pack: list[Variant]) -> list[list[Variant]] | None:
+    """Two halves, cut between replicate groups (global metrics need a group together); None
+    for a pack of one group."""
+    groups: dict[str, list[Variant]] = {}
+    for v in pack:
+        groups.setdefault(v.group_id, []).append(v)
+    if len(groups) < 2:
+        return None
+    ordered = list(groups.values())
+    cut = len(ordered) // 2
+    return [[v for g in ordered[:cut] for v in g], [v for g in ordered[cut:] for v in g]]
+
+
+def schedule(
+    packs: Sequence[list[Variant]], metrics: MetricsSpec, n_workers: int
+) -> list[tuple[list[Variant], float]]:
+    """Split packs that alone exceed ``TAIL_SHARE`` of a worker's fair share (between replicate
+    groups only), then order all packs by estimated cost, biggest first. Returns (pack, cost)."""
+    costs = {id(v): variant_cost(v, metrics) for p in packs for v in p}
+    total = sum(costs.values())
+    budget = TAIL_SHARE * total / max(1, n_workers)
+    todo = [list(p) for p in packs]
+    out: list[tuple[list[Variant], float]] = []
+    while todo:
+        pack = todo.pop()
+        cost = sum(costs[id(v)] for v in pack)
+        halves = _split(pack) if cost > budget else None
+        if halves:
+            todo.extend(halves)
+        else:
+            out.append((pack, cost))
+    out.sort(key=lambda pc: -pc[1])
+    return out

@@ -1,0 +1,112 @@
+"""A results directory only takes variants of its own base config and its own metrics settings,
+unless asked explicitly; axes, where and how it runs may change freely."""
+
+import subprocess
+import sys
+
+import pytest
+
+from landscape.run import metrics_id
+from landscape.variant import ConfigError
+from sweeps.manifest import base_config, build_manifest, check_same_base
+from sweeps.runner import run_sweep
+from sweeps.store import Store
+from tests.sweeps.conftest import TINY, tiny_plan
+
+
+def _finished(tmp_path, *extra):
+    """A results directory as a finished tiny sweep leaves it (rows written directly, no Ray)."""
+    plan = tiny_plan(tmp_path, *extra)
+    store = Store(plan.results_dir)
+    ids = [v.variant_id for v in plan.variants]
+    store.write_manifest(build_manifest(plan, None, ids, []))
+    store.write_pack(
+        {
+            "runs": [
+                {"variant_id": i, "status": "ok", "metrics_id": metrics_id(plan.metrics)}
+                for i in ids
+            ]
+        }
+    )
+    return plan
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ["model.width=4,5,6,7,8"],  # extend an axis
+        ["seed=0"],  # a fixed value where there was an axis
+        ["ray.num_cpus=1", "device=cpu", "pack.max_members=1"],  # how it runs
+        ["metrics.hessian_trace.n_probes=5"],  # metrics: checked by metrics_id, not here
+    ],
+)
+def test_same_base_config_is_accepted(tmp_path, change):
+    plan = _finished(tmp_path)
+    assert (
+        check_same_base(
+            Store(plan.results_dir).read_manifest(), tiny_plan(tmp_path, *change), force=False
+        )
+        == []
+    )
+
+
+def test_another_base_config_is_refused_unless_forced(tmp_path):
+    plan = _finished(tmp_path)
+    old = Store(plan.results_dir).read_manifest()
+    other = tiny_plan(tmp_path, "train.epochs=2", "optim.lr=0.5")
+    with pytest.raises(ConfigError) as err:
+        check_same_base(old, other, force=False)
+    message = str(err.value)
+    assert "another base config (optim.lr: 0.02 -> 0.5; train.epochs: 1 -> 2)" in message
+    assert "--force" in message and "\n" not in message
+    assert check_same_base(old, other, force=True) == [
+        "optim.lr: 0.02 -> 0.5",
+        "train.epochs: 1 -> 2",
+    ]
+
+
+def test_base_config_leaves_out_axes_and_run_only_keys(tmp_path):
+    plan = tiny_plan(tmp_path)
+    base = base_config(plan.config, ["model.width", "seed", "model"])
+    assert "model" not in base and "seed" not in base
+    assert not {"ray", "out_dir", "device", "pack", "metrics", "sweep"} & set(base)
+    assert base["train"]["epochs"] == 1
+
+
+def test_the_command_refuses_another_base_config_in_one_line_and_changes_nothing(tmp_path):
+    plan = _finished(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in plan.results_dir.rglob("*")}
+    result = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *TINY, "out_dir=results", "train.epochs=3", "--quiet"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "another base config (train.epochs: 1 -> 3)" in lines[0], (
+        result.stderr
+    )
+    after = {p: p.stat().st_mtime_ns for p in plan.results_dir.rglob("*")}
+    lock = plan.results_dir / ".lock"
+    assert {p: t for p, t in after.items() if p != lock} == {
+        p: t for p, t in before.items() if p != lock
+    }
+
+
+def test_other_metrics_settings_are_refused_naming_the_flag(tmp_path):
+    plan = _finished(tmp_path)
+    more = tiny_plan(tmp_path, "metrics.hessian_trace.n_probes=5")
+    with pytest.raises(ConfigError) as err:
+        run_sweep(more, progress=False, log=lambda line: None)
+    message = str(err.value)
+    assert (
+        f"8 variants in {plan.results_dir} were measured with metrics_id {metrics_id(plan.metrics)}"
+        in message
+    )
+    assert (
+        f"metrics={more.metrics.preset} (metrics_id {metrics_id(more.metrics)}) needs them retrained"
+        in message
+    )
+    assert "pass --remeasure" in message and "\n" not in message
