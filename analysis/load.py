@@ -36,6 +36,7 @@ TABLES = (
     "lca",
     "params",
     "reparam",
+    "cross",  # interpolation between variants of different sweep points (metrics.cross)
 )
 # Tables held under another attribute of Results, whose ``path`` is the directory.
 ATTRIBUTES = {"path": "pca_path"}
@@ -71,6 +72,7 @@ class Results:
     lca: pd.DataFrame | None = None
     params: pd.DataFrame | None = None
     reparam: pd.DataFrame | None = None
+    cross: pd.DataFrame | None = None
     axes: dict[str, list[Any]] = field(default_factory=dict)
 
     @property

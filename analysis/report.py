@@ -52,6 +52,7 @@ from analysis.stiffness import (  # noqa: E402
     plot_stiffness_stages,
 )
 from analysis.surfaces import (  # noqa: E402
+    plot_cross,
     plot_paths,
     plot_spectra,
     plot_stiffness,
@@ -260,6 +261,7 @@ def surfaces_section(results: Results, keys: list[str], out: Path, opts: ReportO
     section.add("3-D surfaces", fig, out / "surface_3d.png")
     for kind in ("mli", "interpolation", "bezier"):
         section.add(f"{kind} path", plot_paths(s, kind, labels), out / f"path_{kind}.png")
+    section.add("between sweep points", plot_cross(results.cross, results.runs), out / "cross.png")
     return section
 
 

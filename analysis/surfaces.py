@@ -14,6 +14,8 @@ the figure out. At most ``max_variants`` models are drawn, the first in label or
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -195,4 +197,47 @@ def plot_spectra(
     ax.set_yscale("log")
     ax.set(xlabel="eigenvalue", ylabel="density", title=f"Hessian spectral density{note}")
     ax.legend(fontsize=7)
+    return fig
+
+
+def plot_cross(
+    cross: pd.DataFrame | None, runs: pd.DataFrame, vary: Sequence[str] = (), max_pairs: int = 4
+):
+    """Li et al.'s (2018) figure 3: train (solid) and test (dashed) loss and accuracy along the
+    line from variant a (alpha 0) to variant b (alpha 1), one panel pair per cross-variant pair,
+    labelled by the knobs in which the two differ. None without a ``cross`` table."""
+    if cross is None or cross.empty:
+        return None
+    pairs = cross[["variant_a", "variant_b"]].drop_duplicates().head(max_pairs)
+    knobs = runs.set_index("variant_id")
+    fig, axes = plt.subplots(2, len(pairs), figsize=(4.2 * len(pairs), 6), squeeze=False)
+    for j, (a, b) in enumerate(pairs.itertuples(index=False)):
+        rows = cross[(cross.variant_a == a) & (cross.variant_b == b)]
+        differ = [
+            c
+            for c in knobs.columns
+            if "." in c
+            and a in knobs.index
+            and b in knobs.index
+            and str(knobs.at[a, c]) != str(knobs.at[b, c])
+        ]
+        label = (
+            ", ".join(f"{c.split('.')[-1]} {knobs.at[a, c]} -> {knobs.at[b, c]}" for c in differ)
+            or f"{a} -> {b}"
+        )
+        for i, (col, name) in enumerate((("loss", "loss"), ("accuracy", "accuracy"))):
+            ax = axes[i][j]
+            for split, style in (("train", "-"), ("test", "--")):
+                part = rows[rows.split == split].sort_values("alpha")
+                ax.plot(part.alpha, part[col], style, label=split)
+            for x in (0, 1):
+                ax.axvline(x, color="grey", lw=0.5)
+            ax.set_xlabel("alpha (0: a, 1: b)")
+            ax.set_ylabel(name)
+            if i == 0:
+                ax.set_title(label, fontsize=9)
+                ax.set_yscale("log")
+            ax.legend(fontsize=8)
+    fig.suptitle("interpolation between sweep points (train solid, test dashed)")
+    fig.tight_layout()
     return fig

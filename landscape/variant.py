@@ -13,6 +13,7 @@ gets the same one-line errors: ``ValueError("optim.lr must be > 0, got -1.0")``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import types
@@ -191,6 +192,9 @@ def short_hash(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
 
 
+NOT_IDENTITY = ("data.root", "data.download")  # where data lives, not what it is
+
+
 @dataclass(frozen=True)
 class Variant:
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -204,16 +208,25 @@ class Variant:
             isinstance(self.seed, int) and self.seed >= 0, "seed", self.seed, "an integer >= 0"
         )
 
-    @property
+    @functools.cached_property
     def variant_id(self) -> str:
-        return short_hash(self)
+        """Hash of every knob that can change a result: where the data files live
+        (``data.root``) and whether they may be downloaded are left out, so a cluster whose
+        nodes keep the data elsewhere computes the same ids."""
+        return short_hash(self.identity())
 
-    @property
+    @functools.cached_property
     def group_id(self) -> str:
         """Replicate group: the same point with the seed left out."""
+        identity = self.identity()
+        del identity["seed"]
+        return short_hash(identity)
+
+    def identity(self) -> dict[str, Any]:
         flat = self.flat()
-        del flat["seed"]
-        return short_hash(flat)
+        for key in NOT_IDENTITY:
+            del flat[key]
+        return flat
 
     def flat(self) -> dict[str, Any]:
         """Every knob as a flat ``section.key`` column, tuples as lists."""
@@ -273,11 +286,16 @@ def _check_type(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
+@functools.cache
+def _type_hints(spec_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(spec_cls)
+
+
 def build_spec(spec_cls: type, values: dict[str, Any], prefix: str) -> Any:
     """Construct a (possibly nested) spec dataclass from a dict, naming unknown keys and
     checking every value's type against the field's annotation."""
     known = {f.name: f for f in dataclasses.fields(spec_cls)}
-    hints = typing.get_type_hints(spec_cls)
+    hints = _type_hints(spec_cls)
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in known:

@@ -88,6 +88,11 @@ class SweepPlan:
     analysis: dict[str, str]
     config: dict  # the composed base config (for the manifest)
     variants: list[Variant] = field(default_factory=list)
+    checkpoints: bool = False  # save each variant's checkpoint under <results>/checkpoints/
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.results_dir / "checkpoints" if self.checkpoints else None
 
     @property
     def results_dir(self) -> Path:
@@ -122,9 +127,10 @@ def _axis_values(override: Override, groups: dict[str, list[str]]) -> list:
 def parse_overrides(
     args: list[str], groups: dict[str, list[str]]
 ) -> tuple[list[str], dict[str, list]]:
-    """Split command-line overrides into scalar ones (handed to Hydra) and sweep axes."""
+    """Split command-line overrides into scalar ones (handed to Hydra) and sweep axes. For one
+    key, the later override wins (``model.width=8,16 model.width=8`` fixes the width)."""
     parser = OverridesParser.create()
-    scalars: list[str] = []
+    scalars: dict[str, str] = {}
     axes: dict[str, list] = {}
     for arg in args:
         try:
@@ -133,10 +139,12 @@ def parse_overrides(
             raise ConfigError(f"cannot parse override {arg!r}: {str(exc).splitlines()[0]}") from exc
         key = override.key_or_group
         if override.is_sweep_override():
+            scalars.pop(key, None)
             axes[key] = _axis_values(override, groups)
             options = [axes[key]] if key in groups else []
         else:
-            scalars.append(arg)
+            axes.pop(key, None)
+            scalars[key] = arg
             options = [[override.value()]] if key in groups else []
         for opts in options:
             for opt in opts:
@@ -144,7 +152,7 @@ def parse_overrides(
                     raise ConfigError(
                         f"{key}={opt} is not a known option; allowed: {', '.join(groups[key])}"
                     )
-    return scalars, axes
+    return list(scalars.values()), axes
 
 
 def _compose(overrides: list[str], conf_dir: Path) -> DictConfig:
@@ -323,4 +331,16 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
         analysis={k: str(v) for k, v in analysis.items()},
         config=run,
         variants=list(variants.values()),
+        checkpoints=_checkpoints(run),
     )
+
+
+def _checkpoints(run: dict) -> bool:
+    value = run.get("checkpoints", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"checkpoints must be true or false, got {value!r}")
+    if run["metrics"].get("cross", {}).get("enabled") and not value:
+        raise ConfigError(
+            "metrics.cross.enabled=true needs checkpoints=true (pairs are read from checkpoints), got checkpoints=false"
+        )
+    return value

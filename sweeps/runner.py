@@ -25,15 +25,18 @@ from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from tqdm import tqdm
 
 import landscape
+from landscape.cross import cross_pairs, interpolate_pair
+from landscape.data import Dataset, load_dataset
 from landscape.pack import make_packs
 from landscape.run import failed_rows, metrics_id
+from landscape.train import resolve_device
 from landscape.variant import ConfigError, Variant
 from sweeps.config import SweepPlan
 from sweeps.cost import schedule
 from sweeps.lock import ResultsLock, ResultsLockedError
 from sweeps.manifest import build_manifest, check_same_base
 from sweeps.store import FINISHED, Store
-from sweeps.workers import PackWorker
+from sweeps.workers import PackWorker, dataset_key
 
 WAIT_LOG_S = 60.0  # with no result for this long, say what the driver is waiting for
 DIED = (RayActorError, WorkerCrashedError)
@@ -178,6 +181,8 @@ def run_sweep(
             _run_on_ray(plan, store, manifest, todo, redo, dispatch)
         else:
             store.write_manifest(manifest)
+        if plan.metrics.cross.enabled:
+            _cross_pass(plan, store, ids, log)
         for table in store.tables():
             store.harmonize(table)
     finally:
@@ -304,7 +309,8 @@ class _Dispatch:
                 return
             w = min(ready, key=lambda w: len(w.queue))
             pack, deaths = self.queue.popleft()
-            ref = w.handle.run.remote(pack, self.plan.metrics)
+            ckpt = str(self.plan.checkpoint_dir) if self.plan.checkpoint_dir else None
+            ref = w.handle.run.remote(pack, self.plan.metrics, ckpt)
             w.queue.append(ref)
             self.jobs[ref] = _Job(pack, deaths, self.workers.index(w), self.seq)
             self.seq += 1
@@ -415,3 +421,28 @@ class _Dispatch:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _cross_pass(plan: SweepPlan, store: Store, ids: list[str], log: Callable[[str], None]) -> None:
+    """Interpolate between finished variants of different packs (``metrics.cross``), from their
+    checkpoints, in the driver; each pair's rows are one self-committed part of ``cross``."""
+    spec = plan.metrics.cross
+    recorded = store.recorded()
+    ok = [v for v, i in zip(plan.variants, ids) if recorded.get(i, {}).get("status") == "ok"]
+    done_rows, _ = store.read_column_values("cross", ["variant_a", "variant_b"])
+    done = {(r["variant_a"], r["variant_b"]) for r in done_rows}
+    pairs = [
+        (a, b) for a, b in cross_pairs(ok, spec.vary) if (a.variant_id, b.variant_id) not in done
+    ]
+    pairs = pairs[: max(0, spec.max_pairs - len(done))]
+    if not pairs:
+        return
+    log(f"cross-variant pairs: interpolating {len(pairs)} (varying {', '.join(spec.vary)})")
+    device = resolve_device(plan.device)
+    datasets: dict[str, Dataset] = {}
+    for a, b in pairs:
+        key = dataset_key(a.data)
+        if key not in datasets:
+            datasets[key] = load_dataset(a.data).to(device)
+        rows = interpolate_pair(a, b, plan.checkpoint_dir, datasets[key], spec, device)
+        store.write_part("cross", rows)

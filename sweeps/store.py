@@ -62,7 +62,10 @@ PACKAGES = (
     "seaborn",
 )
 QUARANTINE = "quarantine"
-NOT_TABLES = {QUARANTINE, "report"}
+NOT_TABLES = {QUARANTINE, "report", "checkpoints"}
+# Tables whose parts are their own commit record: runs, and cross (written after training,
+# one part per cross-variant pair, with no runs part of its own).
+SELF_COMMITTED = {"runs", "cross"}
 COMPACT_ROWS = 100_000  # runs rows per compacted part
 UNREADABLE = (OSError, ValueError, pa.ArrowException)  # what pyarrow raises on a damaged file
 
@@ -279,7 +282,7 @@ class Store:
             for tmp in directory.glob(".part-*.tmp"):
                 self._remove(tmp)
                 removed += 1
-            if table == "runs":
+            if table in SELF_COMMITTED:
                 continue
             for part in self.parts(table):
                 if commit_of(part) not in committed:

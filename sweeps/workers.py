@@ -44,9 +44,13 @@ class PackWorker:
             self.datasets[key] = load_dataset(spec).to(self.device)
         return self.datasets[key]
 
-    def run(self, variants: list[Variant], metrics: MetricsSpec) -> dict[str, list[dict]]:
+    def run(
+        self, variants: list[Variant], metrics: MetricsSpec, checkpoint_dir: str | None = None
+    ) -> dict[str, list[dict]]:
         dataset = self.dataset(variants[0].data)
-        return run_pack(variants, metrics, dataset, self.device).tables
+        return run_pack(
+            variants, metrics, dataset, self.device, checkpoint_dir=checkpoint_dir
+        ).tables
 
     def ready(self, variant: Variant, metrics: MetricsSpec) -> dict:
         """Answered once the actor is up (the runner sends packs only to ready workers), with
@@ -65,7 +69,9 @@ class NoopPackWorker(PackWorker):
     """Returns a ``runs`` row and one ``curves`` row per epoch for every variant, without
     training: what the benchmark uses to measure the sweep machinery alone."""
 
-    def run(self, variants: list[Variant], metrics: MetricsSpec) -> dict[str, list[dict]]:
+    def run(
+        self, variants: list[Variant], metrics: MetricsSpec, checkpoint_dir: str | None = None
+    ) -> dict[str, list[dict]]:
         pid, mid = pack_id(variants), metrics_id(metrics)
         runs = [
             {

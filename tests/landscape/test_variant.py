@@ -74,3 +74,10 @@ def test_flat_has_every_knob_once():
     assert flat["model.width"] == 32 and flat["optim.lr"] == 0.1 and flat["seed"] == 0
     assert isinstance(flat["optim.step_at"], list)
     assert len(flat) == len(set(flat))
+
+
+def test_where_the_data_lives_is_not_part_of_the_id():
+    here = Variant(data=DataSpec("cifar10", root="data"))
+    there = Variant(data=DataSpec("cifar10", root="/mnt/shared/datasets", download=True))
+    assert here.variant_id == there.variant_id and here.group_id == there.group_id
+    assert Variant(data=DataSpec("cifar100")).variant_id != here.variant_id

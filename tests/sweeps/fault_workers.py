@@ -33,7 +33,7 @@ class FaultyWorker(PackWorker):
         self.signals = Path(signal_dir)
         self.hold_width, self.poison_width = hold_width, poison_width
 
-    def run(self, variants, metrics):
+    def run(self, variants, metrics, checkpoint_dir=None):
         widths = {v.model.width for v in variants}
         if self.poison_width in widths:
             (self.signals / f"poisoned-{os.getpid()}").touch()
@@ -45,4 +45,4 @@ class FaultyWorker(PackWorker):
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 time.sleep(0.1)
-        return super().run(variants, metrics)
+        return super().run(variants, metrics, checkpoint_dir)

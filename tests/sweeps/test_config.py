@@ -141,3 +141,35 @@ def test_unwritable_out_dir(tmp_path):
 
 def test_conf_dir_is_the_repo_conf():
     assert (CONF_DIR / "config.yaml").exists()
+
+
+def test_metrics_base_preset_is_the_dataclass_defaults_switched_off(out):
+    """conf/metrics/base.yaml documents every metric setting; it must not drift from the code."""
+    import dataclasses
+
+    from landscape.measure import MetricsSpec
+
+    default = MetricsSpec()
+    off = {
+        f.name: dataclasses.replace(getattr(default, f.name), enabled=False)
+        for f in dataclasses.fields(default)
+        if hasattr(getattr(default, f.name), "enabled")
+    }
+    assert plan_sweep(["metrics=base", out]).metrics == dataclasses.replace(
+        default, preset="base", **off
+    )
+
+
+def test_cross_pairs_need_checkpoints(out):
+    with pytest.raises(ConfigError, match="needs checkpoints=true"):
+        plan_sweep(["metrics.cross.enabled=true", out])
+    assert plan_sweep(["metrics.cross.enabled=true", "checkpoints=true", out]).checkpoints
+
+
+def test_the_later_override_of_a_key_wins(out):
+    assert {
+        v.model.width for v in plan_sweep(["model.width=8,16", "model.width=8", out]).variants
+    } == {8}
+    assert {
+        v.model.width for v in plan_sweep(["model.width=8", "model.width=8,16", out]).variants
+    } == {8, 16}

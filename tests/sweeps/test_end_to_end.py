@@ -102,3 +102,29 @@ def test_demo_metrics_preset_fills_the_global_tables(tmp_path):
     assert len(runs) == 2 and runs.variant_id.is_unique and set(runs.status) == {"ok"}
     pairs = pd.read_parquet(results / "pairs")
     assert len(pairs) == 1 and {pairs.variant_a[0], pairs.variant_b[0]} == set(runs.variant_id)
+
+
+def test_checkpoints_and_cross_variant_pairs_through_the_sweep(tmp_path):
+    extra = [
+        "checkpoints=true",
+        "metrics.cross.enabled=true",
+        "metrics.cross.n_alphas=5",
+        "model.width=8",
+        "--no-report",
+    ]
+    out = sweep(tmp_path, *extra)
+    results = tmp_path / "results" / "demo"
+    runs = pd.read_parquet(results / "runs")
+    assert sorted(p.stem for p in (results / "checkpoints").glob("*.pt")) == sorted(runs.variant_id)
+    cross = pd.read_parquet(results / "cross")
+    pairs = set(zip(cross.variant_a, cross.variant_b))
+    assert len(pairs) == 2  # per seed: batch size 32 against 128
+    by_id = runs.set_index("variant_id")
+    for a, b in pairs:
+        assert by_id.at[a, "seed"] == by_id.at[b, "seed"]
+        assert by_id.at[a, "optim.batch_size"] != by_id.at[b, "optim.batch_size"]
+    assert len(cross) == 2 * 2 * 5  # pairs x (train, test) x alphas
+    assert "interpolating 2" in out
+    again = sweep(tmp_path, *extra)  # resumed: no pair is interpolated twice
+    assert "interpolating" not in again
+    assert len(pd.read_parquet(results / "cross")) == len(cross)
