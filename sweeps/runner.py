@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray._private import ray_constants
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from tqdm import tqdm
 
@@ -75,10 +76,11 @@ def _init_ray(plan: SweepPlan, log: Callable[[str], None]) -> bool:
         return False
     kwargs = _ray_init_kwargs(plan)
     if kwargs["address"] == "local":
+        _loopback_only()
         if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
             log(
                 "warning: RAY_AUTH_MODE disables Ray's token authentication; the local Ray instance "
-                "listens on every network interface, so anyone who can reach this machine can run code in it"
+                "listens on the loopback interface only, but any user of this machine can run code in it"
             )
     else:
         log(f"joining the Ray cluster at {kwargs['address']}")
@@ -86,6 +88,15 @@ def _init_ray(plan: SweepPlan, log: Callable[[str], None]) -> bool:
             log("ray.num_cpus only sizes a local instance; ignored when joining a cluster")
     ray.init(**kwargs)
     return True
+
+
+def _loopback_only() -> None:
+    """Make the embedded instance listen on 127.0.0.1 only. Ray binds its servers to the node's
+    IP address, which it takes to be the loopback address when multi-node clusters are off (its
+    own default on macOS and Windows, chosen by this variable); on Linux it would otherwise be
+    the host's address on every interface. Child processes inherit the variable."""
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def _check_resources(plan: SweepPlan) -> None:

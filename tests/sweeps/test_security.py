@@ -36,6 +36,17 @@ def test_embedded_ray_serves_no_dashboard(local_ray):
     assert 8265 not in ports  # include_dashboard=False: no HTTP UI to expose
 
 
+def test_embedded_ray_listens_on_loopback_only(local_ray):
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    listening = [
+        c.laddr.ip
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in ours
+    ]
+    assert listening  # the GCS, the raylet and the workers do listen
+    assert {ip.removeprefix("::ffff:") for ip in listening} <= {"127.0.0.1", "::1"}, listening
+
+
 def test_null_address_joins_ray_address_and_local_starts_one(tmp_path, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert _ray_init_kwargs(tiny_plan(tmp_path))["address"] == "local"
