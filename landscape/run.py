@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 
-from landscape.checkpoint import save_checkpoints
+from landscape.checkpoint import load_checkpoint, save_checkpoints
 from landscape.data import Dataset
+from landscape.functional import Stack, init_stack
 from landscape.measure import MetricsSpec, measure_pack
-from landscape.pack import member_bytes, pack_id, split_to_fit
-from landscape.train import pack_steps, train_pack
+from landscape.models import build_model
+from landscape.pack import TrainedPack, member_bytes, pack_id, split_to_fit
+from landscape.train import evaluate_pack, make_pack_data, pack_steps, train_pack
 from landscape.variant import Variant, short_hash
 
 MEMORY_HEADROOM = (
@@ -201,3 +203,55 @@ def run_pack(
                 run_pack([v], metrics, dataset, device, log=log, checkpoint_dir=checkpoint_dir)
             )
         return out
+
+
+def measure_checkpoints(
+    variants: Sequence[Variant],
+    metrics: MetricsSpec,
+    dataset: Dataset,
+    device: torch.device | str,
+    checkpoint_dir: Path | str,
+) -> PackRows:
+    """Measure finished variants again from their checkpoints, without retraining: ``runs`` rows
+    with the train and test loss and accuracy re-evaluated at the checkpoint and every metric of
+    ``metrics``, plus the metrics' own tables. The initial parameters (for MLI and the distance to
+    initialisation) are rebuilt from each variant's seed, exactly as training built them.
+    Measurements taken during training (curves, trajectories) are not redone here."""
+    device = torch.device(device)
+    t0 = time.perf_counter()
+    first = variants[0]
+    data_on_device = dataset.to(device)
+    net, init = init_stack(
+        lambda: build_model(first.model, dataset.input_shape, dataset.num_classes),
+        [v.seed for v in variants],
+        device,
+    )
+    final = Stack.concat(
+        [load_checkpoint(Path(checkpoint_dir) / f"{v.variant_id}.pt", device)[1] for v in variants]
+    )
+    data = make_pack_data(variants, data_on_device)
+    alive = torch.stack(
+        [
+            torch.stack([p[k].isfinite().all() for p in final.params.values()]).all()
+            for k in range(len(variants))
+        ]
+    )
+    pack = TrainedPack(list(variants), net, init, final, data, alive)
+    evaluated = evaluate_pack(net, final, data, first.train.precision)
+    measured = measure_pack(pack, metrics)
+    pid, mid = pack_id(variants), metrics_id(metrics)
+    ids = [v.variant_id for v in variants]
+    out = PackRows()
+    runs = []
+    for k, v in enumerate(variants):
+        row = base_row(v, pid, mid, str(device))
+        row.update(status="ok", error=None, measured_from="checkpoint")
+        row.update({name: float(values[k]) for name, values in evaluated.items()})
+        row.update({name: values[k] for name, values in measured.columns.items()})
+        runs.append(row)
+    out.add("runs", runs)
+    for table, rows in measured.tables.items():
+        out.add(table, [_with_variant(r, ids) for r in rows])
+    for row in runs:
+        row["measure_wall_time_s"] = (time.perf_counter() - t0) / len(variants)
+    return out

@@ -29,7 +29,7 @@ import landscape
 from landscape.cross import cross_pairs, interpolate_pair
 from landscape.data import Dataset, load_dataset
 from landscape.pack import make_packs
-from landscape.run import failed_rows, metrics_id
+from landscape.run import failed_rows, measure_checkpoints, metrics_id
 from landscape.train import resolve_device
 from landscape.variant import ConfigError, Variant
 from sweeps.config import SweepPlan
@@ -50,6 +50,7 @@ class SweepSummary:
     ran: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     worker_deaths: int = 0
+    remeasured: int = 0  # finished variants measured again from their checkpoints
     wall_time_s: float = 0.0
 
 
@@ -136,6 +137,7 @@ def _stale(
         and recorded[i]["status"] in FINISHED
         and recorded[i].get("metrics_id") != mid
     }
+    stale -= _measurable_from_checkpoints(plan, stale, recorded)
     if stale and not remeasure:
         old_ids = sorted({str(recorded[i].get("metrics_id")) for i in stale})
         old_preset = ((old_manifest or {}).get("config", {}).get("metrics") or {}).get(
@@ -144,10 +146,76 @@ def _stale(
         raise ConfigError(
             f"{len(stale)} variants in {plan.results_dir} were measured with metrics_id {', '.join(old_ids)} "
             f"(metrics={old_preset}); metrics={plan.metrics.preset} (metrics_id {mid}) needs them retrained, "
-            "since no checkpoints are kept: pass --remeasure to retrain them and replace their rows, "
+            "since they have no checkpoints (checkpoints=true keeps them) or the new metrics are taken "
+            "during training: pass --remeasure to retrain them and replace their rows, "
             "or choose another sweep.name or out_dir"
         )
     return stale
+
+
+def _measurable_from_checkpoints(
+    plan: SweepPlan, stale: set[str], recorded: dict[str, dict]
+) -> set[str]:
+    """Stale variants that can be measured again without retraining: finished ``ok`` with a
+    checkpoint file, when the new metrics need nothing taken during training."""
+    if plan.metrics.trajectory.enabled:
+        return set()
+    directory = plan.results_dir / "checkpoints"
+    return {i for i in stale if recorded[i]["status"] == "ok" and (directory / f"{i}.pt").exists()}
+
+
+# Tables written while training: kept when a variant is measured again from its checkpoint.
+TRAINING_TABLES = ("curves", "trajectory", "path", "lca")
+STEPPED_TABLES = ("stiffness", "params")  # rows with a step were taken during training
+TRAINING_COLUMNS = (
+    "best_epoch",
+    "diverged_step",
+    "pack_members",
+    "wall_time_s",
+    "pack_wall_time_s",
+)
+
+
+def _measure_from_checkpoints(
+    plan: SweepPlan, store: Store, ids: list[str], log: Callable[[str], None]
+) -> int:
+    """Measure again, in the driver, the finished variants whose metrics_id is not the plan's
+    and whose checkpoints exist; their rows are replaced, and what training wrote (curves,
+    trajectories, the runs row's training columns) is carried over. Returns how many."""
+    mid = metrics_id(plan.metrics)
+    recorded = store.recorded()
+    stale = {
+        i
+        for i in ids
+        if recorded.get(i, {}).get("status") in FINISHED and recorded[i].get("metrics_id") != mid
+    }
+    todo_ids = _measurable_from_checkpoints(plan, stale, recorded)
+    if not todo_ids:
+        return 0
+    variants = [v for v, i in zip(plan.variants, ids) if i in todo_ids]
+    log(f"measuring {len(variants)} finished variants again from their checkpoints (no retraining)")
+    device = resolve_device(plan.device)
+    datasets: dict[str, Dataset] = {}
+    for pack in make_packs(variants, plan.pack.max_members):
+        key = dataset_key(pack[0].data)
+        if key not in datasets:
+            datasets[key] = load_dataset(pack[0].data).to(device)
+        tables = measure_checkpoints(
+            pack, plan.metrics, datasets[key], device, plan.results_dir / "checkpoints"
+        ).tables
+        pack_ids = {v.variant_id for v in pack}
+        old_runs = {r["variant_id"]: r for r in store.rows_of("runs", pack_ids)}
+        for row in tables["runs"]:
+            row.update({c: old_runs[row["variant_id"]].get(c) for c in TRAINING_COLUMNS})
+        for table in TRAINING_TABLES + STEPPED_TABLES:
+            kept = store.rows_of(table, pack_ids)
+            if table in STEPPED_TABLES:  # only the rows taken during training
+                kept = [r for r in kept if r.get("step") is not None]
+            if kept:
+                tables[table] = tables.get(table, []) + kept
+        store.supersede(pack_ids)
+        store.write_pack(tables)
+    return len(variants)
 
 
 def run_sweep(
@@ -192,6 +260,8 @@ def run_sweep(
             _run_on_ray(plan, store, manifest, todo, redo, dispatch)
         else:
             store.write_manifest(manifest)
+        if plan.checkpoints or (plan.results_dir / "checkpoints").is_dir():
+            summary.remeasured = _measure_from_checkpoints(plan, store, ids, log)
         if plan.metrics.cross.enabled:
             _cross_pass(plan, store, ids, log)
         for table in store.tables():

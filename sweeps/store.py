@@ -365,6 +365,15 @@ class Store:
             self._remove(path)
         return done
 
+    def rows_of(self, table: str, variant_ids: Iterable[str]) -> list[dict]:
+        """Every row of ``table`` that names one of these variants."""
+        value_set = pa.array(sorted(set(variant_ids)), type=pa.string())
+        rows: list[dict] = []
+        for part in self.parts(table):
+            arrow = pq.read_table(part)
+            rows += arrow.filter(_rows_naming(arrow, value_set)).to_pylist()
+        return rows
+
     def supersede(self, variant_ids: Iterable[str]) -> int:
         """Remove every row of these variants from every table (they are about to run again),
         under a journal: a crash part-way is finished on the next :meth:`recover`. Returns the

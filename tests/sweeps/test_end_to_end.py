@@ -128,3 +128,24 @@ def test_checkpoints_and_cross_variant_pairs_through_the_sweep(tmp_path):
     again = sweep(tmp_path, *extra)  # resumed: no pair is interpolated twice
     assert "interpolating" not in again
     assert len(pd.read_parquet(results / "cross")) == len(cross)
+
+
+def test_new_metrics_are_measured_from_checkpoints_without_retraining(tmp_path):
+    base = ["checkpoints=true", "model.width=8", "--no-report"]
+    sweep(tmp_path, *base)
+    results = tmp_path / "results" / "demo"
+    curves_before = pd.read_parquet(results / "curves")
+    out = sweep(
+        tmp_path, *base, "metrics.hessian_eigen.enabled=true", "metrics.hessian_eigen.n_samples=64"
+    )
+    assert "4 already finished (skipped), 0 to run" in out
+    assert "measuring 4 finished variants again from their checkpoints" in out
+    runs = pd.read_parquet(results / "runs")
+    assert len(runs) == 4 and runs.variant_id.is_unique
+    assert runs["hessian_top_eig"].notna().all() and runs["hessian_trace"].notna().all()
+    assert set(runs.measured_from) == {"checkpoint"} and runs.best_epoch.notna().all()
+    curves = pd.read_parquet(results / "curves")  # what training wrote is kept, once
+    assert len(curves) == len(curves_before)
+    assert sorted(map(tuple, curves[["variant_id", "epoch"]].values)) == sorted(
+        map(tuple, curves_before[["variant_id", "epoch"]].values)
+    )
