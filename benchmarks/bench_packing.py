@@ -96,14 +96,14 @@ def bench_width(args, device: torch.device, width: int, pack_sizes: list[int]) -
             for s in range(K)
         ]
         net, stack = init_stack(lambda: build_model(spec, shape, args.classes), range(K), device)
-        state = new_optim_state(variants, stack)
+        state = new_optim_state([v.optim for v in variants], stack)
         step_fn = StepFn(net, compile=args.compile)
         xs = torch.randn(K, B, *shape, device=device)
         ys = torch.randint(args.classes, (K, B), device=device)
         lr = torch.full((K,), 0.05, device=device)
 
         def packed_step() -> None:
-            train_step(step_fn, stack, state, variants, xs, ys, lr, args.precision)  # noqa: B023
+            train_step(step_fn, stack, state, xs, ys, lr, args.precision)  # noqa: B023
 
         try:
             sec = timed(packed_step, args.steps, args.warmup, device)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from landscape.functional import Params
-from landscape.variant import OptimSpec
+from landscape.variant import ConfigError, OptimSpec
 
 
 @dataclass
@@ -162,9 +162,7 @@ UPDATE_RULES: dict[str, tuple[Rule, tuple[str, ...]]] = {
 
 def _rule(spec: OptimSpec) -> tuple[Rule, tuple[str, ...]]:
     if spec.name not in UPDATE_RULES:
-        raise NotImplementedError(
-            f"optim.name={spec.name!r} is not implemented; have {', '.join(UPDATE_RULES)}"
-        )
+        raise ConfigError(f"optim.name must be one of {', '.join(UPDATE_RULES)}, got {spec.name!r}")
     return UPDATE_RULES[spec.name]
 
 

@@ -31,7 +31,7 @@ from landscape.functional import FunctionalNet, Params, Stack, init_stack
 from landscape.models import build_model
 from landscape.optim import MemberHypers, apply_update, base_lr, init_state, lr_factor
 from landscape.pack import PackData, TrainedPack, pack_key
-from landscape.variant import ConfigError, Variant
+from landscape.variant import ConfigError, OptimSpec, Variant
 
 EVAL_CHUNK = 2048  # examples per member per vmapped evaluation call
 
@@ -114,6 +114,7 @@ class StepFn:
 
 @dataclass
 class OptimState:
+    spec: OptimSpec  # the pack's optimiser (kind and pack-wide settings)
     hypers: MemberHypers
     state: dict[str, Params]
     alive: Tensor  # (K,) bool
@@ -121,13 +122,15 @@ class OptimState:
     step: int = 0
 
 
-def new_optim_state(variants: Sequence[Variant], stack: Stack) -> OptimState:
-    """Fresh optimiser state for a pack: every member alive, per-member hyperparameters."""
+def new_optim_state(specs: Sequence[OptimSpec], stack: Stack) -> OptimState:
+    """Fresh optimiser state for a pack (one spec per member): every member alive, per-member
+    hyperparameters."""
     device = next(iter(stack.params.values())).device
-    K = len(variants)
+    K = len(specs)
     return OptimState(
-        hypers=MemberHypers.from_specs([v.optim for v in variants], device),
-        state=init_state(variants[0].optim, stack.params),
+        spec=specs[0],
+        hypers=MemberHypers.from_specs(specs, device),
+        state=init_state(specs[0], stack.params),
         alive=torch.ones(K, dtype=torch.bool, device=device),
         diverged_step=torch.full((K,), -1, dtype=torch.long, device=device),
     )
@@ -137,7 +140,6 @@ def train_step(
     step_fn: StepFn,
     stack: Stack,
     opt: OptimState,
-    variants: Sequence[Variant],
     x: Tensor,
     y: Tensor,
     lr: Tensor,
@@ -152,9 +154,7 @@ def train_step(
     newly_dead = opt.alive & ~finite
     opt.diverged_step = torch.where(newly_dead, opt.step, opt.diverged_step)
     opt.alive = opt.alive & finite
-    apply_update(
-        variants[0].optim, stack.params, grads, opt.state, opt.hypers, lr, opt.step, opt.alive
-    )
+    apply_update(opt.spec, stack.params, grads, opt.state, opt.hypers, lr, opt.step, opt.alive)
     return loss, acc
 
 
@@ -269,7 +269,7 @@ def train_pack(
         device,
     )
     init = stack.clone()
-    opt = new_optim_state(variants, stack)
+    opt = new_optim_state([v.optim for v in variants], stack)
     step_fn = StepFn(net, compile=first.train.compile)
     generators = [torch.Generator().manual_seed(v.seed) for v in variants]
     # augmentation draws on the device, from each member's own stream (packed = solo)
@@ -302,7 +302,7 @@ def train_pack(
             x = augment_batch(x, first.data, aug_generators, fill=pad)
             lca = recorder is not None and recorder.records_lca
             before = {n: p.detach().clone() for n, p in stack.params.items()} if lca else None
-            train_step(step_fn, stack, opt, variants, x, y, base * factor, precision)
+            train_step(step_fn, stack, opt, x, y, base * factor, precision)
             if before is not None:
                 recorder.record_lca(opt.step, before, view())
             observe(base * factor)

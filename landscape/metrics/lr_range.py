@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.func import grad_and_value, vmap
 
 from landscape.functional import FunctionalNet, Stack
-from landscape.optim import MemberHypers, apply_update, init_state
+from landscape.optim import MemberHypers, init_state
 from landscape.pack import PackData
+from landscape.train import OptimState, StepFn, train_step
 from landscape.variant import OptimSpec
 
 
@@ -49,7 +48,8 @@ def lr_range_test(
     the copy updated). Each step draws ``batch_size`` positions, shared by the members,
     uniformly with replacement from each member's own training set. A member stops (NaN
     from then on, parameters frozen) once its loss is not finite or exceeds
-    ``stop_factor`` times its best so far (fastai's rule).
+    ``stop_factor`` times its best so far (fastai's rule); the step that reveals it is still
+    taken (the engine's step updates before the stop is known), which changes no recorded loss.
     """
     if not 0 < lr_min < lr_max:
         raise ValueError(f"need 0 < lr_min < lr_max, got lr_min={lr_min}, lr_max={lr_max}")
@@ -57,33 +57,33 @@ def lr_range_test(
         raise ValueError(f"steps must be >= 2, got {steps}")
     device = data.y_train.device
     work = stack.clone()
-    state = init_state(optim, work.params)
     lrs = lr_min * (lr_max / lr_min) ** torch.linspace(0, 1, steps, dtype=torch.float64)
     K = work.members
     losses = torch.full((K, steps), float("nan"), device=device)
     best = torch.full((K,), float("inf"), device=device)
-    alive = torch.ones(K, dtype=torch.bool, device=device)
-
-    def train_loss(params, buffers, x: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(net.logits(params, buffers, x, train=True).float(), y)
-
-    step_grad = vmap(grad_and_value(train_loss))
-    # TODO: reuse the engine's training step (landscape.train.train_step) once its
-    # signature settles; until then this is the minimal SGD-family step, sharing only the
-    # update rule (landscape.optim.apply_update) with it.
+    # the engine's own training step (landscape.train): one step for sweeps, tests and this
+    opt = OptimState(
+        spec=optim,
+        hypers=hypers,
+        state=init_state(optim, work.params),
+        alive=torch.ones(K, dtype=torch.bool, device=device),
+        diverged_step=torch.full((K,), -1, dtype=torch.long, device=device),
+    )
+    step_fn = StepFn(net)
     for t in range(steps):
         pos = torch.randint(
             0, data.n_train, (batch_size,), generator=generator, device=generator.device
         )
         x, y = data.train_batch(pos.to(device).expand(K, batch_size))
-        grads, loss = step_grad(work.params, work.buffers, x, y)
-        best = torch.where(alive, torch.minimum(best, loss), best)
-        alive = alive & torch.isfinite(loss) & (loss <= stop_factor * best)
-        losses[:, t] = torch.where(alive, loss, float("nan"))
-        if not alive.any():
-            break
+        running = opt.alive.clone()
         lr = torch.full((K,), float(lrs[t]), device=device)
-        apply_update(optim, work.params, grads, state, hypers, lr, t + 1, alive)
+        loss, _ = train_step(step_fn, work, opt, x, y, lr, "fp32")  # loss before the step
+        best = torch.where(running, torch.minimum(best, loss), best)
+        stopped = ~(running & torch.isfinite(loss) & (loss <= stop_factor * best))
+        losses[:, t] = torch.where(stopped, float("nan"), loss)
+        opt.alive = opt.alive & ~stopped  # frozen from the next step on
+        if not opt.alive.any():
+            break
     return LRRangeCurve(lrs.to(device), losses)
 
 
