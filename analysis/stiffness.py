@@ -37,7 +37,9 @@ def class_rows(stiffness: pd.DataFrame | None) -> pd.DataFrame | None:
     if rows.empty:
         return None
     labels = rows[["class_a", "class_b"]]
-    if all(pd.api.types.is_numeric_dtype(t) for t in labels.dtypes) and (labels % 1 == 0).all(axis=None):
+    if all(pd.api.types.is_numeric_dtype(t) for t in labels.dtypes) and (labels % 1 == 0).all(
+        axis=None
+    ):
         rows = rows.astype({"class_a": "int64", "class_b": "int64"})  # 0, not 0.0
     return rows
 
