@@ -19,11 +19,11 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 
 from analysis.curves import curve_axis
 from analysis.heatmap import format_value
 from analysis.load import Results
+from analysis.surfaces import stiffness_heatmap
 from analysis.training import at_end, knob_legend, knob_palette, representative_cell, with_knob
 
 VALUES = ("s_cos", "s_sign")
@@ -76,20 +76,7 @@ def plot_stiffness_stages(
     fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 3.4), squeeze=False)
     for ax, step in zip(axes.flat, steps):
         at = part[part["step"] == step]
-        matrix = at.pivot_table(index="class_a", columns="class_b", values=value, aggfunc="mean")
-        sns.heatmap(
-            matrix,
-            ax=ax,
-            cmap="RdBu",
-            center=0,
-            vmin=-1,
-            vmax=1,
-            square=True,
-            cbar=ax is axes.flat[-1],
-            annot=matrix.size <= 36,
-            fmt=".2f",
-            annot_kws={"fontsize": 6},
-        )
+        stiffness_heatmap(ax, at, value, annot_max=36, cbar=ax is axes.flat[-1])
         epoch = f", epoch {at['epoch'].iloc[0]:.3g}" if "epoch" in at else ""
         ax.set_title(f"step {format_value(step)}{epoch}", fontsize=9)
     fig.suptitle(f"class stiffness ({value}) over training: {title}", fontsize=10)

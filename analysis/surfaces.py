@@ -160,25 +160,32 @@ def plot_stiffness(
     chosen, note = _chosen(ids, labels, max_variants)
     fig, axes = plt.subplots(1, len(chosen), figsize=(4.4 * len(chosen), 3.8), squeeze=False)
     for ax, vid in zip(axes.flat, chosen):
-        matrix = stiffness[ids == vid].pivot_table(
-            index="class_a", columns="class_b", values=value, aggfunc="mean"
-        )
-        sns.heatmap(
-            matrix,
-            ax=ax,
-            cmap="RdBu",
-            center=0,
-            vmin=-1,
-            vmax=1,
-            square=True,
-            annot=matrix.size <= 100,
-            fmt=".2f",
-            annot_kws={"fontsize": 6},
-        )
+        stiffness_heatmap(ax, stiffness[ids == vid], value, annot_max=100)
         ax.set_title(_label(vid, labels), fontsize=9)
     fig.suptitle(f"class stiffness ({value}){note}")
     fig.tight_layout()
     return fig
+
+
+def stiffness_heatmap(
+    ax: plt.Axes, rows: pd.DataFrame, value: str, annot_max: int, cbar: bool = True
+) -> None:
+    """The class-stiffness matrix of ``rows`` (mean ``value`` per class pair) on ``ax``, in
+    [-1, 1] with colours centred at 0; numbers written when it has at most ``annot_max`` cells."""
+    matrix = rows.pivot_table(index="class_a", columns="class_b", values=value, aggfunc="mean")
+    sns.heatmap(
+        matrix,
+        ax=ax,
+        cmap="RdBu",
+        center=0,
+        vmin=-1,
+        vmax=1,
+        square=True,
+        cbar=cbar,
+        annot=matrix.size <= annot_max,
+        fmt=".2f",
+        annot_kws={"fontsize": 6},
+    )
 
 
 def plot_spectra(

@@ -41,6 +41,11 @@ class PackRows:
         if rows:
             self.tables.setdefault(table, []).extend(rows)
 
+    def add_members(self, tables: dict[str, list[dict]], ids: list[str]) -> None:
+        """Add rows that name pack members by position (``member``, ``member_a``/``_b``)."""
+        for table, rows in tables.items():
+            self.add(table, [_with_variant(r, ids) for r in rows])
+
     def extend(self, other: PackRows) -> None:
         for name, rows in other.tables.items():
             self.add(name, rows)
@@ -107,13 +112,10 @@ def _train_and_measure(
         row.update({name: values[k] for name, values in measured.columns.items()})
         runs.append(row)
     out.add("runs", runs)
-    out.add("curves", [_with_variant(r, ids) for r in result.curves])
-    tables = dict(measured.tables)
+    out.add_members({"curves": result.curves}, ids)
+    out.add_members(measured.tables, ids)
     if recorder is not None:
-        for table, rows in recorder.finish(result.pack).items():
-            tables[table] = tables.get(table, []) + rows
-    for table, rows in tables.items():
-        out.add(table, [_with_variant(r, ids) for r in rows])
+        out.add_members(recorder.finish(result.pack), ids)
     return out
 
 
@@ -240,18 +242,17 @@ def measure_checkpoints(
     evaluated = evaluate_pack(net, final, data, first.train.precision)
     measured = measure_pack(pack, metrics)
     pid, mid = pack_id(variants), metrics_id(metrics)
-    ids = [v.variant_id for v in variants]
+    per_variant = (time.perf_counter() - t0) / len(variants)
     out = PackRows()
     runs = []
     for k, v in enumerate(variants):
         row = base_row(v, pid, mid, str(device))
-        row.update(status="ok", error=None, measured_from="checkpoint")
+        row.update(
+            status="ok", error=None, measured_from="checkpoint", measure_wall_time_s=per_variant
+        )
         row.update({name: float(values[k]) for name, values in evaluated.items()})
         row.update({name: values[k] for name, values in measured.columns.items()})
         runs.append(row)
     out.add("runs", runs)
-    for table, rows in measured.tables.items():
-        out.add(table, [_with_variant(r, ids) for r in rows])
-    for row in runs:
-        row["measure_wall_time_s"] = (time.perf_counter() - t0) / len(variants)
+    out.add_members(measured.tables, [v.variant_id for v in variants])
     return out

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray._private import ray_constants
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from tqdm import tqdm
@@ -153,6 +154,20 @@ def _stale(
     return stale
 
 
+class _DriverData:
+    """Data sets loaded in the driver for its post-training passes, once per source."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cache: dict[str, Dataset] = {}
+
+    def __call__(self, variant: Variant) -> Dataset:
+        key = dataset_key(variant.data)
+        if key not in self.cache:
+            self.cache[key] = load_dataset(variant.data).to(self.device)
+        return self.cache[key]
+
+
 def _measurable_from_checkpoints(
     plan: SweepPlan, stale: set[str], recorded: dict[str, dict]
 ) -> set[str]:
@@ -195,13 +210,10 @@ def _measure_from_checkpoints(
     variants = [v for v, i in zip(plan.variants, ids) if i in todo_ids]
     log(f"measuring {len(variants)} finished variants again from their checkpoints (no retraining)")
     device = resolve_device(plan.device)
-    datasets: dict[str, Dataset] = {}
+    data = _DriverData(device)
     for pack in make_packs(variants, plan.pack.max_members):
-        key = dataset_key(pack[0].data)
-        if key not in datasets:
-            datasets[key] = load_dataset(pack[0].data).to(device)
         tables = measure_checkpoints(
-            pack, plan.metrics, datasets[key], device, plan.results_dir / "checkpoints"
+            pack, plan.metrics, data(pack[0]), device, plan.results_dir / "checkpoints"
         ).tables
         pack_ids = {v.variant_id for v in pack}
         old_runs = {r["variant_id"]: r for r in store.rows_of("runs", pack_ids)}
@@ -520,10 +532,7 @@ def _cross_pass(plan: SweepPlan, store: Store, ids: list[str], log: Callable[[st
         return
     log(f"cross-variant pairs: interpolating {len(pairs)} (varying {', '.join(spec.vary)})")
     device = resolve_device(plan.device)
-    datasets: dict[str, Dataset] = {}
+    data = _DriverData(device)
     for a, b in pairs:
-        key = dataset_key(a.data)
-        if key not in datasets:
-            datasets[key] = load_dataset(a.data).to(device)
-        rows = interpolate_pair(a, b, plan.checkpoint_dir, datasets[key], spec, device)
+        rows = interpolate_pair(a, b, plan.checkpoint_dir, data(a), spec, device)
         store.write_part("cross", rows)
