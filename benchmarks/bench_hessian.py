@@ -5,14 +5,19 @@ For each model and width, K models on the same batch of random CIFAR-shaped data
 - batched: ``landscape.metrics.hessian.hessian_trace`` (``probes`` Rademacher probes,
   tolerance off so every member uses all of them) and ``hessian_eigenvalues`` (k = 1,
   ``iters`` power iterations, tolerance off), forward-over-reverse HVPs vmapped over a
-  chunk of probes and the K members;
+  chunk of probes and the K members, replayed from CUDA graphs on a GPU;
 - loop: what PyHessian does, one model at a time: one forward and backward with
   ``create_graph=True``, then one double-backward HVP per probe / per iteration.
 
 Both sides do the same number of HVPs in the same process (one run), so the ratios are
-comparable; the absolute times are for this machine only. Usage:
+comparable; the absolute times are for this machine only. ``--loop-members L`` times the loop
+on L of the K models and scales to K (every model costs the loop the same); ``--hvp-modes``
+runs the batched side with members vmapped and/or looped (``hessian_trace``'s ``hvp``).
+Usage:
 
-    python benchmarks/bench_hessian.py --device cpu --out bench_hessian.json [--quick]
+    python benchmarks/bench_hessian.py --device cuda --models resnet18=4,8,16 --members 8 \
+        --loop-members 2 --hvp-modes vmap loop --out bench_hessian.json
+    python benchmarks/bench_hessian.py --device cpu --quick
 """
 
 from __future__ import annotations
@@ -60,21 +65,21 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float
 
 
 def batched(
-    net: FunctionalNet, stack: Stack, x, y, cfg: dict, chunk: int, device: torch.device
+    net: FunctionalNet, stack: Stack, x, y, cfg: dict, chunk: int, device: torch.device, mode: str
 ) -> dict:
     """Trace and top eigenvalue of all K members at once; halves the chunk on out-of-memory."""
     while True:
         try:
-            return _batched(net, stack, x, y, cfg, chunk, device)
-        except torch.OutOfMemoryError:
-            if chunk == 1:
+            return _batched(net, stack, x, y, cfg, chunk, device, mode)
+        except RuntimeError as err:  # torch.OutOfMemoryError, or one raised inside TorchScript
+            if "out of memory" not in str(err) or chunk == 1:
                 raise
             chunk //= 2
             torch.cuda.empty_cache()
 
 
 def _batched(
-    net: FunctionalNet, stack: Stack, x, y, cfg: dict, chunk: int, device: torch.device
+    net: FunctionalNet, stack: Stack, x, y, cfg: dict, chunk: int, device: torch.device, mode: str
 ) -> dict:
     g = torch.Generator(device).manual_seed(0)
     trace, t_trace = timed(
@@ -88,13 +93,23 @@ def _batched(
             tol=0.0,
             chunk=chunk,
             generator=g,
+            hvp=mode,
         ),
         device,
     )
     eig, t_eig = timed(
         partial(
-            hessian_eigenvalues, net, stack, x, y, k=1, max_iter=cfg["iters"], tol=0.0, generator=g
-        ),
+            hessian_eigenvalues,
+            net,
+            stack,
+            x,
+            y,
+            k=1,
+            max_iter=cfg["iters"],
+            tol=0.0,
+            generator=g,
+            hvp=mode,
+        ),  # fmt: skip
         device,
     )
     return {"trace_s": t_trace, "eig_s": t_eig, "chunk": chunk,
@@ -176,17 +191,24 @@ def bench_one(name: str, width: int, cfg: dict, device: torch.device) -> dict:
         "probes": 2,
         "iters": 2,
     }  # first-call costs (allocator, kernels) out of the timings
-    batched(net, stack, x, y, warm, 2, device)
     pyhessian_loop(spec, stack.select([0]), x[:1], y[:1], warm, device)
-    fast = batched(net, stack, x, y, cfg, cfg["chunk"], device)
-    slow = pyhessian_loop(spec, stack, x, y, cfg, device)
+    fast = {}
+    for mode in cfg["hvp_modes"]:
+        batched(net, stack, x, y, warm, 2, device, mode)
+        fast[mode] = batched(net, stack, x, y, cfg, cfg["chunk"], device, mode)
+    L = min(cfg.get("loop_members", K), K)
+    slow = pyhessian_loop(spec, stack.select(list(range(L))), x[:L], y[:L], cfg, device)
+    for key in ("trace_s", "eig_s"):  # the loop's time for all K models: L models' time x K/L
+        slow[key] *= K / L
+    slow["models_timed"] = L
     return {
         "model": name, "width": width, "params_per_model": num_params(stack), "members": K,
-        "samples": cfg["samples"], "probes": cfg["probes"], "iters": cfg["iters"], "chunk_used": fast["chunk"],
+        "samples": cfg["samples"], "probes": cfg["probes"], "iters": cfg["iters"],
         "batched": fast, "loop": slow,
-        "speedup_trace": slow["trace_s"] / fast["trace_s"],
-        "speedup_eig": slow["eig_s"] / fast["eig_s"],
-        "speedup_total": (slow["trace_s"] + slow["eig_s"]) / (fast["trace_s"] + fast["eig_s"]),
+        "speedup_trace": {m: slow["trace_s"] / f["trace_s"] for m, f in fast.items()},
+        "speedup_eig": {m: slow["eig_s"] / f["eig_s"] for m, f in fast.items()},
+        "speedup_total": {m: (slow["trace_s"] + slow["eig_s"]) / (f["trace_s"] + f["eig_s"])
+                          for m, f in fast.items()},
     }  # fmt: skip
 
 
@@ -206,13 +228,44 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)"
     )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="NAME=W1,W2",
+        help="models and widths to run instead of the preset's, e.g. resnet18=4,8,16",
+    )
+    parser.add_argument("--members", type=int, default=None, help="models per pack (K)")
+    parser.add_argument(
+        "--loop-members",
+        type=int,
+        default=None,
+        help="time the one-at-a-time loop on this many of the K models and scale to K "
+        "(every model costs the loop the same; default: all K)",
+    )
+    parser.add_argument(
+        "--hvp-modes",
+        nargs="+",
+        default=["vmap"],
+        choices=["vmap", "loop"],
+        help="how members share kernels in the batched path (hessian_trace's hvp)",
+    )
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    if args.models:
+        cfg["models"] = {
+            name: [int(w) for w in widths.split(",")]
+            for name, widths in (m.split("=") for m in args.models)
+        }
+    if args.members:
+        cfg["members"] = args.members
+    cfg["loop_members"] = args.loop_members or cfg["members"]
+    cfg["hvp_modes"] = args.hvp_modes
     results = []
     for name, widths in cfg["models"].items():
         if name not in MODELS:
@@ -221,12 +274,15 @@ def main() -> None:
         for width in widths:
             r = bench_one(name, width, cfg, device)
             results.append(r)
-            print(
-                f"{name:9s} width {width:3d} ({r['params_per_model']:>9,d} params) x{r['members']}: "
-                f"trace {r['batched']['trace_s']:.2f}s vs {r['loop']['trace_s']:.2f}s ({r['speedup_trace']:.1f}x), "
-                f"top eig {r['batched']['eig_s']:.2f}s vs {r['loop']['eig_s']:.2f}s ({r['speedup_eig']:.1f}x)",
-                flush=True,
-            )
+            for m, f in r["batched"].items():
+                print(
+                    f"{name:9s} width {width:3d} ({r['params_per_model']:>9,d} params) "
+                    f"x{r['members']} hvp {m}: "
+                    f"trace {f['trace_s']:.2f}s vs {r['loop']['trace_s']:.2f}s "
+                    f"({r['speedup_trace'][m]:.1f}x), top eig {f['eig_s']:.2f}s vs "
+                    f"{r['loop']['eig_s']:.2f}s ({r['speedup_eig'][m]:.1f}x)",
+                    flush=True,
+                )
     out = {"device": device_name(device), "torch": torch.__version__, "quick": args.quick,
            "config": {k: v for k, v in cfg.items() if k != "models"}, "results": results}  # fmt: skip
     with open(args.out, "w") as f:

@@ -4,24 +4,32 @@ For each width k and pack size K: model-steps per second of
 
 - ``sequential``: a plain ``nn.Module`` + ``torch.optim.SGD`` loop (forward, backward, step),
   one model at a time, the way a research script trains, at the same precision;
-- ``packed``: ``landscape.train.train_step`` on K stacked members (the step sweeps use).
+- ``packed``: ``landscape.train.train_step`` on K stacked members (the step sweeps use),
+  eagerly (``eager``) and, on a CUDA device, recorded once as a CUDA graph and replayed
+  (``graph``: ``landscape.train.GraphedTrainStep``, what sweeps do on a GPU by default);
+  members share kernels as ``train.pack_step`` says (``auto``: vmap for small models, one
+  after another in channels-last layout for large ones; ``--step-modes`` forces one).
 
-Speed-up = packed / sequential, per model. Achieved TFLOP/s = K x 3 x forward FLOPs (counted by
-``torch.utils.flop_counter``) per step / time, against a bf16 matrix-multiply peak measured in
-the same run. No Ray. JSON out.
+The two are timed in alternating rounds (``--rounds``) so that drifts of a shared machine
+reach both; the medians give the speed-up = packed / sequential, per model. Achieved TFLOP/s
+= K x 3 x forward FLOPs (counted by ``torch.utils.flop_counter``) per step / time, against a
+bf16 matrix-multiply peak measured in the same run. No Ray. JSON out.
 
     python benchmarks/bench_packing.py --device cuda --model resnet18 --widths 4 8 16 32 64 \
-        --pack-sizes 8 32 --precision bf16 --out bench_packing.json
+        --pack-sizes 8 32 64 --modes graph --out bench_packing.json
     python benchmarks/bench_packing.py --quick        # CPU smoke run, under a minute
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
+import statistics
 import time
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +37,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from landscape.functional import init_stack
 from landscape.models import build_model
-from landscape.train import StepFn, autocast, new_optim_state, train_step
+from landscape.train import GraphedTrainStep, StepFn, autocast, new_optim_state, train_step
+from landscape.train import step_mode as step_mode_of
 from landscape.variant import ModelSpec, OptimSpec, TrainSpec, Variant
 
 warnings.filterwarnings(
@@ -68,6 +77,33 @@ def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
+def make_packed(
+    args,
+    device: torch.device,
+    spec: ModelSpec,
+    optim: OptimSpec,
+    K: int,
+    mode: str,
+    step_mode: str,
+) -> tuple[Callable[[], object], str]:
+    """A packed step of K members (fresh stack and optimiser state) and its resolved
+    ``train.pack_step`` (``auto`` decides as ``landscape.train.train_pack`` does)."""
+    shape, B = tuple(args.input_shape), args.batch_size
+    train = TrainSpec(precision=args.precision, pack_step=step_mode)
+    variants = [Variant(model=spec, optim=optim, train=train, seed=s) for s in range(K)]
+    resolved = step_mode_of(variants[0], shape, args.classes, device)
+    net, stack = init_stack(lambda: build_model(spec, shape, args.classes), range(K), device)
+    state = new_optim_state([v.optim for v in variants], stack)
+    step_fn = StepFn(net, compile=args.compile, mode=resolved, channels_last=resolved == "loop")
+    xs = torch.randn(K, B, *shape, device=device)
+    ys = torch.randint(args.classes, (K, B), device=device)
+    lr = torch.full((K,), 0.05, device=device)
+    if mode == "graph":
+        graphed = GraphedTrainStep(step_fn, stack, state, args.precision)
+        return (lambda: graphed(xs, ys, lr)), resolved
+    return (lambda: train_step(step_fn, stack, state, xs, ys, lr, args.precision)), resolved
+
+
 def bench_width(args, device: torch.device, width: int, pack_sizes: list[int]) -> list[dict]:
     spec = ModelSpec(args.model, width=width, batch_norm=True)
     shape = tuple(args.input_shape)
@@ -88,46 +124,43 @@ def bench_width(args, device: torch.device, width: int, pack_sizes: list[int]) -
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    seq = timed(sequential_step, args.steps, args.warmup, device)
     rows = []
     for K in pack_sizes:
-        variants = [
-            Variant(model=spec, optim=optim, train=TrainSpec(precision=args.precision), seed=s)
-            for s in range(K)
-        ]
-        net, stack = init_stack(lambda: build_model(spec, shape, args.classes), range(K), device)
-        state = new_optim_state([v.optim for v in variants], stack)
-        step_fn = StepFn(net, compile=args.compile)
-        xs = torch.randn(K, B, *shape, device=device)
-        ys = torch.randint(args.classes, (K, B), device=device)
-        lr = torch.full((K,), 0.05, device=device)
-
-        def packed_step() -> None:
-            train_step(step_fn, stack, state, xs, ys, lr, args.precision)  # noqa: B023
-
-        try:
-            sec = timed(packed_step, args.steps, args.warmup, device)
-        except torch.OutOfMemoryError:
-            rows.append({"model": args.model, "width": width, "pack": K, "status": "out of memory"})
-            torch.cuda.empty_cache()
-            continue
-        packed_rate, seq_rate = K / sec, 1 / seq
-        rows.append(
-            {
-                "model": args.model,
-                "width": width,
-                "pack": K,
-                "batch": B,
-                "precision": args.precision,
-                "params_per_model": sum(p.numel() for p in model.parameters()),
-                "sequential_model_steps_per_s": round(seq_rate, 2),
-                "packed_model_steps_per_s": round(packed_rate, 2),
-                "speedup": round(packed_rate / seq_rate, 2),
-                "packed_tflops": round(3 * flops * K / sec / 1e12, 3),
-                "sequential_tflops": round(3 * flops / seq / 1e12, 3),
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+        for step_mode, mode in itertools.product(args.step_modes, args.modes):
+            row = {"model": args.model, "width": width, "pack": K, "step": step_mode,
+                   "mode": mode, "batch": B, "precision": args.precision}  # fmt: skip
+            try:
+                packed, row["step"] = make_packed(args, device, spec, optim, K, mode, step_mode)
+                # sequential and packed timed in turns, so that drifts of the machine (its
+                # clocks, its other tenants) reach both; medians of the rounds
+                seq_s, packed_s = [], []
+                for r in range(args.rounds):
+                    seq_s.append(timed(sequential_step, args.steps, args.warmup, device))
+                    warm = args.warmup if r == 0 else 1
+                    packed_s.append(timed(packed, args.steps, warm, device))
+            except torch.OutOfMemoryError:
+                rows.append({**row, "status": "out of memory"})
+                print(json.dumps(rows[-1]), flush=True)
+                torch.cuda.empty_cache()
+                continue
+            seq, sec = statistics.median(seq_s), statistics.median(packed_s)
+            packed_rate, seq_rate = K / sec, 1 / seq
+            rows.append(
+                {
+                    **row,
+                    "params_per_model": sum(p.numel() for p in model.parameters()),
+                    "sequential_model_steps_per_s": round(seq_rate, 2),
+                    "sequential_rounds_steps_per_s": [round(1 / t, 1) for t in seq_s],
+                    "packed_model_steps_per_s": round(packed_rate, 2),
+                    "packed_rounds_model_steps_per_s": [round(K / t, 1) for t in packed_s],
+                    "speedup": round(packed_rate / seq_rate, 2),
+                    "packed_tflops": round(3 * flops * K / sec / 1e12, 3),
+                    "sequential_tflops": round(3 * flops / seq / 1e12, 3),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+            del packed
+            torch.cuda.empty_cache() if device.type == "cuda" else None
     return rows
 
 
@@ -144,8 +177,23 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="torch.compile the packed step")
+    p.add_argument(
+        "--step-modes",
+        nargs="+",
+        choices=["auto", "vmap", "loop"],
+        default=["auto"],
+        help="train.pack_step: how the members share kernels (loop runs NHWC on CUDA)",
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["eager", "graph"],
+        default=None,
+        help="packed step modes (default: eager and graph on CUDA, eager on a CPU)",
+    )
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="turns of sequential and packed timing")
     p.add_argument(
         "--quick", action="store_true", help="CPU smoke run: cnn, widths 4 8, packs 4 8, few steps"
     )
@@ -154,7 +202,10 @@ def main() -> None:
     if args.quick:
         args.model, args.widths, args.pack_sizes = "cnn", [4, 8], [4, 8]
         args.batch_size, args.steps, args.warmup, args.precision = 32, 5, 1, "fp32"
+        args.rounds = 1
     device = torch.device(args.device)
+    if args.modes is None:
+        args.modes = ["eager", "graph"] if device.type == "cuda" else ["eager"]
     torch.manual_seed(0)
     peak_n = 8192 if device.type == "cuda" else 1024
     peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -19,11 +19,15 @@ from landscape.variant import Variant, canonical_json
 
 
 def save_checkpoints(pack: TrainedPack, directory: Path | str) -> list[Path]:
-    """Write ``<variant_id>.pt`` for every member (atomically: temporary name, then rename)."""
+    """Write ``<variant_id>.pt`` for every member that did not diverge (atomically: temporary
+    name, then rename). A diverged member has no model worth keeping: the engine zeroes it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
+    alive = pack.alive.tolist()
     for k, v in enumerate(pack.variants):
+        if not alive[k]:
+            continue
         params, buffers = unstack(pack.final, k)
         payload = {
             "variant": canonical_json(v),

@@ -11,12 +11,32 @@ vmap cannot batch. BatchNorm runs in float32 even under bf16 autocast (see
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
+import torch
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from landscape.variant import ConfigError, ModelSpec
+
+_NATIVE_NORM: ContextVar[bool] = ContextVar("native_norm", default=False)
+
+
+@contextmanager
+def native_norm() -> Iterator[None]:
+    """Inside this context BatchNorm takes low-precision activations as they are (the
+    library normalises them with float32 statistics and parameters, as in ordinary mixed
+    precision training), saving two casts of every activation. For models run one member
+    at a time (``StepFn`` mode ``loop``); not under vmap (see :class:`_Float32Norm`)."""
+    token = _NATIVE_NORM.set(True)
+    try:
+        yield
+    finally:
+        _NATIVE_NORM.reset(token)
 
 
 class _Float32Norm:
@@ -25,6 +45,8 @@ class _Float32Norm:
     BFloat16 but got Float"); float32 inside the stacked model avoids it."""
 
     def forward(self, x: Tensor) -> Tensor:
+        if _NATIVE_NORM.get():
+            return super().forward(x)  # type: ignore[misc]
         return super().forward(x.float()).to(x.dtype)  # type: ignore[misc]
 
 
@@ -237,3 +259,17 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int)
             f"model.name must be one of {', '.join(sorted(MODELS))}, got {spec.name!r}"
         )
     return MODELS[spec.name](spec, tuple(input_shape), num_classes)
+
+
+@functools.lru_cache(maxsize=4096)
+def model_forward_flops(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> float:
+    """Forward FLOPs of one example (two per multiply-accumulate, as ``torch.utils.flop_counter``
+    counts), counted on the ``meta`` device: nothing is allocated or computed. A model whose
+    work the counter cannot see (no matmul or convolution) counts its parameter count."""
+    with torch.device("meta"):
+        model = build_model(spec, input_shape, num_classes).eval()  # BatchNorm takes 1 example
+        x = torch.empty(1, *input_shape)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x)
+    return max(float(counter.get_total_flops()), float(sum(p.numel() for p in model.parameters())))

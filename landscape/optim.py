@@ -93,45 +93,47 @@ class _Local:
 
 
 Slots = dict[str, Tensor]
-Rule = Callable[[OptimSpec, Tensor, Tensor, Slots, _Local, int], tuple[Tensor, Slots]]
+Rule = Callable[[OptimSpec, Tensor, Tensor, Slots, _Local, Tensor], tuple[Tensor, Slots]]
 
 
 def _sgd(
-    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: Tensor
 ) -> tuple[Tensor, Slots]:
-    # g += wd*p; buf = mu*buf + g (buf = g at step 1); p -= lr*(g + mu*buf if nesterov else buf)
+    # g += wd*p; buf = mu*buf + g; p -= lr*(g + mu*buf if nesterov else buf). The buffer starts
+    # at zeros, so step 1 gives buf = g exactly, as torch's clone of the first gradient does.
     g = g + h.weight_decay * p
-    buf = g if step == 1 else h.momentum * s["momentum_buffer"] + g
+    buf = h.momentum * s["momentum_buffer"] + g
     direction = g + h.momentum * buf if spec.nesterov else buf
     return p - h.lr * direction, {"momentum_buffer": buf}
 
 
 def _adam_core(
-    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: Tensor
 ) -> tuple[Tensor, Slots]:
     # m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2; p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
     beta1, beta2 = spec.betas
     m = s["exp_avg"].lerp(g, 1 - beta1)
     v = s["exp_avg_sq"] * beta2 + (1 - beta2) * g * g
-    bias1, bias2 = 1 - beta1**step, 1 - beta2**step
-    denom = v.sqrt() / math.sqrt(bias2) + spec.eps
+    t = step.double()  # a 0-dim device tensor; float64 keeps 1 - 0.999**t exact to float32
+    bias1, bias2 = 1 - beta1**t, 1 - beta2**t
+    denom = v.sqrt() / bias2.sqrt() + spec.eps
     return p - (h.lr / bias1) * m / denom, {"exp_avg": m, "exp_avg_sq": v}
 
 
 def _adam(
-    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: Tensor
 ) -> tuple[Tensor, Slots]:
     return _adam_core(spec, p, g + h.weight_decay * p, s, h, step)  # L2: decay through the gradient
 
 
 def _adamw(
-    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: Tensor
 ) -> tuple[Tensor, Slots]:
     return _adam_core(spec, p * (1 - h.lr * h.weight_decay), g, s, h, step)  # decoupled decay first
 
 
 def _rmsprop(
-    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: Tensor
 ) -> tuple[Tensor, Slots]:
     # g += wd*p; sq = alpha*sq + (1-alpha)*g^2; buf = mu*buf + g/(sqrt(sq) + eps); p -= lr*buf
     # (with mu = 0 the buffer is exactly g/(sqrt(sq) + eps): torch's momentum-free update)
@@ -142,7 +144,7 @@ def _rmsprop(
 
 
 def _adagrad(
-    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: int
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: Tensor
 ) -> tuple[Tensor, Slots]:
     # g += wd*p; sum += g^2; p -= lr * g/(sqrt(sum) + eps)   (lr_decay 0, initial accumulator 0)
     g = g + h.weight_decay * p
@@ -189,20 +191,34 @@ def apply_update(
     state: dict[str, Params],
     hypers: MemberHypers,
     lr: Tensor,
-    step: int,
+    step: int | Tensor,
     alive: Tensor,
-) -> None:
-    """One in-place update of every member. ``lr`` is the (K,) learning rate for this step
-    (schedule applied); members where the (K,) bool ``alive`` is False keep their parameters
-    and optimiser state exactly (a diverged member is frozen, NaN gradients and all).
-    ``step`` counts from 1 (Adam's bias correction uses it)."""
+) -> Tensor:
+    """One in-place update of every member; returns the (K,) bool of members still alive.
+
+    ``lr`` is the (K,) learning rate for this step (schedule applied). A member whose
+    (K,) ``alive`` entry is False, or whose updated parameters are not all finite, is dead:
+    its parameters and optimiser state are set to zero and stay there. Zero, not the last
+    values: batched kernels (a grouped convolution on a GPU may compute several members in
+    one tile) can carry a member's NaN or inf into its neighbours, and zeros carry nothing.
+    ``step`` counts from 1 (Adam's bias correction uses it); given as a 0-dim tensor on the
+    device, nothing here reads a value back to the host, so the update can be recorded in a
+    CUDA graph."""
     rule, slots = _rule(spec)
+    if not isinstance(step, Tensor):
+        step = torch.tensor(step, device=alive.device)
+    updates: dict[str, tuple[Tensor, Slots]] = {}
+    finite = alive.bool()
     for name, p in params.items():
         lr_p = lr * lr_multiplier(spec, name) if spec.lr_multipliers else lr
         h = _Local(_bcast(lr_p, p), _bcast(hypers.momentum, p), _bcast(hypers.weight_decay, p))
         old = {slot: state[slot][name] for slot in slots}
-        new_p, new = rule(spec, p, grads[name], old, h, step)
-        keep = alive.bool().view(-1, *([1] * (p.dim() - 1)))
-        p.copy_(torch.where(keep, new_p, p))
+        updates[name] = rule(spec, p, grads[name], old, h, step)
+        finite = finite & updates[name][0].isfinite().flatten(1).all(1)
+    for name, p in params.items():
+        new_p, new = updates[name]
+        keep = finite.view(-1, *([1] * (p.dim() - 1)))
+        p.copy_(torch.where(keep, new_p, 0))
         for slot in slots:
-            old[slot].copy_(torch.where(keep, new[slot], old[slot]))
+            state[slot][name].copy_(torch.where(keep, new[slot], 0))
+    return finite

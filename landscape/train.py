@@ -6,8 +6,10 @@ then one functional optimiser update with per-member hyperparameters. Each membe
 its own seed (initialisation and data order), learning rate, momentum, weight decay and
 label noise, so a pack of K ends where K solo runs would (tests check this).
 
-A member whose loss turns NaN or inf is marked diverged at that step and frozen; the
-others go on unchanged (vmap keeps members independent). No host sync in the hot loop:
+A member whose loss turns NaN or inf, or whose update makes a parameter non-finite, is
+marked diverged at that step; from then on its parameters, optimiser state and BatchNorm
+statistics are zero (so no NaN of it can reach the others through a batched kernel) and its
+losses and accuracies read NaN. The others go on unchanged. No host sync in the hot loop:
 divergence is tracked with tensor ops and read once per epoch.
 """
 
@@ -26,9 +28,10 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from landscape.augment import augment_batch
+from landscape.cudagraph import CudaGraphed
 from landscape.data import Dataset, member_view, subset_size
 from landscape.functional import FunctionalNet, Params, Stack, init_stack
-from landscape.models import build_model
+from landscape.models import build_model, model_forward_flops, native_norm
 from landscape.optim import MemberHypers, apply_update, base_lr, init_state, lr_factor
 from landscape.pack import PackData, TrainedPack, pack_key
 from landscape.variant import ConfigError, OptimSpec, Variant
@@ -44,8 +47,10 @@ def resolve_device(device: str) -> torch.device:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast, or nothing for fp32. The cast cache is off: it may not outlive a CUDA
+    graph capture, and no weight is used twice in one of our forward passes."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
@@ -96,20 +101,81 @@ def _member_train_loss(net: FunctionalNet) -> Callable[..., tuple[Tensor, tuple[
 
 @dataclass
 class StepFn:
-    """The vmapped gradient of the per-member training loss: (params, buffers, x, y) stacked
-    over K -> (grads, (loss (K,), accuracy (K,)))."""
+    """The gradient of the per-member training loss over a pack: (params, buffers, x, y)
+    stacked over K -> (grads, loss (K,), accuracy (K,)).
+
+    ``vmap`` (the default) batches the members into each kernel (a convolution becomes one
+    grouped convolution over the pack): the fast way for small models, whose kernels are
+    too small to fill a GPU. ``loop`` runs the members one after another on views of the
+    stacked tensors, each with the library's ordinary kernels: for wide models whose
+    kernels fill the GPU on their own, recorded as one CUDA graph (:class:`GraphedTrainStep`).
+    Both compute the same function (tests compare them)."""
 
     net: FunctionalNet
     compile: bool = False
+    mode: str = "vmap"
+    channels_last: bool = False  # loop mode, images on CUDA: NHWC activations (for tensor cores)
     fn: Callable = field(init=False)
 
     def __post_init__(self) -> None:
-        g = vmap(grad_and_value(_member_train_loss(self.net), has_aux=True))
+        member = grad_and_value(_member_train_loss(self.net), has_aux=True)
+        if self.mode == "vmap":
+            g = vmap(member)
+        elif self.mode == "loop":
+            g = _looped(member, self.channels_last)
+        else:
+            raise ValueError(f"StepFn mode must be vmap or loop, got {self.mode!r}")
         self.fn = torch.compile(g) if self.compile else g
 
     def __call__(self, params: Params, buffers: Params, x: Tensor, y: Tensor):
         grads, (_, (loss, acc)) = self.fn(params, buffers, x, y)
         return grads, loss, acc
+
+
+LOOP_FLOPS = 2e10  # forward FLOPs of one member's batch from which ``auto`` runs members in turn
+
+
+def step_mode(
+    variant: Variant, input_shape: tuple[int, ...], num_classes: int, device: torch.device
+) -> str:
+    """``train.pack_step`` resolved: ``auto`` is ``loop`` on a CUDA device when one member's
+    batch is at least :data:`LOOP_FLOPS` forward FLOPs (its kernels fill the GPU alone; an
+    H100 crosses over between CIFAR ResNet18 widths 16 and 32 at batch 128, see the README's
+    benchmarks), else ``vmap``."""
+    if variant.train.pack_step != "auto":
+        return variant.train.pack_step
+    if device.type != "cuda":
+        return "vmap"
+    flops = model_forward_flops(variant.model, tuple(input_shape), num_classes)
+    return "loop" if flops * variant.optim.batch_size >= LOOP_FLOPS else "vmap"
+
+
+def _looped(member: Callable, channels_last: bool) -> Callable:
+    """``member`` applied to each member's views in turn, results stacked like vmap's."""
+
+    def inputs(x: Tensor) -> Tensor:
+        if channels_last and x.dim() == 4 and x.is_cuda:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def run(params: Params, buffers: Params, x: Tensor, y: Tensor):
+        with native_norm():
+            outs = [
+                member(
+                    {n: p[k] for n, p in params.items()},
+                    {n: b[k] for n, b in buffers.items()},  # views: BN stats update in place
+                    inputs(x[k]),
+                    y[k],
+                )
+                for k in range(x.shape[0])
+            ]
+        grads = {n: torch.stack([o[0][n] for o in outs]) for n in params}
+        value = torch.stack([o[1][0] for o in outs])
+        loss = torch.stack([o[1][1][0] for o in outs])
+        acc = torch.stack([o[1][1][1] for o in outs])
+        return grads, (value, (loss, acc))
+
+    return run
 
 
 @dataclass
@@ -119,7 +185,14 @@ class OptimState:
     state: dict[str, Params]
     alive: Tensor  # (K,) bool
     diverged_step: Tensor  # (K,) int64, -1 while alive
-    step: int = 0
+    step: int = 0  # steps taken (the host's count: the schedule reads it)
+    step_t: Tensor | None = None  # the same count as a 0-dim int64 tensor on the device
+
+    def device_step(self) -> Tensor:
+        """The device counter, made from the host count on first use (before a step)."""
+        if self.step_t is None:
+            self.step_t = torch.tensor(self.step, dtype=torch.long, device=self.alive.device)
+        return self.step_t
 
 
 def new_optim_state(specs: Sequence[OptimSpec], stack: Stack) -> OptimState:
@@ -147,15 +220,65 @@ def train_step(
 ) -> tuple[Tensor, Tensor]:
     """One packed SGD-family step in place on ``stack`` and ``opt``. x (K, B, ...), y (K, B),
     lr (K,) this step's learning rates. Returns the members' minibatch loss and accuracy."""
+    opt.device_step()  # made from the count of steps taken so far
+    opt.step += 1
+    return _device_step(step_fn, stack, opt, x, y, lr, precision)
+
+
+def _device_step(
+    step_fn: StepFn,
+    stack: Stack,
+    opt: OptimState,
+    x: Tensor,
+    y: Tensor,
+    lr: Tensor,
+    precision: str,
+) -> tuple[Tensor, Tensor]:
+    """The device half of :func:`train_step`: every state change is in place on tensors that
+    live across steps and nothing is read back to the host, so it can be recorded once as a
+    CUDA graph and replayed (:class:`GraphedTrainStep`)."""
+    step = opt.device_step()
     with autocast(x.device, precision):
         grads, loss, acc = step_fn(stack.params, stack.buffers, x, y)
-    opt.step += 1
-    finite = torch.isfinite(loss)
-    newly_dead = opt.alive & ~finite
-    opt.diverged_step = torch.where(newly_dead, opt.step, opt.diverged_step)
-    opt.alive = opt.alive & finite
-    apply_update(opt.spec, stack.params, grads, opt.state, opt.hypers, lr, opt.step, opt.alive)
+    step.add_(1)
+    # dead from this step on: a non-finite loss, or parameters the update made non-finite
+    alive = apply_update(
+        opt.spec, stack.params, grads, opt.state, opt.hypers, lr, step,
+        opt.alive & torch.isfinite(loss),
+    )  # fmt: skip
+    opt.diverged_step.copy_(torch.where(opt.alive & ~alive, step, opt.diverged_step))
+    opt.alive.copy_(alive)
+    for b in stack.buffers.values():  # BatchNorm statistics of a dead member: zero too
+        b.copy_(torch.where(alive.view(-1, *([1] * (b.dim() - 1))), b, 0))
     return loss, acc
+
+
+class GraphedTrainStep:
+    """:func:`train_step` on a CUDA device, recorded once as a CUDA graph and then replayed.
+
+    A packed step of a small model is hundreds of tiny kernels whose launch costs more than
+    their work; a graph replay launches them all at once. The arithmetic is the same kernels
+    as the eager step's, and every call is a real training step (see
+    :class:`landscape.cudagraph.CudaGraphed`: the first calls run eagerly, the next records
+    and replays). Batches and learning rates are copied into the graph's input buffers; the
+    parameters, buffers and optimiser state are updated in place. On a CPU, or if recording
+    fails (with a warning), it is :func:`train_step`.
+    """
+
+    def __init__(
+        self, step_fn: StepFn, stack: Stack, opt: OptimState, precision: str, warmup: int = 3
+    ):
+        self.opt = opt
+        opt.device_step()  # the step counter must exist before recording
+
+        def device_step(x: Tensor, y: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
+            return _device_step(step_fn, stack, opt, x, y, lr, precision)
+
+        self.graphed = CudaGraphed(device_step, warmup=warmup, max_graphs=1)
+
+    def __call__(self, x: Tensor, y: Tensor, lr: Tensor) -> tuple[Tensor, Tensor]:
+        self.opt.step += 1
+        return self.graphed(x, y, lr)
 
 
 @torch.no_grad()
@@ -270,7 +393,10 @@ def train_pack(
     )
     init = stack.clone()
     opt = new_optim_state([v.optim for v in variants], stack)
-    step_fn = StepFn(net, compile=first.train.compile)
+    mode = step_mode(first, dataset.input_shape, dataset.num_classes, device)
+    step_fn = StepFn(net, compile=first.train.compile, mode=mode, channels_last=mode == "loop")
+    graphs = first.train.cuda_graphs and device.type == "cuda"
+    step = GraphedTrainStep(step_fn, stack, opt, first.train.precision) if graphs else None
     generators = [torch.Generator().manual_seed(v.seed) for v in variants]
     # augmentation draws on the device, from each member's own stream (packed = solo)
     aug_generators = [torch.Generator(device).manual_seed(v.seed + 7_000_003) for v in variants]
@@ -302,11 +428,14 @@ def train_pack(
             x = augment_batch(x, first.data, aug_generators, fill=pad)
             lca = recorder is not None and recorder.records_lca
             before = {n: p.detach().clone() for n, p in stack.params.items()} if lca else None
-            train_step(step_fn, stack, opt, x, y, base * factor, precision)
+            if step is not None:
+                step(x, y, base * factor)
+            else:
+                train_step(step_fn, stack, opt, x, y, base * factor, precision)
             if before is not None:
                 recorder.record_lca(opt.step, before, view())
             observe(base * factor)
-        metrics = evaluate_pack(net, stack, data, precision)
+        metrics = _dead_as_nan(evaluate_pack(net, stack, data, precision), opt.alive)
         _record(curves, epoch, opt.step, base * factor, metrics)
         if keep_best:
             better = opt.alive & (metrics["train_loss"] < best_metrics["train_loss"])
@@ -328,6 +457,11 @@ def train_pack(
         curves=curves,
         wall_time_s=time.perf_counter() - t0,
     )
+
+
+def _dead_as_nan(metrics: dict[str, Tensor], alive: Tensor) -> dict[str, Tensor]:
+    """A diverged member's (zeroed) model measures nothing: NaN."""
+    return {k: torch.where(alive, v, float("nan")) for k, v in metrics.items()}
 
 
 def _where_members(mask: Tensor, a: Stack, b: Stack) -> Stack:

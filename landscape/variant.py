@@ -26,6 +26,7 @@ DATA_NAMES = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar
 OPTIM_NAMES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("fp32", "bf16")
+PACK_STEPS = ("auto", "vmap", "loop")
 CHECKPOINTS = ("final", "best_train_loss")
 
 
@@ -169,6 +170,8 @@ class TrainSpec:
     )
     precision: str = "fp32"
     compile: bool = False
+    cuda_graphs: bool = True  # on a CUDA device, record the packed step once and replay it
+    pack_step: str = "auto"  # vmap | loop | auto: how members share kernels (StepFn mode)
 
     def __post_init__(self) -> None:
         _require(
@@ -179,6 +182,7 @@ class TrainSpec:
         )
         _choice("train.checkpoint", self.checkpoint, CHECKPOINTS)
         _choice("train.precision", self.precision, PRECISIONS)
+        _choice("train.pack_step", self.pack_step, PACK_STEPS)
 
 
 def canonical_json(obj: Any) -> str:
@@ -192,7 +196,8 @@ def short_hash(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
 
 
-NOT_IDENTITY = ("data.root", "data.download")  # where data lives, not what it is
+# where data lives, not what it is; how the same kernels are launched, not what they compute
+NOT_IDENTITY = ("data.root", "data.download", "train.cuda_graphs", "train.pack_step")
 
 
 @dataclass(frozen=True)

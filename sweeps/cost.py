@@ -10,17 +10,13 @@ scheduling), and they split a pack that alone would be more than a fair share of
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 from landscape.data import subset_size
 from landscape.measure import MetricsSpec
-from landscape.models import build_model
-from landscape.variant import ModelSpec, Variant
+from landscape.models import model_forward_flops
+from landscape.variant import Variant
 from sweeps.config import train_set_size
 
 # (input shape, classes) of the built-in data sets; synthetic data carries its own.
@@ -47,23 +43,10 @@ def _data_shape(v: Variant) -> tuple[tuple[int, ...], int]:
     return DATA_SHAPES[v.data.name]
 
 
-@functools.lru_cache(maxsize=4096)
-def _forward_flops(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> float:
-    with torch.device("meta"):
-        model = build_model(spec, input_shape, num_classes)
-        x = torch.empty(1, *input_shape)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    flops = float(counter.get_total_flops())
-    # a model whose work the counter cannot see (no matmul or convolution) still costs something
-    return max(flops, float(sum(p.numel() for p in model.parameters())))
-
-
 def forward_flops(v: Variant) -> float:
     """Forward FLOPs for one example of this variant's model and data."""
     shape, classes = _data_shape(v)
-    return _forward_flops(v.model, shape, classes)
+    return model_forward_flops(v.model, shape, classes)
 
 
 def variant_cost(v: Variant, metrics: MetricsSpec) -> float:

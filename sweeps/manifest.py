@@ -5,7 +5,8 @@ union over every command that added to the directory), the planned variant ids, 
 and package versions. A command may add to a results directory when its *base config*
 matches: the composed config with the axes left out (their values are the sweep) and the
 run-only keys left out (where and how it runs, which metrics it measures: metrics have
-their own check, by ``metrics_id``).
+their own check, by ``metrics_id``), the keys that variant ids leave out among them (where the
+data lives, how the packed step is launched).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from landscape.variant import ConfigError
+from landscape.variant import NOT_IDENTITY, ConfigError
 from sweeps.config import SweepPlan
 from sweeps.store import code_version, package_versions
 
@@ -34,7 +35,7 @@ def base_config(config: dict, axes: list[str]) -> dict:
     base = copy.deepcopy(_plain(config))
     for key in RUN_ONLY:
         base.pop(key, None)
-    for axis in axes:
+    for axis in [*NOT_IDENTITY, *axes]:
         node = base
         *parents, leaf = axis.split(".")
         for part in parents:

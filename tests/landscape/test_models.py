@@ -173,3 +173,22 @@ def test_vmapped_gradients_equal_a_loop_for_resnet18():
         flat = torch.cat([grads[n][k].flatten() for n in params])
         ref = torch.cat([g_k[n].flatten() for n in params])
         assert (flat - ref).norm() <= 5e-5 * ref.norm()  # float rounding only (seen: ~5e-6)
+
+
+@pytest.mark.parametrize(
+    "spec,shape",
+    [
+        (ModelSpec("resnet18", width=2, batch_norm=True), (1, 8, 8)),  # down to 1x1 at the end
+        (ModelSpec("mlp", width=16, depth=2, batch_norm=True), (64,)),
+    ],
+    ids=["resnet18-bn-8x8", "mlp-bn"],
+)
+def test_forward_flops_of_batchnorm_models_on_small_inputs(spec, shape):
+    """Counted on one example: BatchNorm must not ask for a batch (eval mode)."""
+    from landscape.models import model_forward_flops
+
+    flops = model_forward_flops(spec, shape, 10)
+    if spec.name == "mlp":
+        assert flops == 2 * (64 * 16 + 16 * 16 + 16 * 10)
+    else:
+        assert flops > 2 * 3 * 3 * 1 * 2 * 8 * 8  # at least the stem convolution

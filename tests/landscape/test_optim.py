@@ -109,29 +109,50 @@ def test_matches_torch_optim_per_member(spec, torch_cls, torch_kwargs):
 
 
 @pytest.mark.parametrize(("spec", "torch_cls", "torch_kwargs"), CASES)
-def test_dead_members_stay_exactly_frozen(spec, torch_cls, torch_kwargs):
-    params = _stacked_params()
-    state = init_state(spec, params)
+def test_dead_members_are_zeroed_and_the_others_move_on(spec, torch_cls, torch_kwargs):
+    """A dead member (NaN gradients here) is set to zero, parameters and state, and stays
+    there; the live members' updates are exactly those of a pack without it."""
+    params, reference = _stacked_params(), _stacked_params()
+    state, ref_state = init_state(spec, params), init_state(spec, reference)
     hypers = _hypers(torch_kwargs)
+    everyone = torch.ones(K, dtype=torch.bool)
     alive = torch.tensor([True, False, True])
-    apply_update(
-        spec, params, _grads(1), state, hypers, hypers.lr, 1, torch.ones(K, dtype=torch.bool)
-    )
-    frozen_p = {n: p[1].clone() for n, p in params.items()}
-    frozen_s = {s: {n: t[1].clone() for n, t in slot.items()} for s, slot in state.items()}
-    moved = {n: p[0].clone() for n, p in params.items()}
-    for step in range(2, 5):
+    for step in range(1, 5):
         grads = _grads(step)
-        for g in grads.values():
-            g[1] = float("nan")  # a diverged member's gradients
-        apply_update(spec, params, grads, state, hypers, hypers.lr, step, alive)
+        apply_update(spec, reference, grads, ref_state, hypers, hypers.lr, step, everyone)
+        if step > 1:
+            for g in grads.values():
+                g[1] = float("nan")  # a diverged member's gradients
+        still = apply_update(
+            spec, params, grads, state, hypers, hypers.lr, step, alive if step > 1 else everyone
+        )
+        assert still.tolist() == ([True, True, True] if step == 1 else [True, False, True])
     for n, p in params.items():
-        assert torch.equal(p[1], frozen_p[n])
-        assert not torch.equal(p[0], moved[n])
-        assert torch.isfinite(p).all()
-    for s, slot in state.items():
-        for n, t in slot.items():
-            assert torch.equal(t[1], frozen_s[s][n])
+        assert torch.equal(p[1], torch.zeros_like(p[1]))
+        assert torch.equal(p[[0, 2]], reference[n][[0, 2]])
+    for slot in state.values():
+        for t in slot.values():
+            assert torch.equal(t[1], torch.zeros_like(t[1]))
+
+
+def test_an_update_that_makes_parameters_non_finite_kills_the_member():
+    spec = OptimSpec(name="sgd", momentum=0.9)
+    params = _stacked_params()
+    hypers = MemberHypers.from_specs([spec] * K, "cpu")
+    lr = torch.tensor([0.1, math.inf, 0.1])
+    still = apply_update(
+        spec,
+        params,
+        _grads(1),
+        init_state(spec, params),
+        hypers,
+        lr,
+        1,
+        torch.ones(K, dtype=torch.bool),
+    )
+    assert still.tolist() == [True, False, True]
+    assert all(torch.equal(p[1], torch.zeros_like(p[1])) for p in params.values())
+    assert all(torch.isfinite(p).all() for p in params.values())
 
 
 def test_init_state_slots_are_zeros_shaped_like_params():

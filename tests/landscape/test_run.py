@@ -63,6 +63,20 @@ def test_checkpoints_round_trip_with_weights_only(tiny_variant, tmp_path):
     assert not list(tmp_path.glob(".*"))  # no temporary files left
 
 
+def test_a_diverged_member_gets_no_checkpoint_and_nan_losses(tiny_variant, tmp_path):
+    ok, bad = (
+        tiny_variant(seed=0),
+        tiny_variant(optim=OptimSpec(lr=math.inf, batch_size=16), seed=1),
+    )
+    rows = run_pack([ok, bad], FAST, load_dataset(ok.data), checkpoint_dir=tmp_path)
+    status = {r["variant_id"]: r for r in rows.tables["runs"]}
+    assert status[bad.variant_id]["status"] == "diverged"
+    assert status[bad.variant_id]["diverged_step"] == 1  # the update made its weights inf
+    assert math.isnan(status[bad.variant_id]["train_loss"])
+    assert math.isfinite(status[ok.variant_id]["train_loss"])
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == [f"{ok.variant_id}.pt"]
+
+
 def test_bf16_autocast_trains_on_the_cpu(tiny_variant):
     v = tiny_variant(
         model=ModelSpec("cnn", width=4, batch_norm=True),

@@ -108,3 +108,60 @@ def test_subset_and_label_noise_per_member(tiny_variant):
     assert not torch.equal(data.train_idx[0], data.train_idx[1])  # each seed draws its own subset
     clean = dataset.y_train[data.train_idx[1]]
     assert int((clean != data.y_train[1]).sum()) == 24  # exactly half the labels changed
+
+
+def loop_and_vmap_stacks(device: str, channels_last: bool = False):
+    """A pack trained three steps with StepFn mode vmap and with mode loop."""
+    from landscape.functional import init_stack
+    from landscape.models import build_model
+    from landscape.train import StepFn, new_optim_state, train_step
+
+    spec = ModelSpec("resnet18", width=2, batch_norm=True)
+    K, B = 3, 8
+    stacks = {}
+    for mode in ("vmap", "loop"):
+        net, stack = init_stack(lambda: build_model(spec, (3, 32, 32), 10), range(K), device)
+        optim = OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=B)
+        opt = new_optim_state([optim] * K, stack)
+        step_fn = StepFn(net, mode=mode, channels_last=channels_last)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            x = torch.randn(K, B, 3, 32, 32, generator=g).to(device)
+            y = torch.randint(10, (K, B), generator=g).to(device)
+            lr = torch.full((K,), 0.05, device=device)
+            train_step(step_fn, stack, opt, x, y, lr, "fp32")
+        stacks[mode] = stack
+    return stacks, lambda: init_stack(lambda: build_model(spec, (3, 32, 32), 10), range(K), device)
+
+
+def test_loop_step_equals_vmap_step():
+    """The two ways of running a pack's members compute the same training step."""
+    stacks, fresh = loop_and_vmap_stacks("cpu")
+    assert _max_diff(stacks["vmap"].params, stacks["loop"].params) < 1e-5
+    assert _max_diff(stacks["vmap"].buffers, stacks["loop"].buffers) < 1e-5
+    # the step moved the parameters (the comparison is not between two initialisations)
+    assert _max_diff(stacks["loop"].params, fresh()[1].params) > 1e-3
+
+
+def test_device_step_count_follows_the_host_count_and_dates_divergence():
+    """The step counter on the device (Adam's bias correction, divergence dates) equals the
+    host's count after every step, and a member is dated at the step whose loss went NaN."""
+    from landscape.functional import init_stack
+    from landscape.models import build_model
+    from landscape.train import StepFn, new_optim_state, train_step
+
+    spec = ModelSpec("mlp", width=4, depth=1)
+    net, stack = init_stack(lambda: build_model(spec, (6,), 3), range(2), "cpu")
+    opt = new_optim_state([OptimSpec(name="adam", lr=0.01, batch_size=4)] * 2, stack)
+    step_fn = StepFn(net)
+    g = torch.Generator().manual_seed(0)
+    for n in range(1, 5):
+        x = torch.randn(2, 4, 6, generator=g)
+        if n == 3:
+            x[1, 0, 0] = float("nan")  # member 1's loss is NaN at step 3
+        train_step(
+            step_fn, stack, opt, x, torch.zeros(2, 4, dtype=torch.long), opt.hypers.lr, "fp32"
+        )
+        assert opt.step == n and int(opt.step_t) == n
+    assert opt.diverged_step.tolist() == [-1, 3]
+    assert opt.alive.tolist() == [True, False]

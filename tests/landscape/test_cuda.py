@@ -1,0 +1,147 @@
+"""Checks that need a CUDA device (skipped without one): the CUDA-graph training step replays
+exactly what the eager step computes, bf16 autocast with BatchNorm inside a pack, a pack
+trained on the GPU agrees with the same pack trained on the CPU, and the graph-replayed
+Hessian-vector product equals the eager one for fresh probes at every call."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from landscape import DataSpec, ModelSpec, OptimSpec, TrainSpec, load_dataset
+from landscape.functional import init_stack
+from landscape.metrics.hessian import batched_hvp, hessian_trace, member_shapes
+from landscape.models import build_model
+from landscape.train import train_pack
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+
+def _max_diff(a, b):
+    return max((a[n].float().cpu() - b[n].float().cpu()).abs().max().item() for n in a)
+
+
+def _variants(tiny_variant, optim: str, precision: str, model: ModelSpec):
+    knobs = [(0, 0.05, 0.0), (1, math.inf, 5e-4), (2, 0.1, 1e-3)]  # member 1 diverges
+    return [
+        tiny_variant(
+            model=model,
+            data=DataSpec("digits", subset=256, augment=model.name == "cnn", label_noise=0.1),
+            optim=OptimSpec(name=optim, lr=lr, weight_decay=wd, batch_size=32, momentum=0.9),
+            train=TrainSpec(epochs=2, precision=precision, cuda_graphs=False),
+            seed=seed,
+        )
+        for seed, lr, wd in knobs
+    ]
+
+
+@pytest.mark.parametrize(
+    "optim,precision,model",
+    [
+        ("sgd", "fp32", ModelSpec("cnn", width=4, batch_norm=True)),
+        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True)),
+        ("adam", "fp32", ModelSpec("mlp", width=16, depth=2, batch_norm=True)),
+    ],
+    ids=["sgd-cnn-fp32", "sgd-resnet18-bf16", "adam-mlp-fp32"],
+)
+def test_graph_replay_equals_eager_steps(tiny_variant, optim, precision, model):
+    eager_variants = _variants(tiny_variant, optim, precision, model)
+    graph_variants = [
+        dataclasses.replace(v, train=dataclasses.replace(v.train, cuda_graphs=True))
+        for v in eager_variants
+    ]
+    dataset = load_dataset(eager_variants[0].data)
+    eager = train_pack(eager_variants, dataset, "cuda")
+    graphed = train_pack(graph_variants, dataset, "cuda")
+    assert eager.diverged_step == graphed.diverged_step
+    assert eager.diverged_step[1] is not None and eager.diverged_step[0] is None
+    for k in (0, 2):  # the diverged member holds NaNs; the live ones must agree
+        e, g = eager.pack.final.member(k), graphed.pack.final.member(k)
+        assert _max_diff(e.params, g.params) < 1e-5
+        assert _max_diff(e.buffers, g.buffers) < 1e-5
+    assert eager.final_metrics["train_loss"][0] == pytest.approx(
+        graphed.final_metrics["train_loss"][0], abs=1e-5
+    )
+
+
+def test_cuda_pack_agrees_with_cpu_pack(tiny_variant):
+    variants = [
+        tiny_variant(
+            model=ModelSpec("cnn", width=4, batch_norm=True),
+            data=DataSpec("digits", subset=256),
+            optim=OptimSpec(lr=0.05, batch_size=32, momentum=0.9),
+            train=TrainSpec(epochs=1),
+            seed=s,
+        )
+        for s in range(2)
+    ]
+    dataset = load_dataset(variants[0].data)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gpu = train_pack(variants, dataset, "cuda")
+    cpu = train_pack(variants, dataset, "cpu")
+    assert _max_diff(gpu.pack.final.params, cpu.pack.final.params) < 1e-3
+
+
+def _cnn_stack(device, members=3):
+    spec = ModelSpec("cnn", width=4, batch_norm=True)
+    net, stack = init_stack(lambda: build_model(spec, (1, 8, 8), 10), range(members), device)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(members, 64, 1, 8, 8, generator=g)
+    y = torch.randint(0, 10, (members, 64), generator=g)
+    return net, stack, x.to(device), y.to(device)
+
+
+def test_graph_replayed_hvp_equals_eager_for_fresh_probes():
+    net, stack, x, y = _cnn_stack("cuda")
+    hv = batched_hvp(net.loss, member_shapes(stack.params), shared=False)
+    args = (stack.buffers, x, y)
+    P = sum(p[0].numel() for p in stack.params.values())
+    for _ in range(6):  # 2 eager warm-ups, the recording call, then replays
+        v = torch.randn(3, 2, P, device="cuda")
+        torch.testing.assert_close(hv(stack.params, args, v), hv.fn(stack.params, args, v))
+    assert hv.graphs and not hv.failed  # it really replayed from a graph
+
+
+@pytest.mark.parametrize("hvp", ["vmap", "loop"])
+def test_hessian_trace_on_cuda_matches_cpu(hvp):
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    out = {}
+    for device in ("cpu", "cuda"):
+        net, stack, x, y = _cnn_stack(device)
+        gen = torch.Generator().manual_seed(0)  # probes drawn on the CPU: the same for both
+        est = hessian_trace(
+            net, stack, x, y, n_probes=40, tol=0.0, chunk=10, generator=gen, hvp=hvp
+        )
+        out[device] = est.estimate.cpu()
+    torch.testing.assert_close(out["cuda"], out["cpu"], rtol=1e-4, atol=1e-6)
+
+
+def test_loop_step_with_channels_last_equals_vmap_step_on_cuda():
+    from tests.landscape.test_train import loop_and_vmap_stacks
+
+    torch.backends.cudnn.allow_tf32 = False
+    stacks, _ = loop_and_vmap_stacks("cuda", channels_last=True)
+    assert _max_diff(stacks["vmap"].params, stacks["loop"].params) < 1e-4
+    assert _max_diff(stacks["vmap"].buffers, stacks["loop"].buffers) < 1e-4
+
+
+def test_diverging_member_leaves_the_others_as_in_a_pack_without_it(tiny_variant):
+    """bf16 grouped convolutions on a GPU: a member whose parameters blow up is zeroed the
+    same step, so its NaNs never meet the others in a kernel."""
+    model = ModelSpec("resnet18", width=2, batch_norm=True)
+    variants = _variants(tiny_variant, "sgd", "bf16", model)
+    dataset = load_dataset(variants[0].data)
+    with_bad = train_pack(variants, dataset, "cuda")
+    without = train_pack([variants[0], variants[2]], dataset, "cuda")
+    assert with_bad.diverged_step == [None, 1, None]
+    for k, j in ((0, 0), (2, 1)):
+        a, b = with_bad.pack.final.member(k), without.pack.final.member(j)
+        assert all(torch.isfinite(p).all() for p in a.params.values())
+        assert _max_diff(a.params, b.params) < 5e-2
+    assert math.isnan(with_bad.final_metrics["train_loss"][1])
