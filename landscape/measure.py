@@ -182,6 +182,27 @@ def measure_pack(pack: TrainedPack, spec: MetricsSpec) -> Measured:
     return out
 
 
+def measure_given_pairs(
+    pack: TrainedPack, spec: MetricsSpec, pairs: list[tuple[int, int]]
+) -> Measured:
+    """The pair metrics of ``spec`` (distance, CKA, barrier, Bezier) for the given pairs of
+    members only: ``pairs`` rows (with ``group_id``) and their ``surfaces`` rows. For pairs
+    whose members were trained apart (see ``sweeps``: the group pass from checkpoints)."""
+    out = Measured()
+    if not spec.any_pairs or not pairs:
+        return out
+    result = measure_pairs(
+        pack, [], spec.global_specs(), torch.Generator().manual_seed(spec.seed + 1), pairs=pairs
+    )
+    for row in result.rows:
+        row["group_id"] = pack.variants[row["member_a"]].group_id
+    if result.rows:
+        out.tables["pairs"] = result.rows
+    if result.surfaces:
+        out.tables["surfaces"] = result.surfaces
+    return out
+
+
 def _reparam(pack: TrainedPack, spec: MetricsSpec) -> list[dict]:
     """Dinh et al.'s probe on the alive members; a model without a ReLU pair gets no rows."""
     try:

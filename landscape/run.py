@@ -20,7 +20,7 @@ import torch
 from landscape.checkpoint import load_checkpoint, save_checkpoints
 from landscape.data import Dataset
 from landscape.functional import Stack, init_stack
-from landscape.measure import MetricsSpec, measure_pack
+from landscape.measure import MetricsSpec, measure_given_pairs, measure_pack
 from landscape.models import build_model
 from landscape.pack import TrainedPack, member_bytes, pack_id, split_to_fit
 from landscape.train import evaluate_pack, make_pack_data, pack_steps, train_pack
@@ -207,6 +207,35 @@ def run_pack(
         return out
 
 
+def checkpoint_pack(
+    variants: Sequence[Variant],
+    dataset: Dataset,
+    device: torch.device | str,
+    checkpoint_dir: Path | str,
+) -> TrainedPack:
+    """Finished variants of one pack key as a :class:`TrainedPack` from their checkpoint files,
+    without retraining. The initial parameters (for MLI and the distance to initialisation) are
+    rebuilt from each variant's seed, exactly as training built them."""
+    device = torch.device(device)
+    first = variants[0]
+    net, init = init_stack(
+        lambda: build_model(first.model, dataset.input_shape, dataset.num_classes),
+        [v.seed for v in variants],
+        device,
+    )
+    final = Stack.concat(
+        [load_checkpoint(Path(checkpoint_dir) / f"{v.variant_id}.pt", device)[1] for v in variants]
+    )
+    data = make_pack_data(variants, dataset.to(device))
+    alive = torch.stack(
+        [
+            torch.stack([p[k].isfinite().all() for p in final.params.values()]).all()
+            for k in range(len(variants))
+        ]
+    )
+    return TrainedPack(list(variants), net, init, final, data, alive)
+
+
 def measure_checkpoints(
     variants: Sequence[Variant],
     metrics: MetricsSpec,
@@ -216,37 +245,18 @@ def measure_checkpoints(
 ) -> PackRows:
     """Measure finished variants again from their checkpoints, without retraining: ``runs`` rows
     with the train and test loss and accuracy re-evaluated at the checkpoint and every metric of
-    ``metrics``, plus the metrics' own tables. The initial parameters (for MLI and the distance to
-    initialisation) are rebuilt from each variant's seed, exactly as training built them.
-    Measurements taken during training (curves, trajectories) are not redone here."""
-    device = torch.device(device)
+    ``metrics``, plus the metrics' own tables. Measurements taken during training (curves,
+    trajectories) are not redone here."""
     t0 = time.perf_counter()
-    first = variants[0]
-    data_on_device = dataset.to(device)
-    net, init = init_stack(
-        lambda: build_model(first.model, dataset.input_shape, dataset.num_classes),
-        [v.seed for v in variants],
-        device,
-    )
-    final = Stack.concat(
-        [load_checkpoint(Path(checkpoint_dir) / f"{v.variant_id}.pt", device)[1] for v in variants]
-    )
-    data = make_pack_data(variants, data_on_device)
-    alive = torch.stack(
-        [
-            torch.stack([p[k].isfinite().all() for p in final.params.values()]).all()
-            for k in range(len(variants))
-        ]
-    )
-    pack = TrainedPack(list(variants), net, init, final, data, alive)
-    evaluated = evaluate_pack(net, final, data, first.train.precision)
+    pack = checkpoint_pack(variants, dataset, device, checkpoint_dir)
+    evaluated = evaluate_pack(pack.net, pack.final, pack.data, variants[0].train.precision)
     measured = measure_pack(pack, metrics)
     pid, mid = pack_id(variants), metrics_id(metrics)
     per_variant = (time.perf_counter() - t0) / len(variants)
     out = PackRows()
     runs = []
     for k, v in enumerate(variants):
-        row = base_row(v, pid, mid, str(device))
+        row = base_row(v, pid, mid, str(torch.device(device)))
         row.update(
             status="ok", error=None, measured_from="checkpoint", measure_wall_time_s=per_variant
         )
@@ -255,4 +265,23 @@ def measure_checkpoints(
         runs.append(row)
     out.add("runs", runs)
     out.add_members(measured.tables, [v.variant_id for v in variants])
+    return out
+
+
+def measure_checkpoint_pairs(
+    variants: Sequence[Variant],
+    metrics: MetricsSpec,
+    dataset: Dataset,
+    device: torch.device | str,
+    checkpoint_dir: Path | str,
+    pairs: list[tuple[int, int]],
+) -> PackRows:
+    """The pair metrics of ``metrics`` between the given pairs (positions in ``variants``, one
+    replicate group) from checkpoints: ``pairs`` and ``surfaces`` rows naming variant ids. For
+    group members that were trained in different packs."""
+    pack = checkpoint_pack(variants, dataset, device, checkpoint_dir)
+    out = PackRows()
+    out.add_members(
+        measure_given_pairs(pack, metrics, pairs).tables, [v.variant_id for v in variants]
+    )
     return out

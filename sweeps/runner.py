@@ -9,6 +9,7 @@ another one); a pack that has killed its worker ``ray.max_pack_attempts`` times 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -30,7 +31,7 @@ import landscape
 from landscape.cross import cross_pairs, interpolate_pair
 from landscape.data import Dataset, load_dataset
 from landscape.pack import make_packs
-from landscape.run import failed_rows, measure_checkpoints, metrics_id
+from landscape.run import failed_rows, measure_checkpoint_pairs, measure_checkpoints, metrics_id
 from landscape.train import resolve_device
 from landscape.variant import ConfigError, Variant
 from sweeps.config import SweepPlan
@@ -274,6 +275,8 @@ def run_sweep(
             store.write_manifest(manifest)
         if plan.checkpoints or (plan.results_dir / "checkpoints").is_dir():
             summary.remeasured = _measure_from_checkpoints(plan, store, ids, log)
+        if plan.metrics.any_pairs:
+            _group_pairs_pass(plan, store, ids, log)
         if plan.metrics.cross.enabled:
             _cross_pass(plan, store, ids, log)
         for table in store.tables():
@@ -514,6 +517,69 @@ class _Dispatch:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def missing_group_pairs(
+    plan: SweepPlan, store: Store, ids: list[str]
+) -> list[tuple[list[Variant], list[tuple[int, int]]]]:
+    """Replicate groups whose finished (``ok``) members lack pairs rows because they were not
+    trained in one pack (a group larger than ``pack.max_members``, a pack split for memory or
+    retried member by member, a seed run again with ``--retry-failed``): per group, its ok
+    members (by seed) and the missing pairs (positions among them), up to ``metrics.max_pairs``
+    pairs per group counting those recorded."""
+    recorded = store.recorded()
+    groups: dict[str, list[Variant]] = {}
+    for v, i in zip(plan.variants, ids):
+        if recorded.get(i, {}).get("status") == "ok":
+            groups.setdefault(v.group_id, []).append(v)
+    done_rows, _ = store.read_column_values("pairs", ["variant_a", "variant_b"])
+    done = {frozenset((r["variant_a"], r["variant_b"])) for r in done_rows}
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda v: v.seed)
+        member_ids = [v.variant_id for v in members]
+        pairs = list(itertools.combinations(range(len(members)), 2))
+        have = sum(frozenset((member_ids[a], member_ids[b])) in done for a, b in pairs)
+        missing = [
+            (a, b) for a, b in pairs if frozenset((member_ids[a], member_ids[b])) not in done
+        ]
+        missing = missing[: max(0, plan.metrics.max_pairs - have)]
+        if missing:
+            out.append((members, missing))
+    return out
+
+
+def _group_pairs_pass(
+    plan: SweepPlan, store: Store, ids: list[str], log: Callable[[str], None]
+) -> None:
+    """Measure, from checkpoints and in the driver, the pairs of replicate groups whose members
+    were trained apart; each group's rows are one write committed by a ``passes`` part. Without
+    checkpoints, say how many pairs are missing and how to get them."""
+    todo = missing_group_pairs(plan, store, ids)
+    directory = plan.results_dir / "checkpoints"
+    have = [(m, p) for m, p in todo if all((directory / f"{v.variant_id}.pt").exists() for v in m)]
+    lacking = sum(len(p) for _, p in todo) - sum(len(p) for _, p in have)
+    if lacking:
+        log(
+            f"{lacking} pairs between replicate-group members trained in different packs are "
+            "not measured: their checkpoints are missing (with checkpoints=true they are "
+            "measured after training)"
+        )
+    if not have:
+        return
+    log(
+        f"group pairs: measuring {sum(len(p) for _, p in have)} pairs of {len(have)} replicate "
+        "groups whose members were trained in different packs, from their checkpoints"
+    )
+    device = resolve_device(plan.device)
+    data = _DriverData(device)
+    for members, pairs in have:
+        rows = measure_checkpoint_pairs(
+            members, plan.metrics, data(members[0]), device, directory, pairs
+        ).tables
+        store.write_pass(rows, "group_pairs")
 
 
 def _cross_pass(plan: SweepPlan, store: Store, ids: list[str], log: Callable[[str], None]) -> None:

@@ -63,9 +63,12 @@ PACKAGES = (
 )
 QUARANTINE = "quarantine"
 NOT_TABLES = {QUARANTINE, "report", "checkpoints"}
-# Tables whose parts are their own commit record: runs, and cross (written after training,
-# one part per cross-variant pair, with no runs part of its own).
-SELF_COMMITTED = {"runs", "cross"}
+# Tables whose parts are their own commit record: runs, cross (written after training, one
+# part per cross-variant pair, with no runs part of its own), and passes (one row per write of
+# a post-training pass, e.g. pairs between group members trained in different packs: the
+# commit record of that write's parts in other tables).
+PASSES = "passes"
+SELF_COMMITTED = {"runs", "cross", PASSES}
 COMPACT_ROWS = 100_000  # runs rows per compacted part
 UNREADABLE = (OSError, ValueError, pa.ArrowException)  # what pyarrow raises on a damaged file
 
@@ -174,6 +177,10 @@ class Store:
         """Committed pack writes, oldest first: the names of the runs parts."""
         return [commit_of(p) for p in self.parts("runs")]
 
+    def pass_commits(self) -> list[str]:
+        """Committed writes of post-training passes, oldest first: the names of passes parts."""
+        return [commit_of(p) for p in self.parts(PASSES)]
+
     # --- writing ------------------------------------------------------------------------
     def write_pack(self, tables: dict[str, list[dict]], commit: str | None = None) -> str:
         """Write one pack's rows: every other table first, ``runs`` last, all parts named by one
@@ -182,6 +189,23 @@ class Store:
         commit = commit or new_commit_id()
         for table in sorted(tables, key=lambda t: t == "runs"):
             self.write_part(table, tables[table], commit)
+        return commit
+
+    def write_pass(self, tables: dict[str, list[dict]], kind: str) -> str | None:
+        """Write rows made after training, outside any pack (``runs`` rows are not allowed):
+        every table's part first, then one ``passes`` row naming the commit, its record. Parts
+        whose commit has neither a runs nor a passes part are removed by :meth:`drop_uncommitted`.
+        Returns the commit id (None when there is nothing to write)."""
+        if "runs" in tables:
+            raise ValueError("a pass writes no runs rows; use write_pack")
+        counts = {table: len(rows) for table, rows in tables.items() if rows}
+        if not counts:
+            return None
+        commit = new_commit_id()
+        for table in sorted(counts):
+            self.write_part(table, tables[table], commit)
+        record = {"commit": commit, "kind": kind, "rows": json.dumps(counts, sort_keys=True)}
+        self.write_part(PASSES, [{**record, "written_at": datetime.now(timezone.utc)}], commit)
         return commit
 
     def write_part(self, table: str, rows: list[dict], commit: str | None = None) -> Path | None:
@@ -272,10 +296,11 @@ class Store:
         return report
 
     def drop_uncommitted(self) -> int:
-        """Remove parts (and temporary files) left by a write that never reached its ``runs`` part."""
+        """Remove parts (and temporary files) left by a write that never reached its ``runs`` or
+        ``passes`` part."""
         if not self.root.is_dir():
             return 0
-        committed = set(self.commits())
+        committed = set(self.commits()) | set(self.pass_commits())
         removed = 0
         for table in self.tables():
             directory = self.table_dir(table)

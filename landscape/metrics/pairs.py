@@ -460,11 +460,17 @@ def measure_pairs(
     group_members: list[list[int]],
     specs: GlobalMetricSpecs,
     generator: torch.Generator,
+    pairs: list[tuple[int, int]] | None = None,
 ) -> PairsResult:
     """Global metrics between pairs of alive members of each replicate group (positions in the
-    pack), all pairs of the pack evaluated as one stack. See the module docstring for data
-    and units, :data:`PAIR_COLUMNS` for the columns."""
-    pairs = select_pairs(group_members, pack.alive, specs.max_pairs, generator)
+    pack), all pairs of the pack evaluated as one stack: those :func:`select_pairs` chooses,
+    or the given ``pairs`` (of alive members). See the module docstring for data and units,
+    :data:`PAIR_COLUMNS` for the columns."""
+    if pairs is None:
+        pairs = select_pairs(group_members, pack.alive, specs.max_pairs, generator)
+    else:
+        alive = pack.alive.tolist()
+        pairs = [(a, b) for a, b in pairs if alive[a] and alive[b]]
     out = PairsResult()
     if not pairs:
         return out

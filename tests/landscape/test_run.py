@@ -99,3 +99,34 @@ def test_compiled_step_matches_eager(tiny_variant):
     eager, compiled = train_pack([v], dataset), train_pack([vc], dataset)
     for n, p in eager.pack.final.params.items():
         torch.testing.assert_close(compiled.pack.final.params[n], p, rtol=1e-4, atol=1e-5)
+
+
+def test_pairs_from_checkpoints_equal_the_pairs_measured_in_the_pack(tiny_variant, tmp_path):
+    """A replicate group's pairs computed later from checkpoints (its members trained in
+    different packs) are the pairs the pack would have measured: same rows, same values."""
+    from landscape.metrics.pairs import BarrierSpec, CKASpec, DistanceSpec
+    from landscape.run import measure_checkpoint_pairs
+
+    spec = MetricsSpec(
+        hessian_trace=HessianTraceSpec(enabled=False),
+        distance=DistanceSpec(enabled=True),
+        cka=CKASpec(enabled=True, inputs="train", n_inputs=32, unbiased_batch_size=16),
+        barrier=BarrierSpec(enabled=True, n_alphas=5, n_samples=64),
+    )
+    variants = [tiny_variant(seed=s) for s in range(3)]
+    dataset = load_dataset(variants[0].data)
+    packed = run_pack(variants, spec, dataset, checkpoint_dir=tmp_path).tables
+    later = measure_checkpoint_pairs(
+        variants, spec, dataset, "cpu", tmp_path, [(0, 1), (0, 2), (1, 2)]
+    ).tables
+    assert len(later["pairs"]) == 3 and len(later["surfaces"]) == 3 * 5
+    key = lambda r: (r["variant_a"], r["variant_b"])  # noqa: E731
+    for a, b in zip(sorted(packed["pairs"], key=key), sorted(later["pairs"], key=key)):
+        assert a.keys() == b.keys()
+        for column, value in a.items():
+            if isinstance(value, str):
+                assert value == b[column], column
+            else:
+                assert value == pytest.approx(b[column], rel=1e-5, abs=1e-6), column
+    only = measure_checkpoint_pairs(variants, spec, dataset, "cpu", tmp_path, [(1, 2)]).tables
+    assert [key(r) for r in only["pairs"]] == [(variants[1].variant_id, variants[2].variant_id)]

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from analysis.load import read_table
 from sweeps.store import Store
@@ -45,6 +46,28 @@ def test_pack_write_is_committed_by_its_runs_part(tmp_path):
     names = {p.name for p in store.parts("runs")} | {p.name for p in store.parts("curves")}
     assert len(names) == 1  # one commit id names the pack's part in every table
     assert pq.read_table(store.parts("runs")[0]).num_rows == 1
+
+
+def test_a_pass_write_is_committed_by_its_passes_part(tmp_path):
+    store = Store(tmp_path / "sweep")
+    store.write_pack({"runs": [{"variant_id": v, "status": "ok"} for v in "abc"]})
+    commit = store.write_pass(
+        {"pairs": [{"variant_a": "a", "variant_b": "c", "l2_distance": 1.0}]}, "group_pairs"
+    )
+    # a driver killed after the pairs part of a pass but before its passes part
+    store.write_part("pairs", [{"variant_a": "b", "variant_b": "c"}], commit="orphan")
+    assert store.drop_uncommitted() == 1
+    pairs = pd.read_parquet(store.table_dir("pairs"))
+    assert list(zip(pairs.variant_a, pairs.variant_b)) == [("a", "c")]
+    assert store.pass_commits() == [commit]
+    record = pd.read_parquet(store.table_dir("passes")).iloc[0]
+    assert record.kind == "group_pairs" and record.commit == commit
+    assert store.write_pass({"pairs": []}, "group_pairs") is None  # nothing to write
+    # rerunning a variant drops the pass's rows that name it, like any other row of it
+    store.supersede({"c"})
+    assert not store.parts("pairs")
+    with pytest.raises(ValueError, match="a pass writes no runs rows"):
+        store.write_pass({"runs": [{"variant_id": "d"}]}, "group_pairs")
 
 
 # --- crash safety: every write step of a journaled operation may be the last -------------------
