@@ -89,8 +89,9 @@ def train_bezier(
     ``draw_batch(generator)`` returns one training batch per pair: x (P, B, *input), y (P, B).
     One t ~ U(0, 1) per pair per step, drawn from ``generator``. The update is
     ``landscape.optim.apply_update`` (torch.optim.SGD semantics, weight decay on w_c only).
-    Returns the control points (P, *shape) and the last step's training loss (P,); a pair
-    whose loss turns non-finite is frozen from that step on.
+    Returns the control points (P, *shape) and the last step's training loss (P,). A pair
+    whose loss or updated control point turns non-finite stops training there, and comes back
+    with a NaN control point and loss (so its curve and ``mc`` read NaN).
     """
     if steps < 1:
         raise ValueError(f"bezier training needs >= 1 step, got {steps}")
@@ -109,8 +110,7 @@ def train_bezier(
         x, y = draw_batch(generator)
         t = torch.rand(P, generator=generator).to(device)
         grads, loss = step_fn(c, a.params, b.params, a.buffers, x, y, t)
-        alive = alive & torch.isfinite(loss)
-        apply_update(
+        alive = apply_update(
             spec,
             c,
             grads,
@@ -118,9 +118,11 @@ def train_bezier(
             hypers,
             hypers.lr * bezier_lr_factor(step, steps),
             step + 1,
-            alive,
+            alive & torch.isfinite(loss),
         )
-    return c, loss.detach()
+    nan = float("nan")
+    c = {n: torch.where(alive.view(-1, *([1] * (p.dim() - 1))), p, nan) for n, p in c.items()}
+    return c, torch.where(alive, loss.detach(), nan)
 
 
 def evaluate_bezier(

@@ -75,6 +75,21 @@ def test_one_stacked_step_equals_autograd_sgd():
             assert torch.allclose(control[name][p], expected.detach(), atol=1e-6), name
 
 
+def test_a_curve_whose_training_blows_up_comes_back_nan():
+    """Not a zeroed control point posing as a trained one: NaN control point and loss."""
+    net, stack = init_stack(lambda: MLP(3, 2, 4, 1, False), [0, 1, 2, 3], "cpu")
+    a, b = stack.select([0, 1]), stack.select([2, 3])
+    x = torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 2, (2, 8), generator=torch.Generator().manual_seed(1))
+    control, loss = train_bezier(
+        net, a, b, lambda gen: (x, y), 3, torch.Generator().manual_seed(2), lr=float("inf")
+    )
+    assert torch.isnan(loss).all()
+    assert all(torch.isnan(p).all() for p in control.values())
+    control, loss = train_bezier(net, a, b, lambda gen: (x, y), 3, torch.Generator().manual_seed(2))
+    assert torch.isfinite(loss).all() and all(torch.isfinite(p).all() for p in control.values())
+
+
 def _xor(n=256, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 2, generator=g) * 2 - 1
