@@ -338,17 +338,20 @@ class Store:
 
     def _quarantine(self, commit: str, reason: str) -> str:
         runs = self.table_dir("runs") / part_name(commit)
-        try:
-            n = f"{pq.read_metadata(runs).num_rows} variants"
-        except UNREADABLE:
-            n = "its variants (runs part unreadable or missing)"
+        if not runs.exists() and (self.table_dir(PASSES) / part_name(commit)).exists():
+            outcome = "a post-training pass's rows, measured again by the next run"
+        else:
+            try:
+                outcome = f"{pq.read_metadata(runs).num_rows} variants run again"
+            except UNREADABLE:
+                outcome = "its variants (runs part unreadable or missing) run again"
         for table in self.tables():
             part = self.table_dir(table) / part_name(commit)
             if part.exists():
                 target = self.root / QUARANTINE / table / part.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(part, target)
-        return f"commit {commit} ({reason}); {n} run again"
+        return f"commit {commit} ({reason}); {outcome}"
 
     def quarantined(self) -> list[Path]:
         return sorted((self.root / QUARANTINE).glob("*/*.parquet"))

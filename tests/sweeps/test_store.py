@@ -66,6 +66,12 @@ def test_a_pass_write_is_committed_by_its_passes_part(tmp_path):
     # rerunning a variant drops the pass's rows that name it, like any other row of it
     store.supersede({"c"})
     assert not store.parts("pairs")
+    # a damaged part of a pass goes to quarantine with its record, and says what happens next
+    commit = store.write_pass({"pairs": [{"variant_a": "a", "variant_b": "b"}]}, "group_pairs")
+    (store.table_dir("pairs") / f"part-{commit}.parquet").write_bytes(b"PAR1 damaged")
+    [line] = store.quarantine_unreadable()
+    assert line.endswith("a post-training pass's rows, measured again by the next run")
+    assert commit not in store.pass_commits()
     with pytest.raises(ValueError, match="a pass writes no runs rows"):
         store.write_pass({"runs": [{"variant_id": "d"}]}, "group_pairs")
 
