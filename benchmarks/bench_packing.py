@@ -8,7 +8,8 @@ For each width k and pack size K: model-steps per second of
   eagerly (``eager``) and, on a CUDA device, recorded once as a CUDA graph and replayed
   (``graph``: ``landscape.train.GraphedTrainStep``, what sweeps do on a GPU by default);
   members share kernels as ``train.pack_step`` says (``auto``: vmap for small models, one
-  after another in channels-last layout for large ones; ``--step-modes`` forces one).
+  after another in channels-last layout for large ones; ``--step-modes`` forces one, or picks
+  ``packed``: members side by side in the channel dimension, see ``landscape.packed``).
 
 The two are timed in alternating rounds (``--rounds``) so that drifts of a shared machine
 reach both; the medians give the speed-up = packed / sequential, per model. Achieved TFLOP/s
@@ -94,7 +95,7 @@ def make_packed(
     resolved = step_mode_of(variants[0], shape, args.classes, device)
     net, stack = init_stack(lambda: build_model(spec, shape, args.classes), range(K), device)
     state = new_optim_state([v.optim for v in variants], stack)
-    step_fn = StepFn(net, compile=args.compile, mode=resolved, channels_last=resolved == "loop")
+    step_fn = StepFn(net, compile=args.compile, mode=resolved, channels_last=resolved != "vmap")
     xs = torch.randn(K, B, *shape, device=device)
     ys = torch.randint(args.classes, (K, B), device=device)
     lr = torch.full((K,), 0.05, device=device)
@@ -180,7 +181,7 @@ def main() -> None:
     p.add_argument(
         "--step-modes",
         nargs="+",
-        choices=["auto", "vmap", "loop"],
+        choices=["auto", "vmap", "loop", "packed"],
         default=["auto"],
         help="train.pack_step: how the members share kernels (loop runs NHWC on CUDA)",
     )

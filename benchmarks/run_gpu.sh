@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce the README's GPU tables in one go (about 8 minutes on an H100): the GPU tests, then
-# packed training, Hessian and surface benchmarks, each writing JSON into OUT_DIR.
+# Reproduce the README's GPU tables in one go (about 10 minutes on an H100): the GPU tests, then
+# packed training (and the packed layout against vmap at small widths), Hessian and surface
+# benchmarks, each writing JSON into OUT_DIR.
 #
 #     bash benchmarks/run_gpu.sh OUT_DIR
 #
@@ -18,6 +19,9 @@ timeout 120 "$py" -m pytest -q -m gpu tests/landscape/test_cuda.py 2>&1 | tail -
 timeout 330 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
     --widths 4 8 16 32 64 --pack-sizes 8 32 64 --modes graph --rounds 3 \
     --out "$out/bench_packing.json" | grep -E '^peak'
+timeout 150 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
+    --widths 4 8 16 --pack-sizes 32 64 --step-modes vmap packed --modes graph --rounds 3 \
+    --out "$out/bench_packing_layouts.json" | grep -E '^peak'
 timeout 200 "$py" benchmarks/bench_hessian.py --device cuda --models resnet18=4,8,16 \
     --members 8 --loop-members 2 --out "$out/bench_hessian.json" | grep width
 timeout 100 "$py" benchmarks/bench_surfaces.py --device cuda \

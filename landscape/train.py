@@ -16,6 +16,7 @@ divergence is tracked with tensor ops and read once per epoch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -34,7 +35,8 @@ from landscape.functional import FunctionalNet, Params, Stack, init_stack
 from landscape.models import build_model, model_forward_flops, native_norm
 from landscape.optim import MemberHypers, apply_update, base_lr, init_state, lr_factor
 from landscape.pack import PackData, TrainedPack, pack_key
-from landscape.variant import ConfigError, OptimSpec, Variant
+from landscape.packed import PackedNet, packed_grad_and_value
+from landscape.variant import ConfigError, ModelSpec, OptimSpec, Variant
 
 EVAL_CHUNK = 2048  # examples per member per vmapped evaluation call
 
@@ -109,12 +111,15 @@ class StepFn:
     too small to fill a GPU. ``loop`` runs the members one after another on views of the
     stacked tensors, each with the library's ordinary kernels: for wide models whose
     kernels fill the GPU on their own, recorded as one CUDA graph (:class:`GraphedTrainStep`).
-    Both compute the same function (tests compare them)."""
+    ``packed`` keeps the members side by side in the channel dimension between layers and
+    takes ordinary autograd gradients (:mod:`landscape.packed`): vmap's kernels without its
+    layout copies, and BatchNorm on bf16 activations. All compute the same function (tests
+    compare them)."""
 
     net: FunctionalNet
     compile: bool = False
     mode: str = "vmap"
-    channels_last: bool = False  # loop mode, images on CUDA: NHWC activations (for tensor cores)
+    channels_last: bool = False  # loop/packed modes, images on CUDA: NHWC activations
     fn: Callable = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,8 +128,10 @@ class StepFn:
             g = vmap(member)
         elif self.mode == "loop":
             g = _looped(member, self.channels_last)
+        elif self.mode == "packed":
+            g = packed_grad_and_value(PackedNet(self.net), self.channels_last)
         else:
-            raise ValueError(f"StepFn mode must be vmap or loop, got {self.mode!r}")
+            raise ValueError(f"StepFn mode must be vmap, loop or packed, got {self.mode!r}")
         self.fn = torch.compile(g) if self.compile else g
 
     def __call__(self, params: Params, buffers: Params, x: Tensor, y: Tensor):
@@ -138,16 +145,29 @@ LOOP_FLOPS = 2e10  # forward FLOPs of one member's batch from which ``auto`` run
 def step_mode(
     variant: Variant, input_shape: tuple[int, ...], num_classes: int, device: torch.device
 ) -> str:
-    """``train.pack_step`` resolved: ``auto`` is ``loop`` on a CUDA device when one member's
-    batch is at least :data:`LOOP_FLOPS` forward FLOPs (its kernels fill the GPU alone; an
-    H100 crosses over between CIFAR ResNet18 widths 16 and 32 at batch 128, see the README's
-    benchmarks), else ``vmap``."""
+    """``train.pack_step`` resolved. ``auto``: on a CPU, ``packed`` (1.3-1.6x vmap's speed in
+    ``bench_packing.py`` on this project's CPU) when the model's layers allow it, else
+    ``vmap``; on a CUDA device, ``loop`` when one member's batch is at least
+    :data:`LOOP_FLOPS` forward FLOPs (its kernels fill the GPU alone; an H100 crosses over
+    between CIFAR ResNet18 widths 16 and 32 at batch 128, see the README's benchmarks), else
+    ``vmap`` (``packed`` is not yet measured on a GPU)."""
     if variant.train.pack_step != "auto":
         return variant.train.pack_step
     if device.type != "cuda":
-        return "vmap"
+        return "packed" if _packable(variant.model, tuple(input_shape), num_classes) else "vmap"
     flops = model_forward_flops(variant.model, tuple(input_shape), num_classes)
     return "loop" if flops * variant.optim.batch_size >= LOOP_FLOPS else "vmap"
+
+
+@functools.lru_cache(maxsize=256)
+def _packable(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> bool:
+    with torch.device("meta"):
+        net = FunctionalNet(build_model(spec, input_shape, num_classes))
+    try:
+        PackedNet(net)
+    except ValueError:
+        return False
+    return True
 
 
 def _looped(member: Callable, channels_last: bool) -> Callable:
@@ -394,7 +414,7 @@ def train_pack(
     init = stack.clone()
     opt = new_optim_state([v.optim for v in variants], stack)
     mode = step_mode(first, dataset.input_shape, dataset.num_classes, device)
-    step_fn = StepFn(net, compile=first.train.compile, mode=mode, channels_last=mode == "loop")
+    step_fn = StepFn(net, compile=first.train.compile, mode=mode, channels_last=mode != "vmap")
     graphs = first.train.cuda_graphs and device.type == "cuda"
     step = GraphedTrainStep(step_fn, stack, opt, first.train.precision) if graphs else None
     generators = [torch.Generator().manual_seed(v.seed) for v in variants]

@@ -26,7 +26,7 @@ DATA_NAMES = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar
 OPTIM_NAMES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("fp32", "bf16")
-PACK_STEPS = ("auto", "vmap", "loop")
+PACK_STEPS = ("auto", "vmap", "loop", "packed")
 CHECKPOINTS = ("final", "best_train_loss")
 
 
@@ -171,7 +171,7 @@ class TrainSpec:
     precision: str = "fp32"
     compile: bool = False
     cuda_graphs: bool = True  # on a CUDA device, record the packed step once and replay it
-    pack_step: str = "auto"  # vmap | loop | auto: how members share kernels (StepFn mode)
+    pack_step: str = "auto"  # vmap | loop | packed | auto: how members share kernels (StepFn)
 
     def __post_init__(self) -> None:
         _require(

@@ -25,14 +25,14 @@ def _max_diff(a, b):
     return max((a[n].float().cpu() - b[n].float().cpu()).abs().max().item() for n in a)
 
 
-def _variants(tiny_variant, optim: str, precision: str, model: ModelSpec):
+def _variants(tiny_variant, optim: str, precision: str, model: ModelSpec, pack_step="auto"):
     knobs = [(0, 0.05, 0.0), (1, math.inf, 5e-4), (2, 0.1, 1e-3)]  # member 1 diverges
     return [
         tiny_variant(
             model=model,
             data=DataSpec("digits", subset=256, augment=model.name == "cnn", label_noise=0.1),
             optim=OptimSpec(name=optim, lr=lr, weight_decay=wd, batch_size=32, momentum=0.9),
-            train=TrainSpec(epochs=2, precision=precision, cuda_graphs=False),
+            train=TrainSpec(epochs=2, precision=precision, cuda_graphs=False, pack_step=pack_step),
             seed=seed,
         )
         for seed, lr, wd in knobs
@@ -40,16 +40,18 @@ def _variants(tiny_variant, optim: str, precision: str, model: ModelSpec):
 
 
 @pytest.mark.parametrize(
-    "optim,precision,model",
+    "optim,precision,model,pack_step",
     [
-        ("sgd", "fp32", ModelSpec("cnn", width=4, batch_norm=True)),
-        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True)),
-        ("adam", "fp32", ModelSpec("mlp", width=16, depth=2, batch_norm=True)),
+        ("sgd", "fp32", ModelSpec("cnn", width=4, batch_norm=True), "auto"),
+        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "auto"),
+        ("adam", "fp32", ModelSpec("mlp", width=16, depth=2, batch_norm=True), "auto"),
+        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "loop"),
+        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "packed"),
     ],
-    ids=["sgd-cnn-fp32", "sgd-resnet18-bf16", "adam-mlp-fp32"],
+    ids=["sgd-cnn-fp32", "sgd-resnet18-bf16", "adam-mlp-fp32", "loop-bf16", "packed-bf16"],
 )
-def test_graph_replay_equals_eager_steps(tiny_variant, optim, precision, model):
-    eager_variants = _variants(tiny_variant, optim, precision, model)
+def test_graph_replay_equals_eager_steps(tiny_variant, optim, precision, model, pack_step):
+    eager_variants = _variants(tiny_variant, optim, precision, model, pack_step)
     graph_variants = [
         dataclasses.replace(v, train=dataclasses.replace(v.train, cuda_graphs=True))
         for v in eager_variants
@@ -122,13 +124,25 @@ def test_hessian_trace_on_cuda_matches_cpu(hvp):
     torch.testing.assert_close(out["cuda"], out["cpu"], rtol=1e-4, atol=1e-6)
 
 
-def test_loop_step_with_channels_last_equals_vmap_step_on_cuda():
-    from tests.landscape.test_train import loop_and_vmap_stacks
+def test_loop_and_packed_steps_with_channels_last_equal_the_vmap_step_on_cuda():
+    from tests.landscape.test_train import stacks_by_mode
 
     torch.backends.cudnn.allow_tf32 = False
-    stacks, _ = loop_and_vmap_stacks("cuda", channels_last=True)
-    assert _max_diff(stacks["vmap"].params, stacks["loop"].params) < 1e-4
-    assert _max_diff(stacks["vmap"].buffers, stacks["loop"].buffers) < 1e-4
+    stacks, _ = stacks_by_mode("cuda", ("vmap", "loop", "packed"), channels_last=True)
+    for mode in ("loop", "packed"):
+        assert _max_diff(stacks["vmap"].params, stacks[mode].params) < 1e-4, mode
+        assert _max_diff(stacks["vmap"].buffers, stacks[mode].buffers) < 1e-4, mode
+
+
+def test_packed_step_runs_bf16_batchnorm():
+    """bf16 BatchNorm fails under vmap's backward; the packed layout has no vmap."""
+    from tests.landscape.test_train import stacks_by_mode
+
+    stacks, fresh = stacks_by_mode(
+        "cuda", ("vmap", "packed"), steps=5, channels_last=True, precision="bf16"
+    )
+    assert all(torch.isfinite(p).all() for p in stacks["packed"].params.values())
+    assert _max_diff(stacks["vmap"].params, stacks["packed"].params) < 5e-2
 
 
 def test_diverging_member_leaves_the_others_as_in_a_pack_without_it(tiny_variant):

@@ -110,37 +110,77 @@ def test_subset_and_label_noise_per_member(tiny_variant):
     assert int((clean != data.y_train[1]).sum()) == 24  # exactly half the labels changed
 
 
-def loop_and_vmap_stacks(device: str, channels_last: bool = False):
-    """A pack trained three steps with StepFn mode vmap and with mode loop."""
+RESNET = (ModelSpec("resnet18", width=2, batch_norm=True), (3, 32, 32))
+
+
+def stacks_by_mode(
+    device: str,
+    modes=("vmap", "loop"),
+    model=RESNET,
+    steps: int = 3,
+    channels_last: bool = False,
+    precision: str = "fp32",
+):
+    """A pack of 3 trained ``steps`` steps on the same batches with each StepFn mode; and a
+    function that builds the same pack fresh (its initialisation)."""
     from landscape.functional import init_stack
     from landscape.models import build_model
     from landscape.train import StepFn, new_optim_state, train_step
 
-    spec = ModelSpec("resnet18", width=2, batch_norm=True)
+    spec, shape = model
     K, B = 3, 8
     stacks = {}
-    for mode in ("vmap", "loop"):
-        net, stack = init_stack(lambda: build_model(spec, (3, 32, 32), 10), range(K), device)
+    for mode in modes:
+        net, stack = init_stack(lambda: build_model(spec, shape, 10), range(K), device)
         optim = OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=B)
         opt = new_optim_state([optim] * K, stack)
         step_fn = StepFn(net, mode=mode, channels_last=channels_last)
         g = torch.Generator().manual_seed(0)
-        for _ in range(3):
-            x = torch.randn(K, B, 3, 32, 32, generator=g).to(device)
+        for _ in range(steps):
+            x = torch.randn(K, B, *shape, generator=g).to(device)
             y = torch.randint(10, (K, B), generator=g).to(device)
             lr = torch.full((K,), 0.05, device=device)
-            train_step(step_fn, stack, opt, x, y, lr, "fp32")
+            train_step(step_fn, stack, opt, x, y, lr, precision)
         stacks[mode] = stack
-    return stacks, lambda: init_stack(lambda: build_model(spec, (3, 32, 32), 10), range(K), device)
+    return stacks, lambda: init_stack(lambda: build_model(spec, shape, 10), range(K), device)
 
 
 def test_loop_step_equals_vmap_step():
-    """The two ways of running a pack's members compute the same training step."""
-    stacks, fresh = loop_and_vmap_stacks("cpu")
+    """The ways of running a pack's members compute the same training step."""
+    stacks, fresh = stacks_by_mode("cpu")
     assert _max_diff(stacks["vmap"].params, stacks["loop"].params) < 1e-5
     assert _max_diff(stacks["vmap"].buffers, stacks["loop"].buffers) < 1e-5
     # the step moved the parameters (the comparison is not between two initialisations)
     assert _max_diff(stacks["loop"].params, fresh()[1].params) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "model,steps",
+    [
+        ((ModelSpec("mlp", width=8, depth=2, batch_norm=True), (6,)), 3),
+        ((ModelSpec("mlp", width=8, depth=2), (1, 4, 4)), 3),  # images flattened per member
+        ((ModelSpec("cnn", width=4, batch_norm=True), (1, 8, 8)), 3),
+        ((ModelSpec("resnet18", width=2, batch_norm=True), (3, 16, 16)), 3),
+        # without skips a few units sit at ReLU's kink: rounding flips them after 2 steps
+        ((ModelSpec("resnet18", width=2, batch_norm=True, skip=False), (3, 16, 16)), 2),
+        ((ModelSpec("vgg9", width=2, batch_norm=True), (3, 16, 16)), 3),
+    ],
+    ids=["mlp-bn", "mlp-images", "cnn-bn", "resnet18", "resnet18-noskip", "vgg9-bn"],
+)
+def test_packed_layout_step_equals_vmap_step(model, steps):
+    stacks, fresh = stacks_by_mode("cpu", ("vmap", "packed"), model, steps)
+    assert _max_diff(stacks["vmap"].params, stacks["packed"].params) < 1e-5
+    assert _max_diff(stacks["vmap"].buffers, stacks["packed"].buffers) < 1e-5
+    assert _max_diff(stacks["packed"].params, fresh()[1].params) > 1e-3
+
+
+def test_packed_layout_refuses_a_layer_it_cannot_pack():
+    from landscape.functional import FunctionalNet
+    from landscape.packed import PackedNet
+
+    net = FunctionalNet(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LayerNorm(4)))
+    with pytest.raises(ValueError, match=r"packed layout does not support LayerNorm \(1\)"):
+        PackedNet(net)
 
 
 def test_device_step_count_follows_the_host_count_and_dates_divergence():

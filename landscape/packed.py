@@ -1,0 +1,123 @@
+"""The packed layout: a pack's K members side by side in the channel dimension.
+
+``vmap`` batches members into each kernel but moves the member dimension in and out of the
+channel dimension around every layer (layout copies), and keeps BatchNorm in float32 (bf16
+BatchNorm fails in its batched backward). This module runs the same models with the members
+kept side by side between layers: activations of shape (N, K*C, ...), a convolution as one
+grouped convolution (groups = K), BatchNorm over the K*C channels (per member by
+construction), a linear layer as one batched matmul, and every other layer (ReLU, pooling,
+flatten, residual sums) as it is, since it acts per channel. Gradients come from ordinary
+autograd on the stacked parameters (members are independent, so the gradient of the sum of
+their losses is each member's own gradient): no vmap at all.
+
+It computes what :class:`landscape.functional.FunctionalNet` under vmap computes (tests
+compare them). Supported layers: ``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm1d/2d`` and
+layers without parameters that act per channel; a model with another parametrised layer is
+refused when the packed template is built.
+"""
+
+from __future__ import annotations
+
+import copy
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from landscape.functional import FunctionalNet, Params
+
+__all__ = ["PackedNet", "pack_inputs"]
+
+
+def _conv(self: nn.Conv2d, x: Tensor) -> Tensor:
+    w = self.weight  # (K, O, C/groups, kh, kw)
+    K = w.shape[0]
+    bias = self.bias.flatten() if self.bias is not None else None
+    return F.conv2d(
+        x, w.flatten(0, 1), bias, self.stride, self.padding, self.dilation, self.groups * K
+    )
+
+
+def _linear(self: nn.Linear, x: Tensor) -> Tensor:
+    w = self.weight  # (K, out, in)
+    K, n_out, n_in = w.shape
+    h = torch.einsum("nki,koi->nko", x.reshape(x.shape[0], K, n_in), w)
+    if self.bias is not None:
+        h = h + self.bias
+    return h.reshape(x.shape[0], K * n_out)
+
+
+def _norm(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    # running statistics (K, C) flattened as views: the update lands in the stacked buffers
+    if self.training and self.track_running_stats:
+        self.num_batches_tracked.add_(1)
+    return F.batch_norm(
+        x,
+        self.running_mean.flatten() if self.track_running_stats else None,
+        self.running_var.flatten() if self.track_running_stats else None,
+        self.weight.flatten() if self.affine else None,
+        self.bias.flatten() if self.affine else None,
+        self.training or not self.track_running_stats,
+        self.momentum if self.momentum is not None else 0.0,
+        self.eps,
+    )
+
+
+_PACKED = ((nn.Conv2d, _conv), (nn.Linear, _linear), (nn.modules.batchnorm._BatchNorm, _norm))
+
+
+def pack_inputs(x: Tensor) -> Tensor:
+    """Per-member inputs (K, N, C, ...) -> packed (N, K*C, ...): one copy."""
+    K, N = x.shape[:2]
+    return x.transpose(0, 1).reshape(N, K * x.shape[2], *x.shape[3:])
+
+
+class PackedNet:
+    """The packed view of a :class:`FunctionalNet`'s architecture: ``logits(params, buffers,
+    x_packed)`` with stacked parameters and buffers (K, ...) returns (N, K, classes)."""
+
+    def __init__(self, net: FunctionalNet):
+        self.module = copy.deepcopy(net.module)  # meta-device template; never holds weights
+        for name, sub in self.module.named_modules():
+            own = list(sub.parameters(recurse=False))
+            kind = next((fn for cls, fn in _PACKED if isinstance(sub, cls)), None)
+            if kind is not None:
+                if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.momentum is None:
+                    raise ValueError(f"packed layout: {name} uses a cumulative moving average")
+                sub.forward = types.MethodType(kind, sub)
+            elif own:
+                raise ValueError(
+                    f"packed layout does not support {type(sub).__name__} ({name or 'model'})"
+                )
+
+    def logits(self, params: Params, buffers: Params, x: Tensor, train: bool) -> Tensor:
+        """x packed (N, K*C, ...) -> logits (N, K, classes); BatchNorm statistics of every
+        member update in place in ``buffers`` when ``train``."""
+        K = next(iter(params.values())).shape[0]
+        self.module.train(train)
+        out = functional_call(self.module, (params, buffers), (x,), strict=True)
+        return out.reshape(out.shape[0], K, -1)
+
+
+def packed_grad_and_value(packed: PackedNet, channels_last: bool = False):
+    """(params, buffers, x (K, N, ...), y (K, N)) -> (grads, (loss sum, (loss (K,), acc (K,))))
+    for a training step in train mode: the structure ``StepFn`` returns for vmap. With
+    ``channels_last``, image activations on a CUDA device are NHWC (K*C channels)."""
+
+    def run(params: Params, buffers: Params, x: Tensor, y: Tensor):
+        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+        xp = pack_inputs(x)
+        if channels_last and xp.dim() == 4 and xp.is_cuda:
+            xp = xp.contiguous(memory_format=torch.channels_last)
+        with torch.enable_grad():
+            logits = packed.logits(leaves, buffers, xp, train=True)  # (N, K, C)
+            per = F.cross_entropy(logits.float().permute(0, 2, 1), y.T, reduction="none")
+            loss = per.mean(0)  # (K,) each member's mean cross-entropy
+            grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
+        acc = (logits.detach().argmax(-1) == y.T).float().mean(0)
+        total = loss.detach().sum()
+        return dict(zip(leaves, grads)), (total, (loss.detach(), acc))
+
+    return run
