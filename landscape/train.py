@@ -1,8 +1,9 @@
 """The packed training engine: K variants trained as one stacked model.
 
-One training step (:func:`train_step`) serves sweeps, tests and benchmarks: a vmapped
-``grad_and_value`` of the per-member loss over stacked parameters and per-member batches,
-then one functional optimiser update with per-member hyperparameters. Each member keeps
+One training step (:func:`train_step`) serves sweeps, tests and benchmarks: the gradient of
+every member's loss over stacked parameters and per-member batches (:class:`StepFn`: vmapped,
+member by member, or in the packed layout), then one functional optimiser update with
+per-member hyperparameters; on a GPU the step is replayed from a CUDA graph. Each member keeps
 its own seed (initialisation and data order), learning rate, momentum, weight decay and
 label noise, so a pack of K ends where K solo runs would (tests check this).
 
