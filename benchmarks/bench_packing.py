@@ -34,10 +34,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from landscape.functional import init_stack
-from landscape.models import build_model
+from landscape.models import build_model, model_forward_flops
 from landscape.train import GraphedTrainStep, StepFn, autocast, new_optim_state, train_step
 from landscape.train import step_mode as step_mode_of
 from landscape.variant import ModelSpec, OptimSpec, TrainSpec, Variant
@@ -70,12 +69,6 @@ def matmul_peak(device: torch.device, n: int, dtype: torch.dtype) -> float:
     b = torch.randn(n, n, device=device, dtype=dtype)
     sec = timed(lambda: a @ b, steps=10 if device.type == "cuda" else 3, warmup=2, device=device)
     return 2 * n**3 / sec / 1e12
-
-
-def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops()
 
 
 def make_packed(
@@ -115,7 +108,7 @@ def bench_width(args, device: torch.device, width: int, pack_sizes: list[int]) -
 
     # the usual eager loop: one model, torch.optim, autocast at the same precision
     model = build_model(spec, shape, args.classes).to(device)
-    flops = forward_flops(model, x1)
+    flops = model_forward_flops(spec, shape, args.classes) * B
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
     def sequential_step() -> None:
@@ -161,7 +154,8 @@ def bench_width(args, device: torch.device, width: int, pack_sizes: list[int]) -
             )
             print(json.dumps(rows[-1]), flush=True)
             del packed
-            torch.cuda.empty_cache() if device.type == "cuda" else None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 

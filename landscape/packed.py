@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from landscape.functional import FunctionalNet, Params
 
-__all__ = ["PackedNet", "pack_inputs"]
+__all__ = ["PackedNet", "channels_last_images", "pack_inputs"]
 
 
 def _conv(self: nn.Conv2d, x: Tensor) -> Tensor:
@@ -66,6 +66,13 @@ def _norm(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
 
 
 _PACKED = ((nn.Conv2d, _conv), (nn.Linear, _linear), (nn.modules.batchnorm._BatchNorm, _norm))
+
+
+def channels_last_images(x: Tensor) -> Tensor:
+    """Image batches (4-D) on a CUDA device in NHWC layout; anything else as it is."""
+    if x.dim() == 4 and x.is_cuda:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def pack_inputs(x: Tensor) -> Tensor:
@@ -108,9 +115,7 @@ def packed_grad_and_value(packed: PackedNet, channels_last: bool = False):
 
     def run(params: Params, buffers: Params, x: Tensor, y: Tensor):
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-        xp = pack_inputs(x)
-        if channels_last and xp.dim() == 4 and xp.is_cuda:
-            xp = xp.contiguous(memory_format=torch.channels_last)
+        xp = channels_last_images(pack_inputs(x)) if channels_last else pack_inputs(x)
         with torch.enable_grad():
             logits = packed.logits(leaves, buffers, xp, train=True)  # (N, K, C)
             per = F.cross_entropy(logits.float().permute(0, 2, 1), y.T, reduction="none")

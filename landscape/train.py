@@ -36,7 +36,7 @@ from landscape.functional import FunctionalNet, Params, Stack, init_stack
 from landscape.models import build_model, model_forward_flops, native_norm
 from landscape.optim import MemberHypers, apply_update, base_lr, init_state, lr_factor
 from landscape.pack import PackData, TrainedPack, pack_key
-from landscape.packed import PackedNet, packed_grad_and_value
+from landscape.packed import PackedNet, channels_last_images, packed_grad_and_value
 from landscape.variant import ConfigError, ModelSpec, OptimSpec, Variant
 
 EVAL_CHUNK = 2048  # examples per member per vmapped evaluation call
@@ -173,11 +173,7 @@ def _packable(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -
 
 def _looped(member: Callable, channels_last: bool) -> Callable:
     """``member`` applied to each member's views in turn, results stacked like vmap's."""
-
-    def inputs(x: Tensor) -> Tensor:
-        if channels_last and x.dim() == 4 and x.is_cuda:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
+    inputs = channels_last_images if channels_last else (lambda x: x)
 
     def run(params: Params, buffers: Params, x: Tensor, y: Tensor):
         with native_norm():

@@ -541,10 +541,10 @@ def missing_group_pairs(
         members.sort(key=lambda v: v.seed)
         member_ids = [v.variant_id for v in members]
         pairs = list(itertools.combinations(range(len(members)), 2))
-        have = sum(frozenset((member_ids[a], member_ids[b])) in done for a, b in pairs)
         missing = [
             (a, b) for a, b in pairs if frozenset((member_ids[a], member_ids[b])) not in done
         ]
+        have = len(pairs) - len(missing)
         missing = missing[: max(0, plan.metrics.max_pairs - have)]
         if missing:
             out.append((members, missing))
