@@ -1,4 +1,4 @@
-"""Hessian trace and top eigenvalue: batched (vmapped probes and members) vs a PyHessian-style loop.
+"""Hessian trace and top eigenvalue: batched (K members at once) vs a PyHessian-style loop.
 
 For each model and width, K models on the same batch of random CIFAR-shaped data:
 
@@ -12,11 +12,14 @@ For each model and width, K models on the same batch of random CIFAR-shaped data
 Both sides do the same number of HVPs in the same process (one run), so the ratios are
 comparable; the absolute times are for this machine only. ``--loop-members L`` times the loop
 on L of the K models and scales to K (every model costs the loop the same); ``--hvp-modes``
-runs the batched side with members vmapped and/or looped (``hessian_trace``'s ``hvp``).
+picks how the batched side computes its products (``hessian_trace``'s ``hvp``): ``vmap``
+(forward-over-reverse, members and probes vmapped), ``loop`` (members in turn), ``packed``
+(all members in the packed layout, double backward through a retained graph: the loop's
+method for K models at once).
 Usage:
 
     python benchmarks/bench_hessian.py --device cuda --models resnet18=4,8,16 --members 8 \
-        --loop-members 2 --hvp-modes vmap loop --out bench_hessian.json
+        --loop-members 2 --hvp-modes vmap packed --out bench_hessian.json
     python benchmarks/bench_hessian.py --device cpu --quick
 """
 
@@ -247,8 +250,8 @@ def main() -> None:
         "--hvp-modes",
         nargs="+",
         default=["vmap"],
-        choices=["vmap", "loop"],
-        help="how members share kernels in the batched path (hessian_trace's hvp)",
+        choices=["vmap", "loop", "packed"],
+        help="how the batched path computes its products (hessian_trace's hvp)",
     )
     args = parser.parse_args()
     if args.threads > 0:

@@ -1,29 +1,47 @@
 #!/usr/bin/env bash
-# Reproduce the README's GPU tables in one go (about 10 minutes on an H100): the GPU tests, then
-# packed training (and the packed layout against vmap at small widths), Hessian and surface
-# benchmarks, each writing JSON into OUT_DIR.
+# Reproduce the README's GPU tables: the GPU tests, packed training (and the packed layout against
+# vmap at small widths), Hessian (vmapped forward-over-reverse against packed double backward) and
+# surface benchmarks, each writing JSON into OUT_DIR. All steps take about 14 minutes on an H100,
+# more than one device call may run: name steps to split them over calls (in priority order):
 #
-#     bash benchmarks/run_gpu.sh OUT_DIR
+#     bash benchmarks/run_gpu.sh OUT_DIR tests layouts hessian    # about 7 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR packing surfaces         # about 7 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR                          # all of them
 #
 # Needs torch with CUDA, torchvision, numpy and scikit-learn (no Ray, no Hydra): landscape/ is
 # imported from this checkout. Each step has a time limit, so one slow step cannot eat the rest.
 set -u
-out=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR}
+out=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR [tests layouts hessian packing surfaces]}
+shift
+steps=${*:-tests layouts hessian packing surfaces}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-timeout 120 "$py" -m pytest -q -m gpu tests/landscape/test_cuda.py 2>&1 | tail -3 | tee "$out/gpu_tests.txt"
-timeout 330 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
-    --widths 4 8 16 32 64 --pack-sizes 8 32 64 --modes graph --rounds 3 \
-    --out "$out/bench_packing.json" | grep -E '^peak'
-timeout 150 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
-    --widths 4 8 16 --pack-sizes 32 64 --step-modes vmap packed --modes graph --rounds 3 \
-    --out "$out/bench_packing_layouts.json" | grep -E '^peak'
-timeout 200 "$py" benchmarks/bench_hessian.py --device cuda --models resnet18=4,8,16 \
-    --members 8 --loop-members 2 --out "$out/bench_hessian.json" | grep width
-timeout 100 "$py" benchmarks/bench_surfaces.py --device cuda \
-    --out "$out/bench_surfaces.json" > "$out/bench_surfaces.log" 2>&1
+for step in $steps; do
+    echo "== $step"
+    case $step in
+    tests)
+        timeout 150 "$py" -m pytest -q -m gpu tests/landscape/test_cuda.py 2>&1 | tail -15 |
+            tee "$out/gpu_tests.txt" ;;
+    layouts)
+        timeout 150 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
+            --widths 4 8 16 --pack-sizes 32 64 --step-modes vmap packed --modes graph \
+            --rounds 3 --out "$out/bench_packing_layouts.json" | grep -E '^peak|x$|x ' ;;
+    hessian)
+        timeout 280 "$py" benchmarks/bench_hessian.py --device cuda --models resnet18=4,8,16 \
+            --members 8 --loop-members 2 --hvp-modes vmap packed \
+            --out "$out/bench_hessian.json" | grep width ;;
+    packing)
+        timeout 330 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
+            --widths 4 8 16 32 64 --pack-sizes 8 32 64 --modes graph --rounds 3 \
+            --out "$out/bench_packing.json" | grep -E '^peak' ;;
+    surfaces)
+        timeout 100 "$py" benchmarks/bench_surfaces.py --device cuda \
+            --out "$out/bench_surfaces.json" > "$out/bench_surfaces.log" 2>&1 ;;
+    *) echo "unknown step $step (tests layouts hessian packing surfaces)" >&2; exit 2 ;;
+    esac
+done
 ls -l "$out"

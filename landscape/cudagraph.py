@@ -11,6 +11,11 @@ Rules for the wrapped function (PyTorch's for graph capture): no host synchronis
 it reads that is not an argument must stay the same object (it is read in place at replay).
 Arguments are copied into the graph's own input buffers on each call; results are returned as
 copies. On a CPU, or when recording fails, calls run the function as is.
+
+A function that reads tensors made by autograd (a retained graph, as for Hessian-vector
+products by double backward) must run, be recorded and be replayed on the stream those tensors
+were made on, since autograd runs a backward node on its forward's stream: pass that
+``stream``, and call :meth:`CudaGraphed.reset` when the tensors it reads are replaced.
 """
 
 from __future__ import annotations
@@ -44,13 +49,28 @@ class CudaGraphed:
     their algorithms, the allocator settles); the next records the graph and replays it. So
     every call computes its result, the recording one included. ``max_graphs`` bounds the
     number of graphs kept (each holds its own memory pool); shapes beyond it run eagerly.
+    ``stream``: the one stream every warm-up and recording runs on (default: a new side
+    stream per warm-up call, PyTorch's capture stream for recording).
     """
 
-    def __init__(self, fn: Callable[..., Any], *, warmup: int = 2, max_graphs: int = 4):
-        self.fn, self.warmup, self.max_graphs = fn, warmup, max_graphs
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        warmup: int = 2,
+        max_graphs: int = 4,
+        stream: torch.cuda.Stream | None = None,
+    ):
+        self.fn, self.warmup, self.max_graphs, self.stream = fn, warmup, max_graphs, stream
         self.calls: dict[tuple, int] = {}
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Any, Any]] = {}
         self.failed = False
+
+    def reset(self) -> None:
+        """Forget the recorded graphs (and their memory): the next calls warm up and record
+        again. For when the tensors ``fn`` reads besides its arguments were replaced."""
+        self.calls.clear()
+        self.graphs.clear()
 
     def __call__(self, *args: Any) -> Any:
         leaves = [x for x in tree_flatten(args)[0] if isinstance(x, torch.Tensor)]
@@ -67,7 +87,7 @@ class CudaGraphed:
         return self.fn(*args)
 
     def _side_stream(self, args: tuple, device: torch.device) -> Any:
-        side, main = torch.cuda.Stream(device), torch.cuda.current_stream(device)
+        side, main = self.stream or torch.cuda.Stream(device), torch.cuda.current_stream(device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
             out = self.fn(*args)
@@ -78,7 +98,7 @@ class CudaGraphed:
         static = _clone(args)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, stream=self.stream):
                 out = self.fn(*static)
         except RuntimeError as err:  # nothing ran while recording: state is intact
             warnings.warn(

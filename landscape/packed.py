@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from landscape.functional import FunctionalNet, Params
 
-__all__ = ["PackedNet", "channels_last_images", "pack_inputs"]
+__all__ = ["PackedNet", "channels_last_images", "member_losses", "pack_inputs"]
 
 
 def _conv(self: nn.Conv2d, x: Tensor) -> Tensor:
@@ -81,6 +81,11 @@ def pack_inputs(x: Tensor) -> Tensor:
     return x.transpose(0, 1).reshape(N, K * x.shape[2], *x.shape[3:])
 
 
+def member_losses(logits: Tensor, y: Tensor) -> Tensor:
+    """Each member's mean cross-entropy (in float32): logits (N, K, classes), y (K, N) -> (K,)."""
+    return F.cross_entropy(logits.float().permute(0, 2, 1), y.T, reduction="none").mean(0)
+
+
 class PackedNet:
     """The packed view of a :class:`FunctionalNet`'s architecture: ``logits(params, buffers,
     x_packed)`` with stacked parameters and buffers (K, ...) returns (N, K, classes)."""
@@ -107,6 +112,12 @@ class PackedNet:
         out = functional_call(self.module, (params, buffers), (x,), strict=True)
         return out.reshape(out.shape[0], K, -1)
 
+    def losses(self, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:
+        """(K,) mean cross-entropy of every member in eval mode, from per-member inputs
+        x (K, N, ...) and labels y (K, N): :meth:`FunctionalNet.loss` for all members at once,
+        without vmap (so it can be differentiated twice by plain autograd)."""
+        return member_losses(self.logits(params, buffers, pack_inputs(x), train=False), y)
+
 
 def packed_grad_and_value(packed: PackedNet, channels_last: bool = False):
     """(params, buffers, x (K, N, ...), y (K, N)) -> (grads, (loss sum, (loss (K,), acc (K,))))
@@ -118,8 +129,7 @@ def packed_grad_and_value(packed: PackedNet, channels_last: bool = False):
         xp = channels_last_images(pack_inputs(x)) if channels_last else pack_inputs(x)
         with torch.enable_grad():
             logits = packed.logits(leaves, buffers, xp, train=True)  # (N, K, C)
-            per = F.cross_entropy(logits.float().permute(0, 2, 1), y.T, reduction="none")
-            loss = per.mean(0)  # (K,) each member's mean cross-entropy
+            loss = member_losses(logits, y)  # (K,)
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         acc = (logits.detach().argmax(-1) == y.T).float().mean(0)
         total = loss.detach().sum()

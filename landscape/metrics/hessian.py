@@ -1,17 +1,21 @@
 """Hessian of the loss at a trained point: trace, top eigenvalues, eigenvalue density.
 
 Every function here measures K stacked members at once. The Hessian is never formed: all
-three metrics are built from Hessian-vector products ``Hv = jvp(grad(L), (w,), (v,))[1]``
-(forward-over-reverse), vmapped over a chunk of probe vectors and over the members.
+three metrics are built from Hessian-vector products (:func:`batched_hvp`), either
+``Hv = jvp(grad(L), (w,), (v,))[1]`` (forward-over-reverse) vmapped over a chunk of probe
+vectors and over the members, or, for a loss computed in the packed layout, by double
+backward through a retained graph of all members at once (reverse-over-reverse).
 
 Two layers:
 
 - ``hutchinson_trace``, ``top_eigenvalues``, ``lanczos_quadrature`` take any per-member loss
-  ``loss(params, *args) -> scalar`` with stacked ``params`` (K, ...) and stacked ``args``; the
-  tests drive them with quadratics ``1/2 w'Aw`` whose answers are known.
+  ``loss(params, *args) -> scalar`` with stacked ``params`` (K, ...) and stacked ``args``, or
+  a :class:`PackedLoss` giving all K at once; the tests drive them with quadratics
+  ``1/2 w'Aw`` whose answers are known.
 - ``hessian_trace``, ``hessian_eigenvalues``, ``hessian_density`` bind that loss to a
   :class:`~landscape.functional.FunctionalNet` (mean cross-entropy, eval mode) and data
-  ``x`` (K, N, ...), ``y`` (K, N).
+  ``x`` (K, N, ...), ``y`` (K, N); their ``hvp`` (``vmap``, ``loop`` or ``packed``) says how
+  the products are computed. All give the same numbers (tests).
 
 Random probe vectors are drawn from the explicit ``generator`` with the shape of ONE member
 and shared by all members (common random numbers): a member's result does not depend on
@@ -32,6 +36,7 @@ from torch.utils._pytree import tree_map
 
 from landscape.cudagraph import CudaGraphed
 from landscape.functional import FunctionalNet, Params, Stack
+from landscape.packed import PackedNet
 
 LossFn = Callable[..., Tensor]  # loss(params, *args) -> scalar, for ONE member
 
@@ -77,33 +82,58 @@ def hvp(loss: LossFn, params: Params, args: tuple, v: Params) -> Params:
     return jvp(lambda p: grad(loss)(p, *args), (params,), (v,))[1]
 
 
-HVP_MODES = ("vmap", "loop")
+HVP_MODES = ("vmap", "loop", "packed")
+
+
+@dataclass(frozen=True)
+class PackedLoss:
+    """The losses of K stacked members in one call: ``fn(params (K, ...), *args) -> (K,)``,
+    member k's loss depending only on member k's parameters and arguments, computed without
+    vmap (e.g. by :class:`landscape.packed.PackedNet`, or in closed form). Its Hessian-vector
+    products come from plain double backward through a retained graph (:func:`batched_hvp`)."""
+
+    fn: Callable[..., Tensor]
 
 
 def batched_hvp(
-    loss: LossFn, shapes: dict[str, torch.Size], shared: bool, mode: str = "vmap"
+    loss: LossFn | PackedLoss, shapes: dict[str, torch.Size], shared: bool, mode: str = "vmap"
 ) -> Callable[..., Tensor]:
     """``(params (K,..), args (K,..), V) -> HV (K, c, P)`` with flat probe rows.
 
-    ``V`` is (c, P) shared by every member when ``shared``, else (K, c, P) per member. The
-    probes of a member are always vmapped (their tangents fold into the batch and output
-    channels of ordinary kernels). ``mode`` says how members share kernels: ``vmap`` batches
-    them too (grouped kernels: best for small models), ``loop`` takes one member after
-    another on views of the stacked tensors (ordinary kernels, and the memory of one member
-    at a time). Both compute the same products; on an H100, CIFAR ResNet18 up to width 16,
-    ``vmap`` was the faster by 1.1-2.4x (README, benchmarks), so it is the default and
-    ``loop`` the way to fit a pack that does not fit. On a CUDA device the whole call is
-    replayed from a CUDA graph per argument shape (the metrics call it with the same shapes
-    again and again; see :mod:`landscape.cudagraph`), which removes the loop's launches.
+    ``V`` is (c, P) shared by every member when ``shared``, else (K, c, P) per member.
+
+    For a per-member :data:`LossFn`, products are forward-over-reverse and the probes of a
+    member are always vmapped (their tangents fold into the batch and output channels of
+    ordinary kernels); ``mode`` says how members share kernels: ``vmap`` batches them too
+    (grouped kernels: best for small models), ``loop`` takes one member after another on
+    views of the stacked tensors (ordinary kernels, and the memory of one member at a time).
+    On an H100, CIFAR ResNet18 up to width 16, ``vmap`` was the faster by 1.1-2.4x (README,
+    benchmarks), so it is the default and ``loop`` the way to fit a pack that does not fit.
+
+    A :class:`PackedLoss` (``mode`` ``packed``) is differentiated by reverse-over-reverse, the
+    way PyHessian does it for one model, here for K members at once: one forward and one
+    backward with ``create_graph`` per set of ``(params, args)``, kept while the same objects
+    come back (a trace's probe chunks, a power iteration's steps), then one more backward
+    through that graph per probe. So a call costs a second backward per probe, not a whole
+    forward-over-reverse pass.
+
+    On a CUDA device the call is replayed from a CUDA graph per argument shape (the metrics
+    call it with the same shapes again and again; see :mod:`landscape.cudagraph`), which
+    removes the launches.
     """
+    if mode not in HVP_MODES:
+        raise ValueError(f"hvp mode must be one of {', '.join(HVP_MODES)}, got {mode!r}")
+    if isinstance(loss, PackedLoss) != (mode == "packed"):
+        need = "a PackedLoss" if mode == "packed" else "a per-member loss, not a PackedLoss"
+        raise ValueError(f"hvp mode {mode!r} needs {need}")
+    if isinstance(loss, PackedLoss):
+        return _RetainedProducts(loss, shapes, shared)
 
     def member(p: Params, a: tuple, rows: Tensor) -> Tensor:  # rows (c, P)
         return vmap(lambda v: flatten(hvp(loss, p, a, unflatten(v, shapes))))(rows)
 
     if mode == "vmap":
         return CudaGraphed(vmap(member, in_dims=(0, 0, None if shared else 0)))
-    if mode not in HVP_MODES:
-        raise ValueError(f"hvp mode must be one of {', '.join(HVP_MODES)}, got {mode!r}")
 
     def looped(params: Params, args: tuple, rows: Tensor) -> Tensor:
         return torch.stack(
@@ -118,6 +148,104 @@ def batched_hvp(
         )
 
     return CudaGraphed(looped)
+
+
+class _RetainedProducts:
+    """Hessian-vector products of a :class:`PackedLoss` by double backward (see
+    :func:`batched_hvp`). The retained graph belongs to the last ``(params, args)`` objects
+    seen (compared by identity: the metrics pass the same objects while their members do not
+    change); on a CUDA device it is built, and the products recorded and replayed, on one
+    stream of its own, as autograd runs a backward node on its forward's stream."""
+
+    def __init__(self, loss: PackedLoss, shapes: dict[str, torch.Size], shared: bool):
+        self.loss, self.shapes, self.shared = loss, shapes, shared
+        self.bound: tuple[Params, tuple] | None = None  # kept alive, so ids are not reused
+        self.stream: torch.cuda.Stream | None = None
+        self.graphed: CudaGraphed | None = None
+
+    def __call__(self, params: Params, args: tuple, rows: Tensor) -> Tensor:
+        if self.bound is None or self.bound[0] is not params or self.bound[1] is not args:
+            self._bind(params, args)
+        assert self.graphed is not None
+        return self.graphed(rows)
+
+    def _bind(self, params: Params, args: tuple) -> None:
+        self.bound = (params, args)
+        like = next(iter(params.values()))
+        if like.is_cuda and self.stream is None:
+            self.stream = torch.cuda.Stream(like.device)
+        if self.graphed is None:
+            self.graphed = CudaGraphed(self._products, stream=self.stream)
+        self.graphed.reset()  # recorded products read the old graph
+        if self.stream is None:
+            self._retain(params, args)
+            return
+        main = torch.cuda.current_stream(like.device)
+        self.stream.wait_stream(main)
+        with torch.cuda.stream(self.stream):
+            self._retain(params, args)
+        main.wait_stream(self.stream)
+
+    def _retain(self, params: Params, args: tuple) -> None:
+        self.leaves = [p.detach().requires_grad_() for p in params.values()]
+        with torch.enable_grad():
+            total = self.loss.fn(dict(zip(params, self.leaves)), *args).sum()
+            grads = torch.autograd.grad(total, self.leaves, create_graph=True, allow_unused=True)
+        # a gradient that does not depend on the parameters has a zero Hessian row (and,
+        # by symmetry, column): it takes no part in the second backward
+        self.used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        self.grads = [grads[i] for i in self.used]
+
+    def _products(self, rows: Tensor) -> Tensor:
+        K = self.leaves[0].shape[0]
+        out = []
+        for j in range(rows.shape[-2]):
+            v = rows[j].expand(K, rows.shape[-1]) if self.shared else rows[:, j]  # (K, P)
+            parts = list(unflatten(v, self.shapes).values())
+            hv = torch.autograd.grad(
+                self.grads,
+                self.leaves,
+                grad_outputs=[parts[i] for i in self.used],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            out.append(
+                torch.cat(
+                    [
+                        (h if h is not None else torch.zeros_like(p)).flatten(1)
+                        for h, p in zip(hv, self.leaves)
+                    ],
+                    dim=1,
+                )
+            )
+        return torch.stack(out, dim=1)  # (K, c, P)
+
+
+def resolve_hvp(net: FunctionalNet, hvp: str, device: torch.device) -> str:
+    """``hvp`` of the ``hessian_*`` functions resolved: ``auto`` is ``packed`` on a CPU when
+    the model's layers allow the packed layout, else ``vmap``. On this project's 2-core CPU,
+    ``bench_hessian.py --quick`` (cnn, mlp, ResNet18) had the packed products 1.0-4.3x as
+    fast as ``vmap`` for the trace and 1.8-3.2x for the top eigenvalue (the retained graph
+    saves a forward and a backward per power iteration); on a CUDA device ``vmap`` stays
+    until ``packed`` is measured there."""
+    if hvp not in ("auto", *HVP_MODES):
+        raise ValueError(f"hvp must be one of auto, {', '.join(HVP_MODES)}, got {hvp!r}")
+    if hvp != "auto":
+        return hvp
+    if device.type == "cuda":
+        return "vmap"
+    try:
+        PackedNet(net)
+    except ValueError:
+        return "vmap"
+    return "packed"
+
+
+def net_loss(net: FunctionalNet, hvp: str) -> LossFn | PackedLoss:
+    """The mean cross-entropy (eval mode) of ``net``'s members, ``(params, buffers, x, y)``, in
+    the form ``hvp`` differentiates: per member for ``vmap`` and ``loop``, all members in the
+    packed layout for ``packed`` (:class:`landscape.packed.PackedNet`)."""
+    return PackedLoss(PackedNet(net).losses) if hvp == "packed" else net.loss
 
 
 def take_active(tree: Any, active: Tensor, members: int) -> Any:
@@ -170,7 +298,7 @@ class TraceEstimate:
 
 
 def hutchinson_trace(
-    loss: LossFn,
+    loss: LossFn | PackedLoss,
     params: Params,
     args: tuple = (),
     *,
@@ -238,16 +366,17 @@ def hessian_trace(
     chunk: int = 10,
     min_probes: int = 10,
     generator: torch.Generator,
-    hvp: str = "vmap",
+    hvp: str = "auto",
 ) -> TraceEstimate:
     """Trace of the Hessian of the mean cross-entropy (eval mode) on x (K, N, ...), y (K, N).
 
     Yang et al. (2021) used 100 probes on one batch of 200 training samples; the sample is
     the caller's choice (see ``HessianTraceSpec``). See :func:`hutchinson_trace`; ``hvp``:
-    how members share kernels (:func:`batched_hvp`).
+    how the products are computed (:func:`batched_hvp`; ``auto``: :func:`resolve_hvp`).
     """
+    hvp = resolve_hvp(net, hvp, x.device)
     return hutchinson_trace(
-        net.loss,
+        net_loss(net, hvp),
         stack.params,
         (stack.buffers, x, y),
         n_probes=n_probes,
@@ -272,7 +401,7 @@ class EigenEstimate:
 
 
 def top_eigenvalues(
-    loss: LossFn,
+    loss: LossFn | PackedLoss,
     params: Params,
     args: tuple = (),
     *,
@@ -376,12 +505,13 @@ def hessian_eigenvalues(
     tol: float = 1e-3,
     generator: torch.Generator,
     init: Tensor | None = None,
-    hvp: str = "vmap",
+    hvp: str = "auto",
 ) -> EigenEstimate:
     """Top-k Hessian eigenvalues of the mean cross-entropy (eval mode); see
-    :func:`top_eigenvalues` (and :func:`batched_hvp` for ``hvp``)."""
+    :func:`top_eigenvalues` (and :func:`batched_hvp`, :func:`resolve_hvp` for ``hvp``)."""
+    hvp = resolve_hvp(net, hvp, x.device)
     return top_eigenvalues(
-        net.loss,
+        net_loss(net, hvp),
         stack.params,
         (stack.buffers, x, y),
         k=k,
@@ -410,7 +540,7 @@ class Quadrature:
 
 
 def lanczos_quadrature(
-    loss: LossFn,
+    loss: LossFn | PackedLoss,
     params: Params,
     args: tuple = (),
     *,
@@ -526,12 +656,13 @@ def hessian_density(
     n_grid: int = 1000,
     sigma2: float = 1e-5,
     generator: torch.Generator,
-    hvp: str = "vmap",
+    hvp: str = "auto",
 ) -> SpectralDensity:
     """Hessian eigenvalue density of the mean cross-entropy (eval mode) by stochastic Lanczos
     quadrature; see :func:`lanczos_quadrature` and :func:`broadened_density`."""
+    hvp = resolve_hvp(net, hvp, x.device)
     q = lanczos_quadrature(
-        net.loss,
+        net_loss(net, hvp),
         stack.params,
         (stack.buffers, x, y),
         n_iter=n_iter,

@@ -1,7 +1,8 @@
 """Checks that need a CUDA device (skipped without one): the CUDA-graph training step replays
 exactly what the eager step computes, bf16 autocast with BatchNorm inside a pack, a pack
 trained on the GPU agrees with the same pack trained on the CPU, and the graph-replayed
-Hessian-vector product equals the eager one for fresh probes at every call."""
+Hessian-vector products (vmapped forward-over-reverse, and double backward through a retained
+graph in the packed layout) equal the eager ones for fresh probes at every call."""
 
 import dataclasses
 import math
@@ -11,7 +12,7 @@ import torch
 
 from landscape import DataSpec, ModelSpec, OptimSpec, TrainSpec, load_dataset
 from landscape.functional import init_stack
-from landscape.metrics.hessian import batched_hvp, hessian_trace, member_shapes
+from landscape.metrics.hessian import batched_hvp, hessian_trace, member_shapes, net_loss
 from landscape.models import build_model
 from landscape.train import train_pack
 
@@ -109,7 +110,27 @@ def test_graph_replayed_hvp_equals_eager_for_fresh_probes():
     assert hv.graphs and not hv.failed  # it really replayed from a graph
 
 
-@pytest.mark.parametrize("hvp", ["vmap", "loop"])
+def test_graph_replayed_double_backward_hvp_equals_eager_and_follows_new_parameters():
+    """The packed products read a retained autograd graph: recorded and replayed on the
+    stream that graph was built on, and recorded again when the parameters change."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    net, stack, x, y = _cnn_stack("cuda")
+    shapes = member_shapes(stack.params)
+    hv = batched_hvp(net_loss(net, "packed"), shapes, shared=False, mode="packed")
+    eager = batched_hvp(net.loss, shapes, shared=False)  # forward-over-reverse, graphed too
+    P = sum(p[0].numel() for p in stack.params.values())
+    moved = {n: p * 1.1 for n, p in stack.params.items()}
+    args = (stack.buffers, x, y)
+    for params in (stack.params, moved):
+        for _ in range(5):  # 2 eager warm-ups, the recording call, then replays
+            v = torch.randn(3, 2, P, device="cuda")
+            want = eager.fn(params, args, v)
+            torch.testing.assert_close(hv(params, args, v), want, rtol=1e-4, atol=1e-5)
+        assert hv.graphed.graphs and not hv.graphed.failed
+
+
+@pytest.mark.parametrize("hvp", ["vmap", "loop", "packed"])
 def test_hessian_trace_on_cuda_matches_cpu(hvp):
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False

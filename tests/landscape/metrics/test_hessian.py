@@ -10,15 +10,21 @@ from torch.func import hessian
 
 from landscape.functional import FunctionalNet, Stack, init_stack, unstack
 from landscape.metrics.hessian import (
+    PackedLoss,
+    batched_hvp,
     broadened_density,
     hessian_density,
     hessian_eigenvalues,
     hessian_trace,
     hutchinson_trace,
     lanczos_quadrature,
+    member_shapes,
+    net_loss,
+    resolve_hvp,
     top_eigenvalues,
 )
-from landscape.models import MLP
+from landscape.models import MLP, build_model
+from landscape.variant import ModelSpec
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -246,12 +252,13 @@ def test_density_mlp_pack_equals_members_and_is_normalised() -> None:
     assert exact.min() - 1e-4 <= nodes.min() and nodes.max() <= exact.max() + 1e-4
 
 
-def test_a_nan_member_gives_nan_and_leaves_the_others_alone() -> None:
+@pytest.mark.parametrize("hvp", ["vmap", "packed"])
+def test_a_nan_member_gives_nan_and_leaves_the_others_alone(hvp: str) -> None:
     net, stack, x, y = tiny_mlp(members=3)
     poisoned = stack.clone()
     for p in poisoned.params.values():
         p[1] = float("nan")
-    kwargs = {"generator": gen(1)}
+    kwargs = {"generator": gen(1), "hvp": hvp}
     runs = {
         "trace": lambda st: hessian_trace(net, st, x, y, n_probes=20, **kwargs).estimate,
         "eig": lambda st: hessian_eigenvalues(net, st, x, y, k=2, max_iter=20, **kwargs).values,
@@ -266,24 +273,101 @@ def test_a_nan_member_gives_nan_and_leaves_the_others_alone() -> None:
         torch.testing.assert_close(dirty[[0, 2]], clean[[0, 2]], msg=name)
 
 
-def test_member_loop_hvp_equals_vmapped_hvp() -> None:
-    """The two ways members share kernels give the same trace, eigenvalues and density."""
-    from landscape.metrics.hessian import hessian_density
-
+@pytest.mark.parametrize("mode", ["loop", "packed"])
+def test_every_hvp_mode_equals_vmapped_hvp(mode: str) -> None:
+    """Members in turn, or all members in the packed layout by double backward, give the
+    trace, eigenvalues and density the vmapped forward-over-reverse products give."""
     net, stack, x, y = tiny_mlp(members=3)
     out = {}
-    for mode in ("vmap", "loop"):
-        kw = {"generator": gen(3), "hvp": mode}
-        out[mode] = (
+    for m in ("vmap", mode):
+        kw = {"generator": gen(3), "hvp": m}
+        out[m] = (
             hessian_trace(net, stack, x, y, n_probes=20, tol=0.0, chunk=7, **kw).estimate,
             hessian_eigenvalues(net, stack, x, y, k=2, max_iter=30, tol=0.0, **kw).values,
             hessian_density(net, stack, x, y, n_iter=8, n_grid=50, **kw).density,
         )
-    for a, b in zip(out["vmap"], out["loop"]):
+    for a, b in zip(out["vmap"], out[mode]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "batch_norm", "skips"),
+    [("cnn", 3, True, True), ("resnet18", 2, True, True), ("resnet18", 2, False, False),
+     ("vgg9", 2, True, True)],
+)  # fmt: skip
+def test_packed_hvp_equals_vmapped_hvp_on_conv_nets(
+    name: str, width: int, batch_norm: bool, skips: bool
+) -> None:
+    """Products by double backward in the packed layout (grouped convolutions, BatchNorm in
+    eval mode over K*C channels) equal forward-over-reverse per member, probe by probe."""
+    spec = ModelSpec(name, width=width, batch_norm=batch_norm, skip=skips)
+    net, stack = init_stack(lambda: build_model(spec, (3, 8, 8), 5), [0, 1, 2], "cpu")
+    for b in stack.buffers.values():  # running statistics away from (0, 1), as after training
+        if b.is_floating_point():
+            b.uniform_(0.5, 1.5, generator=gen(4))
+    x, y = (
+        torch.randn(3, 6, 3, 8, 8, generator=gen(5)),
+        torch.randint(0, 5, (3, 6), generator=gen(6)),
+    )
+    shapes = member_shapes(stack.params)
+    size = sum(math.prod(s) for s in shapes.values())
+    rows = torch.randn(3, 4, size, generator=gen(7))
+    args = (stack.buffers, x, y)
+    want = batched_hvp(net.loss, shapes, shared=False)(stack.params, args, rows)
+    packed = batched_hvp(net_loss(net, "packed"), shapes, shared=False, mode="packed")
+    got = packed(stack.params, args, rows)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    again = packed(stack.params, args, rows[:, :2])  # the retained graph, used again
+    torch.testing.assert_close(again, want[:, :2], rtol=1e-4, atol=1e-5)
+
+
+def test_packed_hvp_follows_new_parameters() -> None:
+    """The retained graph belongs to the parameters it was built from: other parameters
+    (a shrunken set of active members, or a new point) get a graph of their own."""
+    net, stack, x, y = tiny_mlp(members=3)
+    shapes = member_shapes(stack.params)
+    rows = torch.randn(2, 43, generator=gen(8))
+    vmapped = batched_hvp(net.loss, shapes, shared=True)
+    packed = batched_hvp(net_loss(net, "packed"), shapes, shared=True, mode="packed")
+    moved = {n: p * 1.5 for n, p in stack.params.items()}
+    for params in (stack.params, moved, stack.params):
+        args = (stack.buffers, x, y)
+        torch.testing.assert_close(packed(params, args, rows), vmapped(params, args, rows))
+
+
+def test_packed_loss_on_quadratics() -> None:
+    """A PackedLoss in closed form: trace, top eigenvalue and density mean of 1/2 w'Aw."""
+    eigs = torch.tensor([5.0, 3.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+    params, args = quadratic_pack([spd(5, eigs, 0), spd(5, eigs * 2, 1)])
+    loss = PackedLoss(lambda p, a: 0.5 * torch.einsum("kp,kpq,kq->k", p["w"], a, p["w"]))
+    est = hutchinson_trace(
+        loss, params, args, n_probes=400, tol=0.0, generator=gen(), mode="packed"
+    )
+    want = torch.tensor([eigs.sum(), 2 * eigs.sum()], dtype=torch.float64)
+    assert ((est.estimate - want).abs() <= 3 * est.stderr).all()
+    top = top_eigenvalues(
+        loss, params, args, k=2, max_iter=500, tol=1e-12, generator=gen(), mode="packed"
+    )
+    torch.testing.assert_close(top.values, torch.stack([eigs[:2], 2 * eigs[:2]]), rtol=1e-4, atol=0)
+    # diagonal A: a Rademacher start gives v'Av/n = tr(A)/n exactly, the quadrature's mean
+    params, args = quadratic_pack([torch.diag(eigs), torch.diag(2 * eigs)])
+    q = lanczos_quadrature(loss, params, args, n_iter=5, n_v=2, generator=gen(), mode="packed")
+    mean = (q.nodes.nan_to_num(0) * q.weights).sum(-1)  # (K, n_v)
+    torch.testing.assert_close(mean, (want / 5)[:, None].expand(2, 2))
+    with pytest.raises(ValueError, match="hvp mode 'vmap' needs a per-member loss, not a Packed"):
+        hutchinson_trace(loss, params, args, generator=gen())
 
 
 def test_unknown_hvp_mode_is_refused() -> None:
     net, stack, x, y = tiny_mlp()
-    with pytest.raises(ValueError, match="hvp mode must be one of vmap, loop, got 'x'"):
+    with pytest.raises(ValueError, match="hvp must be one of auto, vmap, loop, packed, got 'x'"):
         hessian_trace(net, stack, x, y, n_probes=2, generator=gen(), hvp="x")
+
+
+def test_auto_hvp_is_packed_on_a_cpu_when_the_layers_allow_it() -> None:
+    net, _, _, _ = tiny_mlp()
+    assert resolve_hvp(net, "auto", torch.device("cpu")) == "packed"
+    assert resolve_hvp(net, "auto", torch.device("cuda")) == "vmap"  # until measured there
+    assert resolve_hvp(net, "loop", torch.device("cpu")) == "loop"
+    odd = FunctionalNet(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LayerNorm(4)))
+    assert resolve_hvp(odd, "auto", torch.device("cpu")) == "vmap"  # no packed LayerNorm
