@@ -23,7 +23,12 @@ import torch
 from torch import Tensor
 
 from landscape.metrics.gradients import fisher_trace, flatness_ratio, gradient_stats
-from landscape.metrics.hessian import hessian_density, hessian_eigenvalues, hessian_trace
+from landscape.metrics.hessian import (
+    HVP_MODES,
+    hessian_density,
+    hessian_eigenvalues,
+    hessian_trace,
+)
 from landscape.metrics.lr_range import lr_range_rows, lr_range_test
 from landscape.metrics.sharpness import (
     NORMS,
@@ -51,6 +56,14 @@ def _check(
             raise ConfigError(f"metrics.{prefix}.{name} must be >= 0, got {value!r}")
 
 
+def _check_hvp(value: str, prefix: str) -> None:
+    allowed = ("auto", *HVP_MODES)
+    if value not in allowed:
+        raise ConfigError(
+            f"metrics.{prefix}.hvp must be one of {', '.join(allowed)}, got {value!r}"
+        )
+
+
 @dataclass(frozen=True)
 class HessianTraceSpec:
     """Hutchinson trace. Yang et al. (2021) used 100 probes on one batch of 200 training
@@ -62,9 +75,11 @@ class HessianTraceSpec:
     tol: float = 1e-3  # stop a member once its standard error <= tol * |estimate| (PyHessian's tol)
     chunk: int = 10  # probes per vmapped batch: the memory bound (chunk * K HVPs at once)
     min_probes: int = 10  # never stop before this many probes
+    hvp: str = "auto"  # how Hessian-vector products are computed (hessian.resolve_hvp)
 
     def __post_init__(self) -> None:
         _check(self, "hessian_trace", ("n_samples", "n_probes", "chunk", "min_probes"), ("tol",))
+        _check_hvp(self.hvp, "hessian_trace")
 
 
 @dataclass(frozen=True)
@@ -77,9 +92,11 @@ class HessianEigenSpec:
     k: int = 1  # columns hessian_top_eig, hessian_eig_2, ..., hessian_eig_k
     max_iter: int = 100
     tol: float = 1e-3  # relative change of every Ritz value between iterations
+    hvp: str = "auto"  # how Hessian-vector products are computed (hessian.resolve_hvp)
 
     def __post_init__(self) -> None:
         _check(self, "hessian_eigen", ("n_samples", "k", "max_iter"), ("tol",))
+        _check_hvp(self.hvp, "hessian_eigen")
 
 
 @dataclass(frozen=True)
@@ -94,9 +111,11 @@ class SpectrumSpec:
     n_v: int = 1  # independent Lanczos runs, averaged
     n_grid: int = 1000  # grid points per member (PyHessian uses 10,000)
     sigma2: float = 1e-5
+    hvp: str = "auto"  # how Hessian-vector products are computed (hessian.resolve_hvp)
 
     def __post_init__(self) -> None:
         _check(self, "spectrum", ("n_samples", "n_iter", "n_v", "n_grid", "sigma2"))
+        _check_hvp(self.hvp, "spectrum")
 
 
 @dataclass(frozen=True)
@@ -301,6 +320,7 @@ def _trace(
         chunk=s.chunk,
         min_probes=s.min_probes,
         generator=probe_g,
+        hvp=s.hvp,
     )
     m.column("hessian_trace", est.estimate)
     m.column("hessian_trace_se", est.stderr)
@@ -312,7 +332,15 @@ def _eigen(
 ) -> None:
     x, y = m.train_sample(s.n_samples, sample_g)
     est = hessian_eigenvalues(
-        m.pack.net, m.stack, x, y, k=s.k, max_iter=s.max_iter, tol=s.tol, generator=probe_g
+        m.pack.net,
+        m.stack,
+        x,
+        y,
+        k=s.k,
+        max_iter=s.max_iter,
+        tol=s.tol,
+        generator=probe_g,
+        hvp=s.hvp,
     )
     for j in range(s.k):
         m.column(eigen_column(j), est.values[:, j])
@@ -337,6 +365,7 @@ def _spectrum(
         n_grid=s.n_grid,
         sigma2=s.sigma2,
         generator=probe_g,
+        hvp=s.hvp,
     )
     grid, density = d.grid.tolist(), d.density.tolist()
     rows = [

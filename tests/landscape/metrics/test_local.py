@@ -143,6 +143,11 @@ def test_switching_a_metric_off_changes_no_other(measured) -> None:
             lambda: LRRangeSpec(lr_min=1.0, lr_max=0.5), "lr_range.lr_min must be <", id="range"
         ),
         pytest.param(lambda: HessianEigenSpec(k=0), "hessian_eigen.k must be > 0", id="k"),
+        pytest.param(
+            lambda: HessianEigenSpec(hvp="fast"),
+            "metrics.hessian_eigen.hvp must be one of auto, vmap, loop, packed, got 'fast'",
+            id="hvp",
+        ),
     ],
 )
 def test_specs_reject_bad_values(build, message: str) -> None:
