@@ -224,9 +224,10 @@ class _RetainedProducts:
 def resolve_hvp(net: FunctionalNet, hvp: str, device: torch.device) -> str:
     """``hvp`` of the ``hessian_*`` functions resolved: ``auto`` is ``packed`` on a CPU when
     the model's layers allow the packed layout, else ``vmap``. On this project's 2-core CPU,
-    ``bench_hessian.py --quick`` (cnn, mlp, ResNet18) had the packed products 1.0-4.3x as
-    fast as ``vmap`` for the trace and 1.8-3.2x for the top eigenvalue (the retained graph
-    saves a forward and a backward per power iteration); on a CUDA device ``vmap`` stays
+    ``bench_hessian.py --quick`` (cnn, mlp, ResNet18; ``benchmarks/results/
+    bench_hessian_cpu.json``) had the packed products 1.0-1.8x as fast as ``vmap`` for the
+    trace and 1.8-3.4x for the top eigenvalue (the retained graph saves a forward and a
+    backward per power iteration); on a CUDA device ``vmap`` stays (measured on an H100)
     until ``packed`` is measured there."""
     if hvp not in ("auto", *HVP_MODES):
         raise ValueError(f"hvp must be one of auto, {', '.join(HVP_MODES)}, got {hvp!r}")
