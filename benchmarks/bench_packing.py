@@ -79,16 +79,19 @@ def make_packed(
     K: int,
     mode: str,
     step_mode: str,
+    streams: int = 1,
 ) -> tuple[Callable[[], object], str]:
     """A packed step of K members (fresh stack and optimiser state) and its resolved
     ``train.pack_step`` (``auto`` decides as ``landscape.train.train_pack`` does)."""
     shape, B = tuple(args.input_shape), args.batch_size
-    train = TrainSpec(precision=args.precision, pack_step=step_mode)
+    train = TrainSpec(precision=args.precision, pack_step=step_mode, pack_streams=streams)
     variants = [Variant(model=spec, optim=optim, train=train, seed=s) for s in range(K)]
     resolved = step_mode_of(variants[0], shape, args.classes, device)
     net, stack = init_stack(lambda: build_model(spec, shape, args.classes), range(K), device)
     state = new_optim_state([v.optim for v in variants], stack)
-    step_fn = StepFn(net, compile=args.compile, mode=resolved, channels_last=resolved != "vmap")
+    step_fn = StepFn(
+        net, compile=args.compile, mode=resolved, channels_last=resolved != "vmap", streams=streams
+    )
     xs = torch.randn(K, B, *shape, device=device)
     ys = torch.randint(args.classes, (K, B), device=device)
     lr = torch.full((K,), 0.05, device=device)
@@ -120,11 +123,17 @@ def bench_width(args, device: torch.device, width: int, pack_sizes: list[int]) -
 
     rows = []
     for K in pack_sizes:
-        for step_mode, mode in itertools.product(args.step_modes, args.modes):
+        for step_mode, streams, mode in itertools.product(
+            args.step_modes, args.streams, args.modes
+        ):
             row = {"model": args.model, "width": width, "pack": K, "step": step_mode,
-                   "mode": mode, "batch": B, "precision": args.precision}  # fmt: skip
+                   "streams": streams, "mode": mode, "batch": B, "precision": args.precision}  # fmt: skip
             try:
-                packed, row["step"] = make_packed(args, device, spec, optim, K, mode, step_mode)
+                packed, row["step"] = make_packed(
+                    args, device, spec, optim, K, mode, step_mode, streams
+                )
+                if streams > 1 and row["step"] != "loop":
+                    continue  # streams only change the loop step
                 # sequential and packed timed in turns, so that drifts of the machine (its
                 # clocks, its other tenants) reach both; medians of the rounds
                 seq_s, packed_s = [], []
@@ -178,6 +187,13 @@ def main() -> None:
         choices=["auto", "vmap", "loop", "packed"],
         default=["auto"],
         help="train.pack_step: how the members share kernels (loop runs NHWC on CUDA)",
+    )
+    p.add_argument(
+        "--streams",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="train.pack_streams for the loop step: members spread over this many CUDA streams",
     )
     p.add_argument(
         "--modes",

@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Reproduce the README's GPU tables: the GPU tests, packed training (and the packed layout against
 # vmap at small widths), Hessian (vmapped forward-over-reverse against packed double backward) and
-# surface benchmarks, each writing JSON into OUT_DIR. All steps take about 14 minutes on an H100,
-# more than one device call may run: name steps to split them over calls (in priority order):
+# surface benchmarks, and the loop step on several CUDA streams, each writing JSON into OUT_DIR.
+# All steps take up to 20 minutes on an H100 (each step's time limit), more than one device call
+# may run: name steps to split them over calls (in priority order):
 #
-#     bash benchmarks/run_gpu.sh OUT_DIR tests layouts hessian    # about 7 minutes
-#     bash benchmarks/run_gpu.sh OUT_DIR packing surfaces         # about 7 minutes
-#     bash benchmarks/run_gpu.sh OUT_DIR                          # all of them
+#     bash benchmarks/run_gpu.sh OUT_DIR tests layouts hessian   # at most 9.7 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR streams surfaces        # at most 5 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR packing                 # at most 5.5 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR                         # all of them
 #
 # Needs torch with CUDA, torchvision, numpy and scikit-learn (no Ray, no Hydra): landscape/ is
 # imported from this checkout. Each step has a time limit, so one slow step cannot eat the rest.
 set -u
-out=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR [tests layouts hessian packing surfaces]}
+all="tests layouts hessian streams packing surfaces"
+out=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR [STEP ...] (steps: $all)}
 shift
-steps=${*:-tests layouts hessian packing surfaces}
+steps=${*:-$all}
 mkdir -p "$out"
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1
@@ -34,6 +37,10 @@ for step in $steps; do
         timeout 280 "$py" benchmarks/bench_hessian.py --device cuda --models resnet18=4,8,16 \
             --members 8 --loop-members 2 --hvp-modes vmap packed \
             --out "$out/bench_hessian.json" | grep width ;;
+    streams)
+        timeout 200 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
+            --widths 16 32 64 --pack-sizes 8 32 --step-modes loop --streams 1 2 4 --modes graph \
+            --rounds 3 --out "$out/bench_packing_streams.json" | grep -E '^peak' ;;
     packing)
         timeout 330 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
             --widths 4 8 16 32 64 --pack-sizes 8 32 64 --modes graph --rounds 3 \
@@ -41,7 +48,7 @@ for step in $steps; do
     surfaces)
         timeout 100 "$py" benchmarks/bench_surfaces.py --device cuda \
             --out "$out/bench_surfaces.json" > "$out/bench_surfaces.log" 2>&1 ;;
-    *) echo "unknown step $step (tests layouts hessian packing surfaces)" >&2; exit 2 ;;
+    *) echo "unknown step $step (steps: $all)" >&2; exit 2 ;;
     esac
 done
 ls -l "$out"

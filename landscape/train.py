@@ -22,12 +22,13 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import grad_and_value, vmap
+from torch.utils._pytree import tree_flatten
 
 from landscape.augment import augment_batch
 from landscape.cudagraph import CudaGraphed
@@ -111,7 +112,8 @@ class StepFn:
     grouped convolution over the pack): the fast way for small models, whose kernels are
     too small to fill a GPU. ``loop`` runs the members one after another on views of the
     stacked tensors, each with the library's ordinary kernels: for wide models whose
-    kernels fill the GPU on their own, recorded as one CUDA graph (:class:`GraphedTrainStep`).
+    kernels fill the GPU on their own, recorded as one CUDA graph (:class:`GraphedTrainStep`);
+    with ``streams`` > 1 the members are spread over that many CUDA streams.
     ``packed`` keeps the members side by side in the channel dimension between layers and
     takes ordinary autograd gradients (:mod:`landscape.packed`): vmap's kernels without its
     layout copies, and BatchNorm on bf16 activations. All compute the same function (tests
@@ -121,6 +123,7 @@ class StepFn:
     compile: bool = False
     mode: str = "vmap"
     channels_last: bool = False  # loop/packed modes, images on CUDA: NHWC activations
+    streams: int = 1  # loop mode on CUDA: members spread over this many side streams
     fn: Callable = field(init=False)
 
     def __post_init__(self) -> None:
@@ -128,7 +131,7 @@ class StepFn:
         if self.mode == "vmap":
             g = vmap(member)
         elif self.mode == "loop":
-            g = _looped(member, self.channels_last)
+            g = _looped(member, self.channels_last, self.streams)
         elif self.mode == "packed":
             g = packed_grad_and_value(PackedNet(self.net), self.channels_last)
         else:
@@ -171,21 +174,31 @@ def _packable(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -
     return True
 
 
-def _looped(member: Callable, channels_last: bool) -> Callable:
-    """``member`` applied to each member's views in turn, results stacked like vmap's."""
+def _looped(member: Callable, channels_last: bool, streams: int = 1) -> Callable:
+    """``member`` applied to each member's views in turn, results stacked like vmap's. On a
+    CUDA device with ``streams`` > 1, member k runs on side stream k % streams, so the small
+    kernels of several members (the last stages of a ResNet, say) can share the GPU; the side
+    streams fork from and join back into the calling stream, which a CUDA graph records too."""
     inputs = channels_last_images if channels_last else (lambda x: x)
+    side: dict[torch.device, list[torch.cuda.Stream]] = {}
+
+    def one(params: Params, buffers: Params, x: Tensor, y: Tensor, k: int):
+        return member(
+            {n: p[k] for n, p in params.items()},
+            {n: b[k] for n, b in buffers.items()},  # views: BN stats update in place
+            inputs(x[k]),
+            y[k],
+        )
 
     def run(params: Params, buffers: Params, x: Tensor, y: Tensor):
+        K = x.shape[0]
         with native_norm():
-            outs = [
-                member(
-                    {n: p[k] for n, p in params.items()},
-                    {n: b[k] for n, b in buffers.items()},  # views: BN stats update in place
-                    inputs(x[k]),
-                    y[k],
-                )
-                for k in range(x.shape[0])
-            ]
+            if streams > 1 and x.is_cuda and K > 1:
+                if x.device not in side:
+                    side[x.device] = [torch.cuda.Stream(x.device) for _ in range(streams)]
+                outs = _on_streams(side[x.device], K, lambda k: one(params, buffers, x, y, k))
+            else:
+                outs = [one(params, buffers, x, y, k) for k in range(K)]
         grads = {n: torch.stack([o[0][n] for o in outs]) for n in params}
         value = torch.stack([o[1][0] for o in outs])
         loss = torch.stack([o[1][1][0] for o in outs])
@@ -193,6 +206,25 @@ def _looped(member: Callable, channels_last: bool) -> Callable:
         return grads, (value, (loss, acc))
 
     return run
+
+
+def _on_streams(streams: list[torch.cuda.Stream], K: int, fn: Callable[[int], Any]) -> list:
+    """``[fn(k) for k in range(K)]`` with call k on ``streams[k % len(streams)]``: forked from
+    the current stream and joined back into it; results are marked as used by it (so the
+    allocator does not hand their memory to a side stream while it still reads them)."""
+    main = torch.cuda.current_stream()
+    for s in streams:
+        s.wait_stream(main)
+    outs = []
+    for k in range(K):
+        with torch.cuda.stream(streams[k % len(streams)]):
+            outs.append(fn(k))
+    for s in streams:
+        main.wait_stream(s)
+    for t in tree_flatten(outs)[0]:
+        if isinstance(t, Tensor):
+            t.record_stream(main)
+    return outs
 
 
 @dataclass
@@ -411,7 +443,13 @@ def train_pack(
     init = stack.clone()
     opt = new_optim_state([v.optim for v in variants], stack)
     mode = step_mode(first, dataset.input_shape, dataset.num_classes, device)
-    step_fn = StepFn(net, compile=first.train.compile, mode=mode, channels_last=mode != "vmap")
+    step_fn = StepFn(
+        net,
+        compile=first.train.compile,
+        mode=mode,
+        channels_last=mode != "vmap",
+        streams=first.train.pack_streams,
+    )
     graphs = first.train.cuda_graphs and device.type == "cuda"
     step = GraphedTrainStep(step_fn, stack, opt, first.train.precision) if graphs else None
     generators = [torch.Generator().manual_seed(v.seed) for v in variants]

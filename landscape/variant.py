@@ -172,6 +172,7 @@ class TrainSpec:
     compile: bool = False
     cuda_graphs: bool = True  # on a CUDA device, record the packed step once and replay it
     pack_step: str = "auto"  # vmap | loop | packed | auto: how members share kernels (StepFn)
+    pack_streams: int = 1  # loop step on a CUDA device: members spread over this many streams
 
     def __post_init__(self) -> None:
         _require(
@@ -183,6 +184,13 @@ class TrainSpec:
         _choice("train.checkpoint", self.checkpoint, CHECKPOINTS)
         _choice("train.precision", self.precision, PRECISIONS)
         _choice("train.pack_step", self.pack_step, PACK_STEPS)
+        _require(
+            isinstance(self.pack_streams, int) and not isinstance(self.pack_streams, bool)
+            and self.pack_streams >= 1,
+            "train.pack_streams",
+            self.pack_streams,
+            "an integer >= 1",
+        )  # fmt: skip
 
 
 def canonical_json(obj: Any) -> str:
@@ -197,7 +205,13 @@ def short_hash(obj: Any, n: int = 12) -> str:
 
 
 # where data lives, not what it is; how the same kernels are launched, not what they compute
-NOT_IDENTITY = ("data.root", "data.download", "train.cuda_graphs", "train.pack_step")
+NOT_IDENTITY = (
+    "data.root",
+    "data.download",
+    "train.cuda_graphs",
+    "train.pack_step",
+    "train.pack_streams",
+)
 
 
 @dataclass(frozen=True)

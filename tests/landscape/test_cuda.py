@@ -26,14 +26,22 @@ def _max_diff(a, b):
     return max((a[n].float().cpu() - b[n].float().cpu()).abs().max().item() for n in a)
 
 
-def _variants(tiny_variant, optim: str, precision: str, model: ModelSpec, pack_step="auto"):
+def _variants(
+    tiny_variant, optim: str, precision: str, model: ModelSpec, pack_step="auto", streams=1
+):
     knobs = [(0, 0.05, 0.0), (1, math.inf, 5e-4), (2, 0.1, 1e-3)]  # member 1 diverges
     return [
         tiny_variant(
             model=model,
             data=DataSpec("digits", subset=256, augment=model.name == "cnn", label_noise=0.1),
             optim=OptimSpec(name=optim, lr=lr, weight_decay=wd, batch_size=32, momentum=0.9),
-            train=TrainSpec(epochs=2, precision=precision, cuda_graphs=False, pack_step=pack_step),
+            train=TrainSpec(
+                epochs=2,
+                precision=precision,
+                cuda_graphs=False,
+                pack_step=pack_step,
+                pack_streams=streams,
+            ),
             seed=seed,
         )
         for seed, lr, wd in knobs
@@ -41,18 +49,26 @@ def _variants(tiny_variant, optim: str, precision: str, model: ModelSpec, pack_s
 
 
 @pytest.mark.parametrize(
-    "optim,precision,model,pack_step",
+    "optim,precision,model,pack_step,streams",
     [
-        ("sgd", "fp32", ModelSpec("cnn", width=4, batch_norm=True), "auto"),
-        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "auto"),
-        ("adam", "fp32", ModelSpec("mlp", width=16, depth=2, batch_norm=True), "auto"),
-        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "loop"),
-        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "packed"),
+        ("sgd", "fp32", ModelSpec("cnn", width=4, batch_norm=True), "auto", 1),
+        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "auto", 1),
+        ("adam", "fp32", ModelSpec("mlp", width=16, depth=2, batch_norm=True), "auto", 1),
+        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "loop", 1),
+        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "loop", 2),
+        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "packed", 1),
     ],
-    ids=["sgd-cnn-fp32", "sgd-resnet18-bf16", "adam-mlp-fp32", "loop-bf16", "packed-bf16"],
+    ids=[
+        "sgd-cnn-fp32",
+        "sgd-resnet18-bf16",
+        "adam-mlp-fp32",
+        "loop-bf16",
+        "loop-2-streams-bf16",
+        "packed-bf16",
+    ],
 )
-def test_graph_replay_equals_eager_steps(tiny_variant, optim, precision, model, pack_step):
-    eager_variants = _variants(tiny_variant, optim, precision, model, pack_step)
+def test_graph_replay_equals_eager_steps(tiny_variant, optim, precision, model, pack_step, streams):
+    eager_variants = _variants(tiny_variant, optim, precision, model, pack_step, streams)
     graph_variants = [
         dataclasses.replace(v, train=dataclasses.replace(v.train, cuda_graphs=True))
         for v in eager_variants
@@ -150,7 +166,10 @@ def test_loop_and_packed_steps_with_channels_last_equal_the_vmap_step_on_cuda():
 
     torch.backends.cudnn.allow_tf32 = False
     stacks, _ = stacks_by_mode("cuda", ("vmap", "loop", "packed"), channels_last=True)
-    for mode in ("loop", "packed"):
+    stacks["loop on 3 streams"] = stacks_by_mode("cuda", ("loop",), channels_last=True, streams=3)[
+        0
+    ]["loop"]
+    for mode in ("loop", "packed", "loop on 3 streams"):
         assert _max_diff(stacks["vmap"].params, stacks[mode].params) < 1e-4, mode
         assert _max_diff(stacks["vmap"].buffers, stacks[mode].buffers) < 1e-4, mode
 

@@ -120,6 +120,7 @@ def stacks_by_mode(
     steps: int = 3,
     channels_last: bool = False,
     precision: str = "fp32",
+    streams: int = 1,
 ):
     """A pack of 3 trained ``steps`` steps on the same batches with each StepFn mode; and a
     function that builds the same pack fresh (its initialisation)."""
@@ -134,7 +135,7 @@ def stacks_by_mode(
         net, stack = init_stack(lambda: build_model(spec, shape, 10), range(K), device)
         optim = OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=B)
         opt = new_optim_state([optim] * K, stack)
-        step_fn = StepFn(net, mode=mode, channels_last=channels_last)
+        step_fn = StepFn(net, mode=mode, channels_last=channels_last, streams=streams)
         g = torch.Generator().manual_seed(0)
         for _ in range(steps):
             x = torch.randn(K, B, *shape, generator=g).to(device)

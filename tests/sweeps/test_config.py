@@ -120,6 +120,7 @@ def test_ten_thousand_variants_expand_in_seconds(out):
         ("optim.batch_size=4096", "optim.batch_size must be <= the training set size (1347"),
         ("model.width=0", "model.width must be an integer > 0, got 0"),
         ("train.epochs=0", "train.epochs must be an integer >= 1, got 0"),
+        ("train.pack_streams=0", "train.pack_streams must be an integer >= 1, got 0"),
         ("model.width=4,0", "model.width must be an integer > 0, got 0"),
         ("metrics=fast,fast", "metrics cannot be a sweep axis"),
         ("device=tpu", "device must be auto, cpu or cuda[:N], got 'tpu'"),

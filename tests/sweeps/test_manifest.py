@@ -37,7 +37,7 @@ def _finished(tmp_path, *extra):
         ["model.width=4,5,6,7,8"],  # extend an axis
         ["seed=0"],  # a fixed value where there was an axis
         ["ray.num_cpus=1", "device=cpu", "pack.max_members=1"],  # how it runs
-        ["train.cuda_graphs=false", "train.pack_step=loop"],  # how the step is launched
+        ["train.cuda_graphs=false", "train.pack_step=loop", "train.pack_streams=2"],  # launches
         ["metrics.hessian_trace.n_probes=5"],  # metrics: checked by metrics_id, not here
     ],
 )
