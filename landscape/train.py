@@ -212,7 +212,7 @@ def _on_streams(streams: list[torch.cuda.Stream], K: int, fn: Callable[[int], An
     """``[fn(k) for k in range(K)]`` with call k on ``streams[k % len(streams)]``: forked from
     the current stream and joined back into it; results are marked as used by it (so the
     allocator does not hand their memory to a side stream while it still reads them)."""
-    main = torch.cuda.current_stream()
+    main = torch.cuda.current_stream(streams[0].device)
     for s in streams:
         s.wait_stream(main)
     outs = []
