@@ -9,6 +9,7 @@ A pack that runs out of device memory is split in two and retried.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -55,8 +56,18 @@ class PackRows:
         return self.tables.get("runs", [])
 
 
+# how the numbers are computed, not which: left out of metrics_id (as NOT_IDENTITY of variant ids)
+METRICS_NOT_IDENTITY = ("hessian_trace.hvp", "hessian_eigen.hvp", "spectrum.hvp")
+
+
 def metrics_id(metrics: MetricsSpec) -> str:
-    return short_hash(metrics, n=8)
+    """Hash of the metric settings a row was measured with, :data:`METRICS_NOT_IDENTITY` left
+    out: changing only those keeps a results directory's rows current."""
+    spec = dataclasses.asdict(metrics)
+    for key in METRICS_NOT_IDENTITY:
+        group, name = key.split(".")
+        spec[group].pop(name)
+    return short_hash(spec, n=8)
 
 
 def base_row(v: Variant, pid: str, mid: str, device: str) -> dict:

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -6,7 +7,8 @@ import torch
 from landscape import DataSpec, ModelSpec, OptimSpec, TrainSpec, load_dataset
 from landscape.checkpoint import load_checkpoint
 from landscape.measure import HessianTraceSpec, MetricsSpec
-from landscape.run import run_pack
+from landscape.metrics.local import HessianEigenSpec, SpectrumSpec
+from landscape.run import metrics_id, run_pack
 from landscape.train import evaluate, train_pack
 
 FAST = MetricsSpec(hessian_trace=HessianTraceSpec(n_probes=10, n_samples=32))
@@ -130,3 +132,16 @@ def test_pairs_from_checkpoints_equal_the_pairs_measured_in_the_pack(tiny_varian
                 assert value == pytest.approx(b[column], rel=1e-5, abs=1e-6), column
     only = measure_checkpoint_pairs(variants, spec, dataset, "cpu", tmp_path, [(1, 2)]).tables
     assert [key(r) for r in only["pairs"]] == [(variants[1].variant_id, variants[2].variant_id)]
+
+
+def test_metrics_id_ignores_how_hessian_products_are_computed() -> None:
+    """``hvp`` picks the way, not the numbers: a results directory stays current when only it
+    changes; a setting that changes the numbers gives another id."""
+    base = MetricsSpec()
+    how = MetricsSpec(
+        hessian_trace=dataclasses.replace(base.hessian_trace, hvp="packed"),
+        hessian_eigen=HessianEigenSpec(enabled=False, hvp="loop"),
+        spectrum=SpectrumSpec(enabled=False, hvp="vmap"),
+    )
+    what = MetricsSpec(hessian_trace=dataclasses.replace(base.hessian_trace, n_probes=99))
+    assert metrics_id(how) == metrics_id(base) != metrics_id(what)
