@@ -1,12 +1,17 @@
-"""Where a packed training step's time goes: host wall time against device kernel time.
+"""Where a packed training step's (or Hessian-vector product's) time goes: host wall time
+against device kernel time.
 
-Runs a few packed steps (``landscape.train.train_step``, eager) of K stacked members under
-``torch.profiler`` and prints, per step: wall seconds, the sum of device kernel time, the
-number of kernels launched, and the kernels that take the most device time. Wall time far
-above kernel time means the step is launch-bound (a CUDA graph helps); kernel time close to
-wall time means the kernels themselves are the cost (look at the top of the table).
+Runs a few packed steps (``landscape.train.train_step``, eager, members sharing kernels as
+``--step-mode`` says) of K stacked members under ``torch.profiler`` and prints, per step: wall
+seconds, the sum of device kernel time, the number of kernels launched, and the kernels that
+take the most device time. Wall time far above kernel time means the step is launch-bound (a
+CUDA graph helps); kernel time close to wall time means the kernels themselves are the cost
+(look at the top of the table). With ``--hvp MODE`` the same for one call of
+``landscape.metrics.hessian.batched_hvp`` (``--probes`` products per member on ``--samples``
+examples, eval mode, float32) instead, without its CUDA graph.
 
     python benchmarks/profile_step.py --device cuda --model resnet18 --width 4 --pack 32
+    python benchmarks/profile_step.py --device cuda --width 4 --pack 8 --hvp packed --probes 1
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from landscape.functional import init_stack
+from landscape.functional import init_stack, num_params
+from landscape.metrics.hessian import HVP_MODES, batched_hvp, member_shapes, net_loss
 from landscape.models import build_model
 from landscape.train import StepFn, new_optim_state, train_step
 from landscape.variant import ModelSpec, OptimSpec
@@ -33,6 +39,11 @@ def main() -> None:
     p.add_argument("--pack", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    p.add_argument("--step-mode", default="vmap", choices=["vmap", "loop", "packed"])
+    p.add_argument("--streams", type=int, default=1, help="CUDA streams of the loop step")
+    p.add_argument("--hvp", choices=HVP_MODES, default=None, help="profile HVPs in this mode")
+    p.add_argument("--probes", type=int, default=10, help="products per member (--hvp)")
+    p.add_argument("--samples", type=int, default=256, help="examples per member (--hvp)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--rows", type=int, default=15, help="kernels listed")
     p.add_argument("--out", default=None, help="JSON summary file")
@@ -43,12 +54,16 @@ def main() -> None:
     net, stack = init_stack(lambda: build_model(spec, shape, 10), range(K), device)
     optim = OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=B)
     state = new_optim_state([optim] * K, stack)
-    step_fn = StepFn(net)
+    mode = args.step_mode
+    step_fn = StepFn(net, mode=mode, channels_last=mode != "vmap", streams=args.streams)
     xs, ys = torch.randn(K, B, *shape, device=device), torch.randint(10, (K, B), device=device)
     lr = torch.full((K,), 0.05, device=device)
 
     def step() -> None:
         train_step(step_fn, stack, state, xs, ys, lr, args.precision)
+
+    if args.hvp:
+        step = hvp_call(args, net, stack, device)
 
     for _ in range(3):
         step()
@@ -71,7 +86,8 @@ def main() -> None:
         "model": args.model,
         "width": args.width,
         "pack": K,
-        "precision": args.precision,
+        "what": f"hvp {args.hvp}, {args.probes} probes" if args.hvp else f"step {mode}",
+        "precision": "fp32" if args.hvp else args.precision,
         "wall_ms_per_step": round(wall * 1e3, 3),
         "kernel_ms_per_step": round(kernel_us / 1e3, 3),
         "kernels_per_step": kernels,
@@ -83,6 +99,21 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(summary, fh, indent=2)
+
+
+def hvp_call(args, net, stack, device: torch.device):
+    """One eager ``batched_hvp`` call of every member on ``--probes`` fresh directions."""
+    shapes = member_shapes(stack.params)
+    K, N = stack.members, args.samples
+    x = torch.randn(K, N, 3, 32, 32, device=device)
+    y = torch.randint(10, (K, N), device=device)
+    rows = torch.randn(K, args.probes, num_params(stack), device=device)
+    hv = batched_hvp(net_loss(net, args.hvp), shapes, shared=False, mode=args.hvp)
+    inputs = (stack.params, (stack.buffers, x, y))
+    if args.hvp == "packed":  # the retained graph built once, then the products alone
+        hv(*inputs, rows)
+        return lambda: hv.graphed.fn(rows)
+    return lambda: hv.fn(*inputs, rows)  # the products without their CUDA graph
 
 
 if __name__ == "__main__":

@@ -2,18 +2,19 @@
 # Reproduce the README's GPU tables: the GPU tests, packed training (and the packed layout against
 # vmap at small widths), Hessian (vmapped forward-over-reverse against packed double backward) and
 # surface benchmarks, and the loop step on several CUDA streams, each writing JSON into OUT_DIR.
-# All steps take up to 20 minutes on an H100 (each step's time limit), more than one device call
+# All steps take up to 24 minutes on an H100 (each step's time limit), more than one device call
 # may run: name steps to split them over calls (in priority order):
 #
 #     bash benchmarks/run_gpu.sh OUT_DIR tests layouts hessian   # at most 9.7 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR streams surfaces        # at most 5 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR profile                 # at most 4 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR packing                 # at most 5.5 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR                         # all of them
 #
 # Needs torch with CUDA, torchvision, numpy and scikit-learn (no Ray, no Hydra): landscape/ is
 # imported from this checkout. Each step has a time limit, so one slow step cannot eat the rest.
 set -u
-all="tests layouts hessian streams packing surfaces"
+all="tests layouts hessian streams packing surfaces profile"
 out=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR [STEP ...] (steps: $all)}
 shift
 steps=${*:-$all}
@@ -48,6 +49,13 @@ for step in $steps; do
     surfaces)
         timeout 100 "$py" benchmarks/bench_surfaces.py --device cuda \
             --out "$out/bench_surfaces.json" > "$out/bench_surfaces.log" 2>&1 ;;
+    profile)  # where the time goes: vmap against the packed layout, training and HVPs
+        for m in vmap packed; do
+            timeout 60 "$py" benchmarks/profile_step.py --device cuda --width 8 --pack 32 \
+                --step-mode $m --out "$out/profile_step_$m.json" > "$out/profile_step_$m.txt" 2>&1
+            timeout 60 "$py" benchmarks/profile_step.py --device cuda --width 4 --pack 8 \
+                --hvp $m --probes 1 --out "$out/profile_hvp_$m.json" > "$out/profile_hvp_$m.txt" 2>&1
+        done ;;
     *) echo "unknown step $step (steps: $all)" >&2; exit 2 ;;
     esac
 done
