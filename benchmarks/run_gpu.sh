@@ -52,9 +52,9 @@ for step in $steps; do
     profile)  # where the time goes: vmap against the packed layout, training and HVPs
         for m in vmap packed; do
             timeout 60 "$py" benchmarks/profile_step.py --device cuda --width 8 --pack 32 \
-                --step-mode $m --out "$out/profile_step_$m.json" > "$out/profile_step_$m.txt" 2>&1
+                --step-mode $m > "$out/profile_step_$m.txt" 2>&1
             timeout 60 "$py" benchmarks/profile_step.py --device cuda --width 4 --pack 8 \
-                --hvp $m --probes 1 --out "$out/profile_hvp_$m.json" > "$out/profile_hvp_$m.txt" 2>&1
+                --hvp $m --probes 1 > "$out/profile_hvp_$m.txt" 2>&1
         done ;;
     *) echo "unknown step $step (steps: $all)" >&2; exit 2 ;;
     esac
