@@ -312,8 +312,9 @@ def hutchinson_trace(
 ) -> TraceEstimate:
     """Hutchinson's estimator tr(H) = E[v'Hv], v Rademacher, for K stacked members.
 
-    Probes come in vmapped chunks of ``chunk`` (the memory bound: one chunk holds
-    ``chunk * K`` HVPs at once). A member stops once it has at least ``min_probes`` probes
+    Probes come in chunks of ``chunk`` per call of the products (the memory bound for a
+    per-member loss: one vmapped chunk holds ``chunk * K`` HVPs at once; a
+    :class:`PackedLoss` takes them one after another through its retained graph). A member stops once it has at least ``min_probes`` probes
     and its standard error is <= ``tol * |estimate|``, or after ``n_probes``; only members
     still running are evaluated. Reference: Hutchinson (1989); PyHessian's ``trace``
     (Yao et al. 2020), whose defaults (100 iterations, tol 1e-3) these follow, though

@@ -73,7 +73,7 @@ class HessianTraceSpec:
     n_samples: int = 512  # training examples per member
     n_probes: int = 100  # Yang et al., PyHessian
     tol: float = 1e-3  # stop a member once its standard error <= tol * |estimate| (PyHessian's tol)
-    chunk: int = 10  # probes per vmapped batch: the memory bound (chunk * K HVPs at once)
+    chunk: int = 10  # probes per call: the memory bound (vmap: chunk * K HVPs at once)
     min_probes: int = 10  # never stop before this many probes
     hvp: str = "auto"  # how Hessian-vector products are computed (hessian.resolve_hvp)
 
