@@ -254,6 +254,26 @@ def take_active(tree: Any, active: Tensor, members: int) -> Any:
     return tree if active.numel() == members else take(tree, active)
 
 
+class _ActiveMembers:
+    """``(params, args)`` of the active members, the same objects while the set is the same
+    (so a :class:`PackedLoss`'s retained graph is built once per set, not once per call)."""
+
+    def __init__(self, params: Params, args: tuple):
+        self.params, self.args, self.K = params, args, members(params)
+        self.key: tuple[int, ...] | None = None
+        self.value: tuple[Params, tuple] = (params, args)
+
+    def __call__(self, active: Tensor) -> tuple[Params, tuple]:
+        key = tuple(active.tolist())
+        if key != self.key:
+            self.key = key
+            self.value = (
+                take_active(self.params, active, self.K),
+                take_active(self.args, active, self.K),
+            )
+        return self.value
+
+
 def rademacher(n: int, size: int, generator: torch.Generator, like: Tensor) -> Tensor:
     """(n, size) entries +-1 with probability 1/2, drawn on the generator's device."""
     r = torch.randint(0, 2, (n, size), generator=generator, device=generator.device)
@@ -330,15 +350,12 @@ def hutchinson_trace(
     s2 = torch.zeros_like(s1)  # running sum of (v'Hv)^2
     used = torch.zeros(K, dtype=torch.long, device=like.device)
     active = torch.arange(K, device=like.device)
+    subset = _ActiveMembers(params, args)
     drawn = 0
     while drawn < n_probes and active.numel() > 0:
         c = min(chunk, n_probes - drawn)
         v = rademacher(c, size, generator, like)  # (c, P), the same probes for every member
-        vhv = (
-            (hv(take_active(params, active, K), take_active(args, active, K), v) * v)
-            .sum(-1)
-            .double()
-        )  # (A, c)
+        vhv = (hv(*subset(active), v) * v).sum(-1).double()  # (A, c)
         s1[active] += vhv.sum(1)
         s2[active] += vhv.square().sum(1)
         used[active] += c
@@ -447,9 +464,10 @@ def top_eigenvalues(
     values = torch.zeros(K, k, dtype=like.dtype, device=like.device)
     iterations = torch.zeros(K, dtype=torch.long, device=like.device)
     active = torch.arange(K, device=like.device)
+    subset = _ActiveMembers(params, args)
     for _ in range(max_iter):
         v = block[active]
-        w = hv(take_active(params, active, K), take_active(args, active, K), v)  # (A, k, P)
+        w = hv(*subset(active), v)  # (A, k, P)
         broken = ~w.isfinite().all(-1).all(-1)  # a diverged member: NaN values, stop it
         w = torch.where(broken[:, None, None], 0, w)
         theta, ritz = _ritz(v, w)

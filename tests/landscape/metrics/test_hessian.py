@@ -371,3 +371,35 @@ def test_auto_hvp_is_packed_on_a_cpu_when_the_layers_allow_it() -> None:
     assert resolve_hvp(net, "loop", torch.device("cpu")) == "loop"
     odd = FunctionalNet(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LayerNorm(4)))
     assert resolve_hvp(odd, "auto", torch.device("cpu")) == "vmap"  # no packed LayerNorm
+
+
+def test_packed_products_build_one_graph_per_set_of_active_members() -> None:
+    """With tolerance stops, members leave at different times: packed products give what
+    vmapped ones give, and build their retained graph once per set of members still running."""
+    net, stack, x, y = tiny_mlp(members=3)
+    losses = net_loss(net, "packed")
+    built = []
+
+    def counting(p, *rest):
+        built.append(p["head.weight"].shape[0])  # members in this retained graph
+        return losses.fn(p, *rest)
+
+    counted = PackedLoss(counting)
+    params, args = stack.params, (stack.buffers, x, y)
+    for run in (
+        lambda loss, mode: (
+            hutchinson_trace(
+                loss, params, args, n_probes=200, tol=0.1, chunk=5, generator=gen(4), mode=mode
+            ).estimate
+        ),
+        lambda loss, mode: (
+            top_eigenvalues(
+                loss, params, args, k=1, max_iter=200, tol=1e-4, generator=gen(4), mode=mode
+            ).values
+        ),
+    ):
+        built.clear()
+        want = run(net.loss, "vmap")
+        torch.testing.assert_close(run(counted, "packed"), want, rtol=1e-4, atol=1e-6)
+        assert built == sorted(set(built), reverse=True)  # 3, then fewer: never rebuilt
+        assert len(built) >= 2, built  # members did leave early: the test saw a smaller set
