@@ -15,7 +15,13 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from landscape.functional import FunctionalNet, Stack
-from landscape.metrics.hessian import flatten, minibatch_members, top_eigenvalues
+from landscape.metrics.hessian import (
+    flatten,
+    minibatch_members,
+    net_loss,
+    resolve_hvp,
+    top_eigenvalues,
+)
 
 
 def per_example_gradients(net: FunctionalNet, stack: Stack, x: Tensor, y: Tensor) -> Tensor:
@@ -137,7 +143,8 @@ def flatness_ratio(
     The minibatches are ``n_batches`` disjoint batches of ``batch_size`` from the sample and
     H is the Hessian on their union, so H = mean_b H_b and the ratio is >= 1 by convexity of
     lambda_max (Jensen); a trace ratio would be exactly 1 by linearity. lambda_max by power
-    iteration (PyHessian's 100 iterations, tol 1e-3), vmapped over members and batches.
+    iteration (PyHessian's 100 iterations, tol 1e-3), batched over members and batches
+    (products as ``hvp="auto"`` picks them, :func:`landscape.metrics.hessian.resolve_hvp`).
     Reference: the flatness essay cited in SCIENCE.md ("Flatness ratio").
     """
     K, N = y.shape
@@ -147,23 +154,27 @@ def flatness_ratio(
         )
     n = n_batches * batch_size
     x, y = x[:, :n], y[:, :n]
+    hvp = resolve_hvp(net, "auto", x.device)
+    loss = net_loss(net, hvp)
     full = top_eigenvalues(
-        net.loss,
+        loss,
         stack.params,
         (stack.buffers, x, y),
         k=1,
         max_iter=max_iter,
         tol=tol,
         generator=generator,
+        mode=hvp,
     )
     view, xb, yb = minibatch_members(stack, x, y, batch_size)
     per = top_eigenvalues(
-        net.loss,
+        loss,
         view.params,
         (view.buffers, xb, yb),
         k=1,
         max_iter=max_iter,
         tol=tol,
         generator=generator,
+        mode=hvp,
     )
     return per.values[:, 0].view(K, n_batches).mean(1) / full.values[:, 0]
