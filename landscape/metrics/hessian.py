@@ -261,7 +261,6 @@ class _ActiveMembers:
     def __init__(self, params: Params, args: tuple):
         self.params, self.args, self.K = params, args, members(params)
         self.key: tuple[int, ...] | None = None
-        self.value: tuple[Params, tuple] = (params, args)
 
     def __call__(self, active: Tensor) -> tuple[Params, tuple]:
         key = tuple(active.tolist())
@@ -334,9 +333,9 @@ def hutchinson_trace(
 
     Probes come in chunks of ``chunk`` per call of the products (the memory bound for a
     per-member loss: one vmapped chunk holds ``chunk * K`` HVPs at once; a
-    :class:`PackedLoss` takes them one after another through its retained graph). A member stops once it has at least ``min_probes`` probes
-    and its standard error is <= ``tol * |estimate|``, or after ``n_probes``; only members
-    still running are evaluated. Reference: Hutchinson (1989); PyHessian's ``trace``
+    :class:`PackedLoss` takes them one after another through its retained graph). A member
+    stops once it has at least ``min_probes`` probes and its standard error is
+    <= ``tol * |estimate|``, or after ``n_probes``; only members still running are evaluated. Reference: Hutchinson (1989); PyHessian's ``trace``
     (Yao et al. 2020), whose defaults (100 iterations, tol 1e-3) these follow, though
     PyHessian stops on the change of the running mean rather than on its standard error.
     """
