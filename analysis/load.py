@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -116,10 +117,18 @@ class Results:
                     f"pass --{role} KEY"
                 )
             if key not in self.runs.columns:
-                raise ResultsError(f"{role} axis {key!r} is not a column of the runs table")
+                raise ResultsError(
+                    f"{role} axis {key!r} is not a column of the runs table; "
+                    f"knobs: {', '.join(self.knob_columns())}"
+                )
         if temperature == load:
             raise ResultsError(f"temperature and load axes must differ, both are {temperature!r}")
         return temperature, load
+
+    def knob_columns(self) -> list[str]:
+        """The runs table's knob columns (``model.width``, ``optim.lr``, ...) and ``seed``:
+        what an axis may be."""
+        return [c for c in self.runs.columns if "." in c or c == "seed"]
 
     def num_classes(self) -> int | None:
         """Number of classes of the training data: known data sets by name, else ``data.n_classes``.
@@ -165,9 +174,18 @@ def infer_axes(runs: pd.DataFrame) -> dict[str, list[Any]]:
     """Axes of a sweep without a manifest: knob columns (``a.b``) and ``seed`` that vary."""
     axes = {}
     for col in runs.columns:
-        if ("." in col or col == "seed") and runs[col].nunique(dropna=True) > 1:
-            axes[col] = sorted(runs[col].dropna().unique().tolist(), key=_sort_key)
+        if "." not in col and col != "seed":
+            continue
+        values = runs[col].dropna().map(_hashable)  # list knobs (optim.betas) come as arrays
+        if values.nunique() > 1:
+            axes[col] = sorted(values.unique().tolist(), key=_sort_key)
     return axes
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, np.ndarray | list | tuple):
+        return tuple(_hashable(v) for v in value)
+    return value
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
@@ -184,7 +202,8 @@ def load_results(path: str | Path) -> Results:
     """
     root = Path(path)
     if not root.is_dir():
-        raise ResultsError(f"results directory {str(path)!r} does not exist")
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise ResultsError(f"results directory {str(path)!r} {what}")
     manifest: dict[str, Any] = {}
     manifest_path = root / "manifest.json"
     if manifest_path.is_file():

@@ -112,12 +112,12 @@ class PhaseThresholds:
     )
 
     def __post_init__(self) -> None:
-        _check(self.loss_fraction > 0, "loss_fraction", self.loss_fraction, "> 0")
-        _check(self.mc_k > 0, "mc_k", self.mc_k, "> 0")
-        _check(self.mc_floor >= 0, "mc_floor", self.mc_floor, ">= 0")
-        _check(
-            self.hessian_min_decades >= 0, "hessian_min_decades", self.hessian_min_decades, ">= 0"
-        )
+        fin = math.isfinite
+        _check(0 < self.loss_fraction <= 1, "loss_fraction", self.loss_fraction, "in (0, 1]")
+        _check(fin(self.mc_k) and self.mc_k > 0, "mc_k", self.mc_k, "finite and > 0")
+        _check(fin(self.mc_floor) and self.mc_floor >= 0, "mc_floor", self.mc_floor, "finite, >= 0")
+        decades = self.hessian_min_decades
+        _check(fin(decades) and decades >= 0, "hessian_min_decades", decades, "finite and >= 0")
         _check(
             self.hessian in HESSIAN_METRICS, "hessian", self.hessian, f"one of {HESSIAN_METRICS}"
         )
@@ -131,7 +131,11 @@ class PhaseThresholds:
         )
         for name in ("train_loss", "hessian_threshold", "mc_band"):
             value = getattr(self, name)
-            _check(value is None or value > 0, name, value, "> 0 or None")
+            _check(
+                value is None or fin(value) and value > 0, name, value, "finite and > 0, or None"
+            )
+        cka = self.cka_threshold
+        _check(cka is None or 0 <= cka <= 1, "cka_threshold", cka, "in [0, 1] or None")
         n = self.num_classes
         _check(n is None or n >= 2, "num_classes", n, ">= 2 or None")
 

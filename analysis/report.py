@@ -42,6 +42,7 @@ from analysis.curves import curve_axis, plot_lr_range, plot_training_curves, var
 from analysis.heatmap import LOG_METRICS, metric_heatmap, save_figure  # noqa: E402
 from analysis.lca import plot_lca  # noqa: E402
 from analysis.load import Results, ResultsError, load_results  # noqa: E402
+from analysis.oneline import OneLineParser  # noqa: E402
 from analysis.pca_path import plot_pca_path  # noqa: E402
 from analysis.phase_diagram import plot_phase_diagram, plot_phase_panels, slices  # noqa: E402
 from analysis.phases import PHASE_ORDER, PhaseThresholds, classify_phases, threshold_options  # noqa: E402
@@ -418,7 +419,7 @@ def build_report(results: Results, out: Path, opts: ReportOptions | None = None)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="landscape-report",
         description="Phase diagram, correlations and landscape figures for one results directory.",
     )
@@ -475,6 +476,24 @@ def options(args: argparse.Namespace) -> ReportOptions:
     )
 
 
+def _check_out(out: Path) -> None:
+    """The report directory must be one we can create and write (tried for real, then left
+    as it was found)."""
+    if out.exists() and not out.is_dir():
+        raise ResultsError(f"--out {str(out)!r} exists and is not a directory")
+    made = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".write-test").touch()
+        (out / ".write-test").unlink()
+    except OSError as err:
+        raise ResultsError(f"--out must be a writable directory, got {str(out)!r} ({err})") from err
+    finally:
+        for p in made:  # the ones this check created, innermost first
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 on bad input, with nothing written)."""
     args = parser().parse_args(argv)
@@ -483,10 +502,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = load_results(args.results)
         results.analysis_axes(opts.temperature, opts.load)
         if opts.curves_by is not None and opts.curves_by not in results.runs:
-            raise ResultsError(f"--curves-by {opts.curves_by!r} is not a column of the runs table")
+            raise ResultsError(
+                f"--curves-by {opts.curves_by!r} is not a column of the runs table; "
+                f"knobs: {', '.join(results.knob_columns())}"
+            )
         out = Path(args.out) if args.out else results.path / "report"
-        if out.exists() and not out.is_dir():
-            raise ResultsError(f"--out {str(out)!r} exists and is not a directory")
+        _check_out(out)
     except ValueError as err:  # ResultsError is a ValueError
         print(f"landscape-report: error: {err}", file=sys.stderr)
         return 2

@@ -50,6 +50,13 @@ class CrossPairSpec:
     bn_batch_size: int = 128
 
     def __post_init__(self) -> None:
+        knobs = Variant().flat()
+        unknown = sorted(set(self.vary) - set(knobs))
+        if unknown:
+            raise ConfigError(
+                f"metrics.cross.vary must name knobs of a variant (e.g. optim.batch_size, "
+                f"optim.lr, seed), got unknown {unknown}"
+            )
         shape = set(self.vary) & set(PER_VARIANT_SHAPE_KEYS)
         if shape:
             raise ConfigError(

@@ -146,6 +146,35 @@ def _images_to_float(data) -> Tensor:
     return x.to(torch.float32).div_(255.0).contiguous()
 
 
+def _no_files(spec: DataSpec, detail: str) -> ConfigError:
+    source = TORCHVISION_SOURCES[spec.name]
+    where = os.path.join(spec.root, source.folder)
+    fetch = (
+        "downloading failed"
+        if spec.download
+        else "set data.download=true to let torchvision fetch them"
+    )
+    return ConfigError(
+        f"data.name={spec.name}: no usable {source.cls} files in {where!r} (data.root={spec.root!r}); "
+        f"torchvision expects {', '.join(source.files)} there ({source.hint}). "
+        f"{fetch.capitalize()}, or point data.root at a directory that holds {source.folder}/. "
+        f"{detail}"
+    )
+
+
+def check_files(spec: DataSpec) -> None:
+    """Raise the loader's ConfigError now if a torchvision data set's files are missing and
+    ``data.download`` is off (the files' contents are checked when they are loaded). A check
+    a sweep runs before anything starts, on a machine that sees the same ``data.root``."""
+    if spec.name not in TORCHVISION_SOURCES or spec.download:
+        return
+    source = TORCHVISION_SOURCES[spec.name]
+    folder = os.path.join(spec.root, source.folder)
+    missing = [f for f in source.files if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise _no_files(spec, f"Missing: {', '.join(missing)}.")
+
+
 def _torchvision(spec: DataSpec) -> Dataset:
     """MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 through torchvision's dataset class."""
     import torchvision.datasets
@@ -156,18 +185,7 @@ def _torchvision(spec: DataSpec) -> Dataset:
         train = cls(spec.root, train=True, download=spec.download)
         test = cls(spec.root, train=False, download=spec.download)
     except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
-        where = os.path.join(spec.root, source.folder)
-        fetch = (
-            "downloading failed"
-            if spec.download
-            else "set data.download=true to let torchvision fetch them"
-        )
-        raise ConfigError(
-            f"data.name={spec.name}: no usable {source.cls} files in {where!r} (data.root={spec.root!r}); "
-            f"torchvision expects {', '.join(source.files)} there ({source.hint}). "
-            f"{fetch.capitalize()}, or point data.root at a directory that holds {source.folder}/. "
-            f"torchvision said: {e}"
-        ) from e
+        raise _no_files(spec, f"torchvision said: {e}") from e
     return Dataset(
         spec.name,
         _images_to_float(train.data),

@@ -98,6 +98,8 @@ class MetricsSpec:
     trajectory: TrajectorySpec = field(default_factory=TrajectorySpec)
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.seed, int) and self.seed >= 0):
+            raise ConfigError(f"metrics.seed must be an integer >= 0, got {self.seed!r}")
         for key in ("max_pairs", "eval_chunk", "eval_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -132,7 +133,7 @@ class OptimSpec:
 
     def __post_init__(self) -> None:
         _choice("optim.name", self.name, OPTIM_NAMES)
-        _require(self.lr > 0, "optim.lr", self.lr, "> 0")
+        _require(0 < self.lr < math.inf, "optim.lr", self.lr, "finite and > 0")
         _require(
             isinstance(self.batch_size, int) and self.batch_size > 0,
             "optim.batch_size",
@@ -140,15 +141,30 @@ class OptimSpec:
             "an integer > 0",
         )
         _require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
-        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, ">= 0")
+        _require(
+            0 <= self.weight_decay < math.inf, "optim.weight_decay", self.weight_decay,
+            "finite and >= 0",
+        )  # fmt: skip
+        _require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            "optim.betas",
+            self.betas,
+            "two numbers in [0, 1)",
+        )
+        _require(0 < self.eps < math.inf, "optim.eps", self.eps, "finite and > 0")
+        _require(0 <= self.alpha < 1, "optim.alpha", self.alpha, "in [0, 1)")
         _choice("optim.schedule", self.schedule, SCHEDULES)
+        _require(0 < self.gamma < math.inf, "optim.gamma", self.gamma, "finite and > 0")
         _require(
             all(0 < s < 1 for s in self.step_at),
             "optim.step_at",
             self.step_at,
             "fractions in (0, 1)",
         )
-        _require(self.warmup_epochs >= 0, "optim.warmup_epochs", self.warmup_epochs, ">= 0")
+        _require(
+            0 <= self.warmup_epochs < math.inf, "optim.warmup_epochs", self.warmup_epochs,
+            "finite and >= 0",
+        )  # fmt: skip
         pairs = (
             self.lr_multipliers.items()
             if isinstance(self.lr_multipliers, dict)
@@ -158,7 +174,9 @@ class OptimSpec:
             self, "lr_multipliers", tuple(sorted((str(k), float(v)) for k, v in pairs))
         )
         for pattern, mult in self.lr_multipliers:
-            _require(mult >= 0, f"optim.lr_multipliers.{pattern}", mult, ">= 0")
+            _require(
+                0 <= mult < math.inf, f"optim.lr_multipliers.{pattern}", mult, "finite and >= 0"
+            )
 
 
 @dataclass(frozen=True)

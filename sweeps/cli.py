@@ -49,6 +49,7 @@ OUR_FLAGS = {
     "--quiet": "no progress bar",
 }
 COMMANDS = ("status", "compact")
+CFG_PARTS = ("job", "hydra", "all")
 
 
 def _hydra_passthrough(args: list[str]) -> int:
@@ -77,6 +78,25 @@ def _hydra_passthrough(args: list[str]) -> int:
     return 0
 
 
+def _checked_passthrough(args: list[str]) -> int:
+    """Hydra's printing flags, after the same checks a run makes (Hydra's own messages span
+    many lines): ``--cfg``/``-c`` takes job, hydra or all; the overrides must plan a sweep."""
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name in ("--cfg", "-c"):
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if value not in CFG_PARTS:
+                return _error(f"{name} must be one of {', '.join(CFG_PARTS)}, got {value!r}")
+    if not any(a in ("--help", "-h", "--hydra-help") for a in args):
+        from sweeps.config import plan_sweep
+
+        try:
+            plan_sweep([a for a in args if "=" in a and not a.startswith("-")])
+        except ConfigError as exc:
+            return _error(str(exc))
+    return _hydra_passthrough(args)
+
+
 def _error(message: str) -> int:
     print(f"landscape-sweep: error: {message}", file=sys.stderr)
     return 2
@@ -84,13 +104,13 @@ def _error(message: str) -> int:
 
 def _command(name: str, args: list[str]) -> int:
     """``status <dir>`` or ``compact <dir> [--max-rows N]``."""
-    import argparse
+    from analysis.oneline import OneLineParser
 
     about = {
         "status": "counts by status, failures by error, throughput and ETA (reads only)",
         "compact": "merge many small Parquet parts into few with the same rows (crash-safe)",
     }
-    parser = argparse.ArgumentParser(prog=f"landscape-sweep {name}", description=about[name])
+    parser = OneLineParser(prog=f"landscape-sweep {name}", description=about[name])
     parser.add_argument("results_dir", help="a sweep's results directory, e.g. results/demo")
     if name == "compact":
         parser.add_argument(
@@ -132,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] in COMMANDS:
         return _command(args[0], args[1:])
     if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in args):
-        return _hydra_passthrough(args)
-    flags = {a for a in args if a.startswith("--")}
+        return _checked_passthrough(args)
+    flags = {a for a in args if a.startswith("-")}
     unknown = flags - set(OUR_FLAGS)
     if unknown:
         allowed = ", ".join([*OUR_FLAGS, "--cfg job", "--help"])
         return _error(f"unknown flag {sorted(unknown)[0]}; allowed: {allowed}")
-    overrides = [a for a in args if not a.startswith("--")]
+    overrides = [a for a in args if not a.startswith("-")]
 
     from sweeps.config import plan_sweep
 

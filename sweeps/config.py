@@ -13,6 +13,8 @@ import copy
 import dataclasses
 import itertools
 import json
+import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from landscape.data import subset_size
+from landscape.data import check_files, subset_size
 from landscape.measure import MetricsSpec
 from landscape.variant import ConfigError, DataSpec, Variant, build_spec, canonical_json
 
@@ -42,6 +44,9 @@ TRAIN_SET_SIZES = {
 }
 
 
+_ADDRESS = re.compile(r"local|auto|(ray://)?[\w.\-]+:\d{1,5}|(ray://)?\[[0-9a-fA-F:.]+\]:\d{1,5}")
+
+
 @dataclass(frozen=True)
 class RaySettings:
     # null: join the cluster in RAY_ADDRESS if set, else start a local instance; "local": always start
@@ -56,6 +61,17 @@ class RaySettings:
     ship_code: bool = False  # send landscape/ and sweeps/ to the cluster (runtime_env py_modules)
 
     def __post_init__(self) -> None:
+        if self.address is not None and not _ADDRESS.fullmatch(str(self.address)):
+            raise ConfigError(
+                f"ray.address must be null, local, auto, host:port or ray://host:port, "
+                f"got {self.address!r}"
+            )
+        if self.num_cpus is not None and not (
+            isinstance(self.num_cpus, int) and self.num_cpus >= 1
+        ):
+            raise ConfigError(
+                f"ray.num_cpus must be an integer >= 1 or null, got {self.num_cpus!r}"
+            )
         for key in ("cpus_per_worker", "gpus_per_worker"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"ray.{key} must be >= 0, got {getattr(self, key)!r}")
@@ -65,6 +81,10 @@ class RaySettings:
             raise ConfigError(f"ray.max_pack_attempts must be >= 1, got {self.max_pack_attempts!r}")
         if self.num_workers is not None and self.num_workers < 1:
             raise ConfigError(f"ray.num_workers must be >= 1 or null, got {self.num_workers!r}")
+
+    def resolved_address(self) -> str:
+        """Where the sweep runs: ``ray.address``, else RAY_ADDRESS, else ``local`` (start one)."""
+        return self.address or os.environ.get("RAY_ADDRESS") or "local"
 
 
 @dataclass(frozen=True)
@@ -172,8 +192,13 @@ def _one_line_hydra_error(exc: Exception, overrides: list[str]) -> str:
     return text
 
 
+# Sections whose keys are the user's own (a sweep preset's axes and analysis roles).
+FREE_SECTIONS = ("sweep.axes.", "sweep.analysis.")
+
+
 def _check_scalar_keys(scalars: list[str], groups: dict[str, list[str]], conf_dir: Path) -> None:
-    """Name an unknown key in a scalar override before Hydra does (its message spans lines)."""
+    """Name an unknown key in a scalar override before Hydra does (its message spans lines).
+    ``+key=value`` is checked too: the config tree is closed, so a key it lacks is a typo."""
     parser = OverridesParser.create()
     parsed = [parser.parse_override(s) for s in scalars]
     group_overrides = [o.input_line for o in parsed if o.key_or_group in groups]
@@ -181,9 +206,8 @@ def _check_scalar_keys(scalars: list[str], groups: dict[str, list[str]], conf_di
         o
         for o in parsed
         if o.key_or_group not in groups
-        and not o.is_add()
         and not o.is_delete()
-        and not o.key_or_group.startswith("hydra")
+        and not o.key_or_group.startswith(("hydra", *FREE_SECTIONS))
     ]
     if not keyed:
         return
@@ -293,7 +317,12 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
     axes.update(cli_axes)
     for key, values in axes.items():
         if not values:
-            raise ConfigError(f"sweep axis {key} has no values")
+            given = next((a for a in args if a.split("=", 1)[0] == key), f"sweep.axes.{key}")
+            raise ConfigError(
+                f"sweep axis {key} has no values (from {given!r}); an axis needs a non-empty "
+                "list, range(...) with start < stop, or a glob(...) that matches an option"
+            )
+    _check_group_names(scalars, axes, groups)
 
     group_axes = {k: v for k, v in axes.items() if k in groups}
     scalar_axes = {k: v for k, v in axes.items() if k not in groups}
@@ -314,25 +343,76 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
         validate_variant(v)
 
     run = OmegaConf.to_container(base, resolve=True)
+    if not isinstance(run["out_dir"], str) or not run["out_dir"].strip():
+        raise ConfigError(f"out_dir must be a directory path, got {run['out_dir']!r}")
     out_dir = Path(run["out_dir"])
     _check_writable(out_dir)
     if run["device"] not in ("auto", "cpu") and not str(run["device"]).startswith("cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {run['device']!r}")
     sweep = run["sweep"]
+    name = sweep.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(
+            "sweep.name must be a directory name (letters, digits, '.', '_', '-'; results go to "
+            f"out_dir/<sweep.name>), got {name!r}"
+        )
     analysis = sweep.get("analysis") or {}
+    ray = build_spec(RaySettings, run.get("ray") or {}, "ray")
+    metrics = build_spec(MetricsSpec, run["metrics"], "metrics")
+    _check_metrics_fit(metrics, variants.values())
+    if ray.resolved_address() == "local":  # a cluster's nodes may see another data.root
+        for spec in {v.data for v in variants.values()}:
+            check_files(spec)
     return SweepPlan(
-        name=str(sweep["name"]),
+        name=name,
         out_dir=out_dir,
         device=str(run["device"]),
-        ray=build_spec(RaySettings, run.get("ray") or {}, "ray"),
+        ray=ray,
         pack=build_spec(PackSettings, run.get("pack") or {}, "pack"),
-        metrics=build_spec(MetricsSpec, run["metrics"], "metrics"),
+        metrics=metrics,
         axes=axes,
         analysis={k: str(v) for k, v in analysis.items()},
         config=run,
         variants=list(variants.values()),
         checkpoints=_checkpoints(run),
     )
+
+
+_NAME = re.compile(r"[\w.\-]+")
+# Groups whose options each set their own ``<group>.name`` (the registry key).
+NAMED_GROUPS = ("model", "data", "optim")
+
+
+def _check_group_names(
+    scalars: list[str], axes: dict[str, list], groups: dict[str, list[str]]
+) -> None:
+    """``model.name`` (or data.name, optim.name) set apart from its group would keep the
+    other group's keys (``model=cnn model.name=mlp``): the group chooses the name."""
+    keys = [s.split("=", 1)[0].lstrip("+") for s in scalars] + list(axes)
+    for key in keys:
+        group, _, leaf = key.partition(".")
+        if leaf == "name" and group in NAMED_GROUPS:
+            value = next(
+                (s.split("=", 1)[1] for s in scalars if s.split("=", 1)[0].lstrip("+") == key),
+                axes.get(key),
+            )
+            raise ConfigError(
+                f"{key} cannot be set on its own (got {value!r}): choose the {group} with "
+                f"{group}=<option> (a sweep: {group}=a,b); options: {', '.join(groups[group])}"
+            )
+
+
+def _check_metrics_fit(metrics: MetricsSpec, variants) -> None:
+    """Metric settings that must fit every variant's training run."""
+    epochs = metrics.trajectory.epochs
+    if metrics.trajectory.enabled and epochs:
+        shortest = min(v.train.epochs for v in variants)
+        late = [e for e in epochs if e > shortest]
+        if late:
+            raise ConfigError(
+                f"metrics.trajectory.epochs must be <= train.epochs ({shortest} for the shortest "
+                f"variant), got {list(epochs)}"
+            )
 
 
 def _checkpoints(run: dict) -> bool:

@@ -66,7 +66,7 @@ def _ray_init_kwargs(plan: SweepPlan) -> dict[str, Any]:
         kwargs["runtime_env"] = {
             "py_modules": [str(Path(landscape.__file__).parent), str(Path(__file__).parent)]
         }
-    address = plan.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+    address = plan.ray.resolved_address()
     kwargs["address"] = address
     if address == "local":
         kwargs["num_cpus"] = plan.ray.num_cpus
@@ -89,7 +89,13 @@ def _init_ray(plan: SweepPlan, log: Callable[[str], None]) -> bool:
         log(f"joining the Ray cluster at {kwargs['address']}")
         if plan.ray.num_cpus is not None:
             log("ray.num_cpus only sizes a local instance; ignored when joining a cluster")
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"ray.address={kwargs['address']}: cannot start or join Ray: {reason}"
+        ) from exc
     return True
 
 

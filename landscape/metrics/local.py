@@ -17,6 +17,7 @@ draws its own sample (training data, test data for stiffness) with that seed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -48,12 +49,12 @@ def _check(
 ) -> None:
     for name in positive:
         value = getattr(spec, name)
-        if not value > 0:
-            raise ConfigError(f"metrics.{prefix}.{name} must be > 0, got {value!r}")
+        if not 0 < value < math.inf:
+            raise ConfigError(f"metrics.{prefix}.{name} must be finite and > 0, got {value!r}")
     for name in non_negative:
         value = getattr(spec, name)
-        if not value >= 0:
-            raise ConfigError(f"metrics.{prefix}.{name} must be >= 0, got {value!r}")
+        if not 0 <= value < math.inf:
+            raise ConfigError(f"metrics.{prefix}.{name} must be finite and >= 0, got {value!r}")
 
 
 def _check_hvp(value: str, prefix: str) -> None:
@@ -142,8 +143,8 @@ class SharpnessSpec:
             ("batch_size", "eps", "worst_rho", "avg_rho"),
         )
         if self.worst_p not in NORMS:
-            raise ValueError(
-                f"sharpness.worst_p must be one of {', '.join(NORMS)}, got {self.worst_p!r}"
+            raise ConfigError(
+                f"metrics.sharpness.worst_p must be one of {', '.join(NORMS)}, got {self.worst_p!r}"
             )
 
 
@@ -208,8 +209,9 @@ class LRRangeSpec:
     def __post_init__(self) -> None:
         _check(self, "lr_range", ("lr_min", "lr_max", "steps", "stop_factor"), ("batch_size",))
         if not self.lr_min < self.lr_max:
-            raise ValueError(
-                f"lr_range.lr_min must be < lr_range.lr_max, got {self.lr_min} and {self.lr_max}"
+            raise ConfigError(
+                "metrics.lr_range.lr_min must be < metrics.lr_range.lr_max, "
+                f"got {self.lr_min} and {self.lr_max}"
             )
 
 

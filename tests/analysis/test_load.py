@@ -95,3 +95,24 @@ def test_num_classes_of_synthetic_data_from_its_knob(tmp_path):
     assert load_results(root).num_classes() == 10
     runs.assign(**{"data.name": "synthetic"}).to_parquet(root / "runs" / "part-00000.parquet")
     assert load_results(root).num_classes() == 4
+
+
+def test_axes_are_inferred_with_list_valued_knobs(tmp_path):
+    # No axes in the manifest (every knob fixed on the command line): inferred from the runs,
+    # where list knobs such as optim.betas come back from Parquet as arrays.
+    (tmp_path / "runs").mkdir()
+    runs = pd.DataFrame(
+        {
+            "variant_id": ["a", "b", "c"],
+            "seed": [0, 0, 0],
+            "optim.betas": [[0.9, 0.999], [0.9, 0.999], [0.9, 0.999]],
+            "optim.step_at": [[0.75], [0.5, 0.75], [0.75]],
+            "model.width": [8, 8, 8],
+            "status": ["ok"] * 3,
+        }
+    )
+    runs.to_parquet(tmp_path / "runs" / "part-0.parquet")
+    (tmp_path / "manifest.json").write_text(json.dumps({"sweep": "fixed", "axes": {}}))
+    assert load_results(tmp_path).axes == {"optim.step_at": [(0.5, 0.75), (0.75,)]}
+    runs.assign(**{"optim.step_at": [[0.75]] * 3}).to_parquet(tmp_path / "runs" / "part-0.parquet")
+    assert load_results(tmp_path).axes == {}

@@ -130,7 +130,7 @@ def test_otsu_split_lands_in_the_gap():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"mc_k": 0}, "mc_k must be > 0, got 0"),
+        ({"mc_k": 0}, "mc_k must be finite and > 0, got 0"),
         ({"hessian": "trace"}, "hessian must be one of"),
         ({"local_rule": "vote"}, "local_rule must be one of"),
         ({"num_classes": 1}, "num_classes must be >= 2"),

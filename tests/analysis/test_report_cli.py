@@ -40,7 +40,7 @@ def test_default_out_is_inside_results_and_printed(tmp_path, monkeypatch, capsys
         ("missing", "does not exist"),
         ("no_runs", "no runs table"),
         ("bad_axis", "'model.nope'"),
-        ("bad_threshold", "mc_k must be > 0, got -1.0"),
+        ("bad_threshold", "mc_k must be finite and > 0, got -1.0"),
         ("out_is_file", "is not a directory"),
     ],
 )

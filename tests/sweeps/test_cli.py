@@ -17,16 +17,23 @@ def run(args, cwd):
     [
         ("model=transformer", "model=transformer is not a known option"),
         ("model.widht=4", "model.widht is not a known key"),
-        ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
+        ("optim.lr=0", "optim.lr must be finite and > 0, got 0.0"),
         ("optim.batch_size=-1", "optim.batch_size must be an integer > 0, got -1"),
         ("optim.batch_size=100000", "optim.batch_size must be <= the training set size"),
         ("model.width=0", "model.width must be an integer > 0, got 0"),
         ("train.epochs=0", "train.epochs must be an integer >= 1, got 0"),
         ("--frobnicate", "unknown flag --frobnicate"),
+        ("-x", "unknown flag -x; allowed: --retry-failed"),
+        ("+foo=1", "foo is not a known key (got 1); allowed under the config root"),
+        ("ray.num_cpus=-2", "ray.num_cpus must be an integer >= 1 or null, got -2"),
+        ("data=mnist data.root=nowhere", "data.name=mnist: no usable MNIST files in"),
+        ("--cfg job model=transformer", "model=transformer is not a known option"),
+        ("--cfg job model.width=range(", "cannot parse override 'model.width=range('"),
+        ("--cfg bogus", "--cfg must be one of job, hydra, all, got 'bogus'"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, override, fragment):
-    result = run([override, "out_dir=results"], tmp_path)
+    result = run([*override.split(), "out_dir=results"], tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and fragment in lines[0], result.stderr

@@ -2,6 +2,7 @@ import time
 
 import pytest
 
+from landscape.data import TORCHVISION_SOURCES
 from landscape.variant import ConfigError
 from sweeps.config import CONF_DIR, config_groups, plan_sweep
 
@@ -11,9 +12,22 @@ def out(tmp_path):
     return f"out_dir={tmp_path / 'results'}"
 
 
+@pytest.fixture
+def data_root(tmp_path):
+    """data.root=... holding (empty) files where torchvision looks for every data set: what
+    planning checks for; their contents are read only when a pack loads them."""
+    root = tmp_path / "data"
+    for source in TORCHVISION_SOURCES.values():
+        folder = root / source.folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in source.files:
+            (folder / name).touch()
+    return f"data.root={root}"
+
+
 @pytest.mark.parametrize("sweep", config_groups()["sweep"])
-def test_every_sweep_preset_composes_and_expands(sweep, out):
-    plan = plan_sweep([f"sweep={sweep}", out])
+def test_every_sweep_preset_composes_and_expands(sweep, out, data_root):
+    plan = plan_sweep([f"sweep={sweep}", out, data_root])
     assert plan.variants and plan.name
     assert plan.analysis.get("temperature") and plan.analysis.get("load")
     for key in ("temperature", "load"):
@@ -24,12 +38,13 @@ def test_every_sweep_preset_composes_and_expands(sweep, out):
     ("group", "option"),
     [(g, o) for g, opts in config_groups().items() if g != "sweep" for o in opts],
 )
-def test_every_group_option_composes(group, option, out):
+def test_every_group_option_composes(group, option, out, data_root):
     extra = ["data=digits"] if group == "model" else []  # image models need image data
     if group == "data" and option == "synthetic":
         extra = ["model=mlp"]
     plan = plan_sweep(
         [f"{group}={option}", "model.width=4", "seed=0", "optim.batch_size=16", out, *extra]
+        + ([data_root] if option in TORCHVISION_SOURCES else [])
     )
     assert len(plan.variants) == 1
 
@@ -42,13 +57,13 @@ def test_demo_preset_is_a_width_by_batch_size_grid_with_seeds(out):
     assert len({v.group_id for v in plan.variants}) == len(plan.variants) // len(plan.axes["seed"])
 
 
-def test_sweep_preset_values_override_the_base_config(out):
+def test_sweep_preset_values_override_the_base_config(out, data_root):
     plan = plan_sweep([out])
     assert {v.train.epochs for v in plan.variants} == {
         30
     }  # conf/sweep/demo.yaml, not config.yaml's 10
     assert plan.metrics.preset == "demo"
-    yang = plan_sweep(["sweep=taxonomy_cifar10", out])
+    yang = plan_sweep(["sweep=taxonomy_cifar10", out, data_root])
     v = yang.variants[0]
     assert (v.model.name, v.data.name, v.optim.lr, v.optim.weight_decay, v.train.epochs) == (
         "resnet18",
@@ -114,8 +129,8 @@ def test_ten_thousand_variants_expand_in_seconds(out):
     [
         ("model=transformer", "model=transformer is not a known option; allowed: "),
         ("model.widht=3", "model.widht is not a known key (got 3); allowed under model: "),
-        ("optim.lr=0", "optim.lr must be > 0, got 0.0"),
-        ("optim.lr=-0.5", "optim.lr must be > 0, got -0.5"),
+        ("optim.lr=0", "optim.lr must be finite and > 0, got 0.0"),
+        ("optim.lr=-0.5", "optim.lr must be finite and > 0, got -0.5"),
         ("optim.batch_size=0", "optim.batch_size must be an integer > 0, got 0"),
         ("optim.batch_size=4096", "optim.batch_size must be <= the training set size (1347"),
         ("model.width=0", "model.width must be an integer > 0, got 0"),
@@ -124,11 +139,32 @@ def test_ten_thousand_variants_expand_in_seconds(out):
         ("model.width=4,0", "model.width must be an integer > 0, got 0"),
         ("metrics=fast,fast", "metrics cannot be a sweep axis"),
         ("device=tpu", "device must be auto, cpu or cuda[:N], got 'tpu'"),
+        ("optim.lr=inf", "optim.lr must be finite and > 0, got inf"),
+        ("optim.gamma=-1", "optim.gamma must be finite and > 0, got -1.0"),
+        ("ray.address=not_a_host", "ray.address must be null, local, auto, host:port"),
+        ("sweep.name=../escaped", "sweep.name must be a directory name"),
+        ("model=cnn model.name=mlp", "model.name cannot be set on its own (got 'mlp')"),
+        ("model.width=range(8,4)", "sweep axis model.width has no values (from 'model.width=range"),
+        ("metrics.seed=-1", "metrics.seed must be an integer >= 0, got -1"),
+        (
+            "metrics.sharpness.enabled=true metrics.sharpness.worst_p=abc",
+            "metrics.sharpness.worst_p must be one of inf, 2, got 'abc'",
+        ),
+        (
+            "metrics.lr_range.enabled=true metrics.lr_range.lr_min=10 metrics.lr_range.lr_max=1",
+            "metrics.lr_range.lr_min must be < metrics.lr_range.lr_max, got 10.0 and 1.0",
+        ),
+        (
+            "metrics.trajectory.enabled=true metrics.trajectory.epochs=[100] train.epochs=2",
+            "metrics.trajectory.epochs must be <= train.epochs (2 for the shortest variant)",
+        ),
+        ("metrics.cross.vary=[bogus.key]", "metrics.cross.vary must name knobs of a variant"),
+        ("data=cifar10 data.root=nowhere", "data.name=cifar10: no usable CIFAR10 files in"),
     ],
 )
 def test_bad_input_is_one_line_naming_key_value_and_rule(override, message, out):
     with pytest.raises(ConfigError) as err:
-        plan_sweep([override, out])
+        plan_sweep([*override.split(), out])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -174,3 +210,14 @@ def test_the_later_override_of_a_key_wins(out):
     assert {
         v.model.width for v in plan_sweep(["model.width=8", "model.width=8,16", out]).variants
     } == {8, 16}
+
+
+def test_empty_out_dir_is_refused():
+    with pytest.raises(ConfigError, match="out_dir must be a directory path, got ''"):
+        plan_sweep(["out_dir="])
+
+
+def test_missing_data_files_are_not_checked_when_joining_a_cluster(out):
+    # A cluster's nodes may see a data.root the driver does not: the workers check there.
+    plan = plan_sweep(["data=mnist", "data.root=nowhere", "ray.address=auto", out])
+    assert plan.variants[0].data.name == "mnist"

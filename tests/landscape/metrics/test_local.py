@@ -133,16 +133,22 @@ def test_switching_a_metric_off_changes_no_other(measured) -> None:
     "build, message",
     [
         pytest.param(
-            lambda: HessianTraceSpec(n_probes=0), "hessian_trace.n_probes must be > 0", id="probes"
+            lambda: HessianTraceSpec(n_probes=0),
+            "hessian_trace.n_probes must be finite and > 0",
+            id="probes",
         ),
         pytest.param(
             lambda: SharpnessSpec(worst_p="1"), "sharpness.worst_p must be one of inf, 2", id="norm"
         ),
-        pytest.param(lambda: SharpnessSpec(eps=-1.0), "sharpness.eps must be >= 0", id="eps"),
+        pytest.param(
+            lambda: SharpnessSpec(eps=-1.0), "sharpness.eps must be finite and >= 0", id="eps"
+        ),
         pytest.param(
             lambda: LRRangeSpec(lr_min=1.0, lr_max=0.5), "lr_range.lr_min must be <", id="range"
         ),
-        pytest.param(lambda: HessianEigenSpec(k=0), "hessian_eigen.k must be > 0", id="k"),
+        pytest.param(
+            lambda: HessianEigenSpec(k=0), "hessian_eigen.k must be finite and > 0", id="k"
+        ),
         pytest.param(
             lambda: HessianEigenSpec(hvp="fast"),
             "metrics.hessian_eigen.hvp must be one of auto, vmap, loop, packed, got 'fast'",
