@@ -32,7 +32,15 @@ from analysis.heatmap import LOG_METRICS, format_value, is_geometric, sort_value
 from analysis.load import Results
 
 SHARPNESS = "sharpness"
-TRAJECTORY_INDEX = ("variant_id", "member", "step", "epoch", "lr", "two_over_lr")
+TRAJECTORY_INDEX = (
+    "variant_id",
+    "member",
+    "step",
+    "epoch",
+    "lr",
+    "two_over_lr",
+    "stability_threshold",
+)
 
 
 # --- shared helpers ------------------------------------------------------------------------
@@ -149,8 +157,10 @@ def plot_trajectory(
     """``metric`` against step, one line per variant coloured by knob ``by``.
 
     ``by`` defaults to :func:`analysis.curves.curve_axis`. A ``<metric>_se`` column is shown
-    as a band; for ``sharpness``, ``two_over_lr`` is drawn dashed in the line's colour.
-    ``None`` when the table or the metric is absent.
+    as a band; for ``sharpness``, the optimiser's stability threshold (``stability_threshold``:
+    2(1 + momentum)/lr for SGD) is drawn dashed in the line's colour, or ``two_over_lr`` where
+    that is absent (results written before it, adaptive optimisers). ``None`` when the table
+    or the metric is absent.
     """
     table = results.trajectory
     if metric not in trajectory_metrics(table):
@@ -162,6 +172,15 @@ def plot_trajectory(
         return None
     palette = knob_palette(data[by])
     se, edge = f"{metric}_se", metric == SHARPNESS and "two_over_lr" in data
+    if edge:  # each row's own threshold, 2/lr where the optimiser has none
+        own = numeric(data, "stability_threshold") if "stability_threshold" in data else None
+        data = data.assign(
+            edge=numeric(data, "two_over_lr")
+            if own is None
+            else own.fillna(numeric(data, "two_over_lr"))
+        )
+        plain = own is None or own.isna().all() or bool((own == numeric(data, "two_over_lr")).all())
+        label = "2 / lr" if plain else "stability threshold (SGD: 2(1 + momentum) / lr)"
     fig, ax = plt.subplots(figsize=(6.8, 4.2))
     for _, line in data.groupby("variant_id", sort=False):
         colour = palette[line[by].iloc[0]]
@@ -170,14 +189,14 @@ def plot_trajectory(
             low, high = line[metric] - line[se], line[metric] + line[se]
             ax.fill_between(line["step"], low, high, color=colour, alpha=0.15, lw=0)
         if edge:
-            ax.plot(line["step"], numeric(line, "two_over_lr"), color=colour, ls="--", lw=1)
+            ax.plot(line["step"], line["edge"], color=colour, ls="--", lw=1)
     set_step_axis(ax, data["step"])
     if metric in LOG_METRICS or edge:
-        log_if_wide(ax, pd.concat([data[metric], numeric(data, "two_over_lr") if edge else None]))
-    extra = [Line2D([], [], color="grey", ls="--", label="2 / lr")] if edge else []
+        log_if_wide(ax, pd.concat([data[metric], data["edge"] if edge else None]))
+    extra = [Line2D([], [], color="grey", ls="--", label=label)] if edge else []
     knob_legend(ax, palette, by, extra)
     ax.set_ylabel(metric)
-    what = "top Hessian eigenvalue against 2 / lr (edge of stability)" if edge else metric
+    what = "top Hessian eigenvalue against its stability threshold" if edge else metric
     ax.set_title(f"{what} during training, across {by}", fontsize=10)
     fig.tight_layout()
     return fig

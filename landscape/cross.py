@@ -96,7 +96,12 @@ def interpolate_pair(
     device: torch.device | str,
 ) -> list[dict]:
     """Rows for ``surfaces`` (kind ``cross``): variant_a, variant_b, alpha, split (train / test),
-    loss, accuracy, at (1 - alpha) w_a + alpha w_b."""
+    loss, accuracy, at (1 - alpha) w_a + alpha w_b.
+
+    ``train`` is a sample of the data set's whole training split with its clean labels, the
+    same examples at every alpha and for both ends, so the line is one function of alpha.
+    When ``vary`` names ``data.label_noise`` or ``data.subset`` this is therefore not either
+    variant's own (noisy, subset) training loss: the runs table has those."""
     _, stack_a = load_checkpoint(checkpoints / f"{a.variant_id}.pt", device)
     _, stack_b = load_checkpoint(checkpoints / f"{b.variant_id}.pt", device)
     net = FunctionalNet(build_model(a.model, dataset.input_shape, dataset.num_classes))

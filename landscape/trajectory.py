@@ -12,7 +12,8 @@ rows for the ``trajectory``, ``stiffness``, ``params``, ``path`` and ``surfaces`
 - Sharpness tracking (Cohen et al. 2021, "Gradient descent on neural networks typically occurs
   at the edge of stability"): the top Hessian eigenvalue every N steps by power iteration
   warm-started from the previous call's vector, with 2/lr alongside (the stability threshold
-  of gradient descent on a quadratic).
+  of gradient descent on a quadratic) and :func:`stability_threshold`, the optimiser's own
+  (2(1 + beta)/lr for SGD with heavy-ball momentum beta).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from landscape.metrics.hessian import flatten, hessian_eigenvalues, member_shape
 from landscape.metrics.lca import allocation_by_layer, lca_stacked
 from landscape.metrics.local import LocalMetricSpecs, measure_local
 from landscape.pack import TrainedPack
-from landscape.variant import ConfigError
+from landscape.variant import ConfigError, OptimSpec
 
 TRAJECTORY_METRICS = tuple(f.name for f in dataclasses.fields(LocalMetricSpecs))
 
@@ -101,6 +102,19 @@ def scheduled_steps(spec: TrajectorySpec, total_steps: int, steps_per_epoch: int
             else set()
         )
     return sorted(points | {0, total_steps})
+
+
+def stability_threshold(optim: OptimSpec, lr: float) -> float | None:
+    """The largest top Hessian eigenvalue at which the optimiser is stable on a quadratic:
+    2/lr for plain gradient descent, 2(1 + beta)/lr with heavy-ball momentum beta, and
+    2(1 + beta)/(lr (1 + 2 beta)) with Nesterov's (Cohen et al. 2021, appendix on momentum;
+    weight decay, being part of the update but not of the loss, shifts it by lr * wd and is
+    left out). None for the adaptive optimisers, whose edge is one of the preconditioned
+    Hessian (Cohen et al. 2022), and for a zero learning rate."""
+    if optim.name != "sgd" or lr <= 0:
+        return None
+    beta = optim.momentum
+    return 2 * (1 + beta) / (lr * (1 + 2 * beta)) if optim.nesterov else 2 * (1 + beta) / lr
 
 
 @dataclass
@@ -209,6 +223,7 @@ class TrajectoryRecorder:
             self._add("params", [{**r, "step": step, "epoch": epoch} for r in rows])
 
     def _track_sharpness(self, step: int, epoch: float, pack: TrainedPack, lr: list[float]) -> None:
+        optims = [v.optim for v in pack.variants]
         if self._eig_sample is None:
             g = torch.Generator().manual_seed(self.seed + 17)
             self._eig_sample = pack.data.train_sample(self.spec.sharpness_samples, g)
@@ -235,6 +250,7 @@ class TrajectoryRecorder:
                 "lr": lr[k],
                 "sharpness": values[k],
                 "two_over_lr": 2.0 / lr[k] if lr[k] > 0 else None,
+                "stability_threshold": stability_threshold(optims[k], lr[k]),
             }
             for k in range(len(values))
         ]

@@ -8,11 +8,16 @@ and Fast Ensembling of DNNs" (NeurIPS): the curve
 with the endpoints fixed and the control point w_c trained to minimise E_{t~U(0,1)} L(phi(t)).
 Protocol of Yang, Hodgkinson, Theisen, Zou, Gonzalez, Ramchandran, Mahoney (2021),
 "Taxonomizing local versus global structure in neural network loss landscapes": w_c starts
-at the midpoint, SGD with lr 0.01, momentum 0.9, weight decay 5e-4 on w_c, one t per step,
+at the midpoint, SGD with lr 0.01, momentum 0.9, weight decay 5e-4, one t per step,
 the learning rate constant for the first 50% of training, then linearly down to 1% of its
 value at 90%, then constant; the curve's training error (%) is read at t in {0, .25, .5,
 .75, 1} with BatchNorm statistics recomputed at each t, and summarised by Yang's
 :func:`yang_mc`. P pairs train together as one stack (vmap over pairs).
+
+Weight decay on a curve is Garipov et al.'s (their ``dnn-mode-connectivity``, which Yang et al.
+ran): not the optimiser's decay of w_c but the penalty 0.5 wd ||phi(t)||^2 on the curve point
+at the drawn t, every trainable tensor included (BatchNorm affine too), added to the loss;
+its gradient with respect to w_c is wd 2t(1-t) phi(t).
 """
 
 from __future__ import annotations
@@ -60,14 +65,18 @@ def yang_mc(errors: Tensor) -> Tensor:
     return mid - errors.gather(-1, u).squeeze(-1)
 
 
-def _curve_loss(net: FunctionalNet) -> Callable[..., Tensor]:
+def _curve_loss(net: FunctionalNet, weight_decay: float) -> Callable[..., tuple[Tensor, Tensor]]:
+    """One pair's training objective at t and, as the auxiliary output, its cross-entropy:
+    cross-entropy + 0.5 wd ||phi(t)||^2 (Garipov et al.'s curve regulariser)."""
     stat_net = batch_stat_net(net)  # train mode: BatchNorm normalises with batch statistics
 
     def loss(
         c: Params, a: Params, b: Params, buffers: Params, x: Tensor, y: Tensor, t: Tensor
-    ) -> Tensor:
+    ) -> tuple[Tensor, Tensor]:
         params = {n: (1 - t) ** 2 * a[n] + 2 * t * (1 - t) * c[n] + t**2 * b[n] for n in c}
-        return F.cross_entropy(stat_net.logits(params, buffers, x).float(), y)
+        ce = F.cross_entropy(stat_net.logits(params, buffers, x).float(), y)
+        l2 = sum(p.float().square().sum() for p in params.values())
+        return ce + 0.5 * weight_decay * l2, ce
 
     return loss
 
@@ -88,8 +97,9 @@ def train_bezier(
 
     ``draw_batch(generator)`` returns one training batch per pair: x (P, B, *input), y (P, B).
     One t ~ U(0, 1) per pair per step, drawn from ``generator``. The update is
-    ``landscape.optim.apply_update`` (torch.optim.SGD semantics, weight decay on w_c only).
-    Returns the control points (P, *shape) and the last step's training loss (P,). A pair
+    ``landscape.optim.apply_update`` (torch.optim.SGD semantics, no decay of its own) on the
+    gradient of cross-entropy + 0.5 ``weight_decay`` ||phi(t)||^2 (module docstring).
+    Returns the control points (P, *shape) and the last step's cross-entropy (P,). A pair
     whose loss or updated control point turns non-finite stops training there, and comes back
     with a NaN control point and loss (so its curve and ``mc`` read NaN).
     """
@@ -98,18 +108,16 @@ def train_bezier(
     P = a.members
     device = next(iter(a.params.values())).device
     c = {n: (a.params[n] + b.params[n]) / 2 for n in a.params}  # w_c starts at the midpoint
-    spec = OptimSpec(name="sgd", lr=lr, momentum=momentum, weight_decay=weight_decay)
-    hypers = MemberHypers(
-        *(torch.full((P,), float(v), device=device) for v in (lr, momentum, weight_decay))
-    )
+    spec = OptimSpec(name="sgd")  # the rule; lr and momentum are per pair, in hypers
+    hypers = MemberHypers(*(torch.full((P,), float(v), device=device) for v in (lr, momentum, 0)))
     state = init_state(spec, c)
     alive = torch.ones(P, dtype=torch.bool, device=device)
-    step_fn = vmap(grad_and_value(_curve_loss(net)))
+    step_fn = vmap(grad_and_value(_curve_loss(net, weight_decay), has_aux=True))
     loss = torch.full((P,), float("nan"), device=device)
     for step in range(steps):
         x, y = draw_batch(generator)
         t = torch.rand(P, generator=generator).to(device)
-        grads, loss = step_fn(c, a.params, b.params, a.buffers, x, y, t)
+        grads, (_, loss) = step_fn(c, a.params, b.params, a.buffers, x, y, t)
         alive = apply_update(
             spec,
             c,
@@ -190,8 +198,14 @@ def bezier_connectivity(
         net, a, b, draw_batch, steps, generator, lr=lr, momentum=momentum, weight_decay=weight_decay
     )
     t = torch.tensor(ts, dtype=torch.float64)
+    # A curve whose training blew up is evaluated with a zero control point and reads NaN:
+    # its NaN weights must not share a batched kernel with the other pairs.
+    dead = torch.isnan(train_loss)
+    safe = {n: torch.where(dead.view(-1, *([1] * (p.dim() - 1))), 0, p) for n, p in control.items()}
     loss, acc = evaluate_bezier(
-        net, a, control, b, t, x, y, bn_x=bn_x, chunk=chunk, batch_size=batch_size
+        net, a, safe, b, t, x, y, bn_x=bn_x, chunk=chunk, batch_size=batch_size
     )
+    nan = torch.tensor(float("nan"), device=loss.device)
+    loss, acc = torch.where(dead[:, None], nan, loss), torch.where(dead[:, None], nan, acc)
     error = 100 * (1 - acc)
     return BezierResult(yang_mc(error), t, loss, error, acc, control, train_loss)

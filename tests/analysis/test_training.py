@@ -138,6 +138,19 @@ def test_sharpness_has_two_over_lr_dashed_in_its_colour(training_dir):
     plt.close("all")
 
 
+def test_sharpness_is_drawn_against_the_optimisers_own_threshold_when_recorded(training_dir):
+    results = load_results(training_dir)
+    t = results.trajectory
+    results = dataclasses.replace(  # SGD with momentum 0.9
+        results, trajectory=t.assign(stability_threshold=2 * (1 + 0.9) / t["lr"])
+    )
+    ax = plot_trajectory(results, "sharpness").axes[0]
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert sorted({float(ln.get_ydata()[0]) for ln in dashed}) == pytest.approx([38.0, 190.0])
+    assert ax.get_legend().get_texts()[-1].get_text().startswith("stability threshold")
+    plt.close("all")
+
+
 def test_log_spaced_steps_get_a_log_axis(training_dir):
     fig = plot_trajectory(load_results(training_dir), "hessian_trace", by="model.width")
     ax = fig.axes[0]

@@ -68,7 +68,7 @@ def test_checkpoints_round_trip_with_weights_only(tiny_variant, tmp_path):
 def test_a_diverged_member_gets_no_checkpoint_and_nan_losses(tiny_variant, tmp_path):
     ok, bad = (
         tiny_variant(seed=0),
-        tiny_variant(optim=OptimSpec(lr=math.inf, batch_size=16), seed=1),
+        tiny_variant(optim=OptimSpec(lr=1e300, batch_size=16), seed=1),  # inf in float32
     )
     rows = run_pack([ok, bad], FAST, load_dataset(ok.data), checkpoint_dir=tmp_path)
     status = {r["variant_id"]: r for r in rows.tables["runs"]}

@@ -5,9 +5,15 @@ from landscape import ModelSpec, OptimSpec, TrainSpec, load_dataset
 from landscape.measure import MetricsSpec
 from landscape.metrics.hessian import hessian_eigenvalues
 from landscape.metrics.local import HessianTraceSpec, LocalMetricSpecs
+from landscape.optim import MemberHypers, apply_update, init_state
 from landscape.run import run_pack
 from landscape.train import pack_steps, train_pack
-from landscape.trajectory import TrajectoryRecorder, TrajectorySpec, scheduled_steps
+from landscape.trajectory import (
+    TrajectoryRecorder,
+    TrajectorySpec,
+    scheduled_steps,
+    stability_threshold,
+)
 from landscape.variant import ConfigError
 
 
@@ -89,6 +95,8 @@ def test_sharpness_tracking_matches_a_fresh_eigenvalue_and_reports_two_over_lr(t
     for k, v in enumerate(variants):
         assert last[v.variant_id]["sharpness"] == pytest.approx(exact[k].item(), rel=1e-3)
         assert last[v.variant_id]["two_over_lr"] == pytest.approx(2 / v.optim.lr)
+        own = 2 * (1 + v.optim.momentum) / v.optim.lr  # SGD with heavy-ball momentum
+        assert last[v.variant_id]["stability_threshold"] == pytest.approx(own)
 
 
 def test_lca_of_training_adds_up_to_the_loss_change(tiny_variant):
@@ -135,3 +143,27 @@ def test_snapshots_give_a_pca_path_ending_at_the_origin(tiny_variant):
             r for r in tables["surfaces"] if r["variant_id"] == v.variant_id and r["kind"] == "pca"
         ]
         assert len(plane) == 25
+
+
+@pytest.mark.parametrize(
+    ("momentum", "nesterov"), [(0.0, False), (0.5, False), (0.9, False), (0.5, True), (0.9, True)]
+)
+def test_stability_threshold_is_where_our_sgd_turns_unstable_on_a_quadratic(momentum, nesterov):
+    """On L = lambda w^2 / 2 our SGD update (landscape.optim) shrinks w for lambda just below
+    the threshold and blows it up just above: the edge Cohen et al. compare sharpness with."""
+    lr = 0.1
+    spec = OptimSpec(name="sgd", lr=lr, momentum=momentum, nesterov=nesterov)
+    edge = stability_threshold(spec, lr)
+
+    def final_size(curvature: float) -> float:
+        w = {"w": torch.ones(1, 1, dtype=torch.float64)}
+        state = init_state(spec, w)
+        hypers = MemberHypers.from_specs([spec], "cpu")
+        alive = torch.ones(1, dtype=torch.bool)
+        for step in range(1, 2001):
+            apply_update(spec, w, {"w": curvature * w["w"]}, state, hypers, hypers.lr, step, alive)
+        return w["w"].abs().item()
+
+    assert final_size(edge * 0.97) < 1e-3
+    assert final_size(edge * 1.03) > 1e3
+    assert stability_threshold(OptimSpec(name="adam"), lr) is None

@@ -50,7 +50,9 @@ def test_yang_mc_of_known_error_curves():
     assert yang_mc(errors).tolist() == [-8.0, 8.0, 0.0, 1.0]
 
 
-def test_one_stacked_step_equals_autograd_sgd():
+def test_one_stacked_step_equals_autograd_sgd_on_garipovs_objective():
+    """Cross-entropy at phi(t) plus Garipov et al.'s 0.5 wd ||phi(t)||^2, plain SGD on w_c:
+    the step's weight-decay part is wd 2t(1-t) phi(t), not wd w_c."""
     net, stack = init_stack(lambda: MLP(3, 2, 4, 1, False), [0, 1, 2, 3], "cpu")
     a, b = stack.select([0, 1]), stack.select([2, 3])
     x = torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(0))
@@ -68,11 +70,13 @@ def test_one_stacked_step_equals_autograd_sgd():
             + t[p] ** 2 * b.params[n][p]
             for n in c
         }
-        loss = F.cross_entropy(functional_call(module, point, (x[p],)), y[p])
-        grads = torch.autograd.grad(loss, list(c.values()))
+        ce = F.cross_entropy(functional_call(module, point, (x[p],)), y[p])
+        grads = torch.autograd.grad(ce, list(c.values()))
         for (name, value), grad in zip(c.items(), grads):
-            expected = value - 0.1 * (grad + 0.01 * value)  # SGD step 1: buffer = g + wd w
+            decay = 0.01 * 2 * t[p] * (1 - t[p]) * point[name]  # d/dw_c of 0.5 wd ||phi(t)||^2
+            expected = value - 0.1 * (grad + decay)  # SGD step 1: buffer = gradient
             assert torch.allclose(control[name][p], expected.detach(), atol=1e-6), name
+            assert not torch.allclose(control[name][p], (value - 0.1 * (grad + 0.01 * value)))
 
 
 def test_a_curve_whose_training_blows_up_comes_back_nan():
@@ -176,3 +180,26 @@ def test_ts_must_span_the_curve():
             torch.Generator(),
             ts=(0.0, 0.5),
         )
+
+
+def test_a_blown_up_pair_reads_nan_and_leaves_the_other_pairs_unchanged():
+    net, stack = init_stack(lambda: MLP(2, 2, 8, 1, False), [0, 1, 2, 3], "cpu")
+    a, b = stack.select([0, 1]), stack.select([2, 3])
+    x, y = _xor(64)
+    xs, ys = x[None].repeat(2, 1, 1), y[None].repeat(2, 1)
+    bad = xs.clone()
+    bad[0, 0, 0] = float("nan")  # pair 0's training batch: its loss turns NaN at step 1
+
+    def run(a, b, train_x, n):
+        return bezier_connectivity(
+            net, a, b, lambda g: (train_x, ys[:n]), 4, xs[:n], ys[:n],
+            torch.Generator().manual_seed(0), lr=0.1,
+        )  # fmt: skip
+
+    both = run(a, b, bad, 2)
+    assert torch.isnan(both.mc[0]) and torch.isnan(both.curve_loss[0]).all()
+    assert torch.isfinite(both.curve_loss[1]).all()
+    assert both.curve_error.shape == (2, 5)
+    healthy = run(a, b, xs, 2)  # the same draws of t, pair 0 healthy
+    torch.testing.assert_close(both.curve_loss[1], healthy.curve_loss[1])
+    torch.testing.assert_close(both.mc[1], healthy.mc[1])
