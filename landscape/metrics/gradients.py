@@ -17,10 +17,10 @@ from torch.func import grad, vmap
 from landscape.functional import FunctionalNet, Stack
 from landscape.metrics.hessian import (
     flatten,
+    largest_eigenvalue,
     minibatch_members,
     net_loss,
     resolve_hvp,
-    top_eigenvalues,
 )
 
 
@@ -142,7 +142,8 @@ def flatness_ratio(
 
     The minibatches are ``n_batches`` disjoint batches of ``batch_size`` from the sample and
     H is the Hessian on their union, so H = mean_b H_b and the ratio is >= 1 by convexity of
-    lambda_max (Jensen); a trace ratio would be exactly 1 by linearity. lambda_max by power
+    lambda_max (Jensen); a trace ratio would be exactly 1 by linearity. lambda_max, the
+    largest signed eigenvalue (:func:`landscape.metrics.hessian.largest_eigenvalue`), by power
     iteration (PyHessian's 100 iterations, tol 1e-3), batched over members and batches
     (products as ``hvp="auto"`` picks them, :func:`landscape.metrics.hessian.resolve_hvp`).
     Reference: the flatness essay cited in SCIENCE.md ("Flatness ratio").
@@ -156,25 +157,8 @@ def flatness_ratio(
     x, y = x[:, :n], y[:, :n]
     hvp = resolve_hvp(net, "auto", x.device)
     loss = net_loss(net, hvp)
-    full = top_eigenvalues(
-        loss,
-        stack.params,
-        (stack.buffers, x, y),
-        k=1,
-        max_iter=max_iter,
-        tol=tol,
-        generator=generator,
-        mode=hvp,
-    )
+    options = dict(max_iter=max_iter, tol=tol, generator=generator, mode=hvp)
+    full = largest_eigenvalue(loss, stack.params, (stack.buffers, x, y), **options)
     view, xb, yb = minibatch_members(stack, x, y, batch_size)
-    per = top_eigenvalues(
-        loss,
-        view.params,
-        (view.buffers, xb, yb),
-        k=1,
-        max_iter=max_iter,
-        tol=tol,
-        generator=generator,
-        mode=hvp,
-    )
-    return per.values[:, 0].view(K, n_batches).mean(1) / full.values[:, 0]
+    per = largest_eigenvalue(loss, view.params, (view.buffers, xb, yb), **options)
+    return per.view(K, n_batches).mean(1) / full

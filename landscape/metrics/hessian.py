@@ -429,8 +429,12 @@ def top_eigenvalues(
     generator: torch.Generator,
     init: Tensor | None = None,
     mode: str = "vmap",
+    shift: Tensor | None = None,
 ) -> EigenEstimate:
     """The k Hessian eigenvalues of largest magnitude, by subspace (block power) iteration.
+
+    ``shift`` (K,): iterate with H + shift I instead and report its eigenvalues less the
+    shift (:func:`largest_eigenvalue` uses it to find the largest signed one).
 
     ``init`` (K, k, P), e.g. the ``vectors`` of an earlier call, warm-starts the iteration
     (sharpness tracking during training: a few iterations per call then suffice).
@@ -467,6 +471,8 @@ def top_eigenvalues(
     for _ in range(max_iter):
         v = block[active]
         w = hv(*subset(active), v)  # (A, k, P)
+        if shift is not None:
+            w = w + shift[active, None, None].to(w.dtype) * v
         broken = ~w.isfinite().all(-1).all(-1)  # a diverged member: NaN values, stop it
         w = torch.where(broken[:, None, None], 0, w)
         theta, ritz = _ritz(v, w)
@@ -482,7 +488,46 @@ def top_eigenvalues(
         active = active[~converged]
         if active.numel() == 0:
             break
+    if shift is not None:
+        values = values - shift[:, None].to(values.dtype)
     return EigenEstimate(values, iterations, block)
+
+
+def largest_eigenvalue(
+    loss: LossFn | PackedLoss,
+    params: Params,
+    args: tuple = (),
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    generator: torch.Generator,
+    mode: str = "vmap",
+) -> Tensor:
+    """lambda_max, the largest signed Hessian eigenvalue, (K,).
+
+    Power iteration (:func:`top_eigenvalues`, k = 1) finds the eigenvalue of largest
+    magnitude; where that is negative (negative curvature dominating, as it can on one
+    minibatch), the members go again on H + |lambda| I, whose dominant eigenvalue is
+    lambda_max + |lambda| >= 0."""
+    first = top_eigenvalues(
+        loss, params, args, k=1, max_iter=max_iter, tol=tol, generator=generator, mode=mode
+    ).values[:, 0]
+    negative = (first < 0).nonzero().flatten()
+    if negative.numel() == 0:
+        return first
+    K = members(params)
+    again = top_eigenvalues(
+        loss,
+        take_active(params, negative, K),
+        take_active(args, negative, K),
+        k=1,
+        max_iter=max_iter,
+        tol=tol,
+        generator=generator,
+        mode=mode,
+        shift=-first[negative],
+    ).values[:, 0]
+    return first.index_put((negative,), again)
 
 
 def _orthonormal_rows(w: Tensor) -> Tensor:

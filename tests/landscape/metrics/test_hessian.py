@@ -18,6 +18,7 @@ from landscape.metrics.hessian import (
     hessian_trace,
     hutchinson_trace,
     lanczos_quadrature,
+    largest_eigenvalue,
     member_shapes,
     net_loss,
     resolve_hvp,
@@ -174,6 +175,21 @@ def test_top_eigenvalues_match_eig_of_quadratic(k: int) -> None:
         want = e[e.abs().argsort(descending=True)][:k]  # largest magnitude first
         torch.testing.assert_close(est.values[member], want, rtol=1e-4, atol=0)
     assert (est.iterations < 1000).all()
+
+
+def test_largest_eigenvalue_is_the_largest_signed_one() -> None:
+    """Where negative curvature dominates (member 1: -10 against a largest of 3), power
+    iteration alone finds -10; the shifted second pass finds lambda_max = 3."""
+    eigs = [
+        torch.tensor([10.0, 6.0, 4.0, 1.0, 0.5, -0.5, 0.2, 0.1], dtype=torch.float64),
+        torch.tensor([-10.0, 3.0, 1.5, 1.0, 0.5, -0.3, 0.2, 0.1], dtype=torch.float64),
+        torch.tensor([-4.0, -2.0, -1.0, -0.5, -0.4, -0.3, -0.2, -0.1], dtype=torch.float64),
+    ]
+    params, args = quadratic_pack([spd(8, e, seed=i) for i, e in enumerate(eigs)])
+    top = top_eigenvalues(quadratic, params, args, max_iter=2000, tol=1e-12, generator=gen())
+    torch.testing.assert_close(top.values[:, 0], torch.tensor([10.0, -10.0, -4.0]).double())
+    got = largest_eigenvalue(quadratic, params, args, max_iter=2000, tol=1e-12, generator=gen())
+    torch.testing.assert_close(got, torch.tensor([10.0, 3.0, -0.1]).double(), rtol=1e-6, atol=0)
 
 
 def test_top_eigenvalues_mlp_match_exact_hessian() -> None:
