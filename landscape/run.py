@@ -110,8 +110,8 @@ def _train_and_measure(
     for k, v in enumerate(variants):
         diverged = result.diverged_step[k]
         row = base_row(v, pid, mid, str(device))
-        row.update(
-            status="diverged" if diverged is not None else "ok",
+        row.update(  # ok: its checkpoint was measured (best_train_loss may predate divergence)
+            status="ok" if bool(result.pack.alive[k]) else "diverged",
             error=None,
             diverged_step=diverged,
             best_epoch=result.best_epoch[k],

@@ -332,9 +332,17 @@ class GraphedTrainStep:
 
 @torch.no_grad()
 def evaluate(
-    net: FunctionalNet, stack: Stack, x: Tensor, y: Tensor, precision: str = "fp32"
+    net: FunctionalNet,
+    stack: Stack,
+    x: Tensor,
+    y: Tensor,
+    precision: str = "fp32",
+    idx: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Eval-mode mean loss and accuracy per member over x (K, N, ...), y (K, N), in chunks."""
+    """Eval-mode mean loss and accuracy per member over x (K, N, ...), y (K, N), in chunks.
+
+    With ``idx`` (K, N), x is a shared set (M, ...) and member k's examples are x[idx[k]],
+    gathered one chunk at a time (never K copies of a training set at once)."""
     K, N = y.shape
     total_loss = torch.zeros(K, device=y.device)
     total_correct = torch.zeros(K, device=y.device)
@@ -345,13 +353,10 @@ def evaluate(
 
     batched = vmap(member)
     for start in range(0, N, EVAL_CHUNK):
+        part = slice(start, start + EVAL_CHUNK)
+        xb = x[:, part] if idx is None else x[idx[:, part]]
         with autocast(y.device, precision):
-            loss, correct = batched(
-                stack.params,
-                stack.buffers,
-                x[:, start : start + EVAL_CHUNK],
-                y[:, start : start + EVAL_CHUNK],
-            )
+            loss, correct = batched(stack.params, stack.buffers, xb, y[:, part])
         total_loss += loss
         total_correct += correct
     return total_loss / N, total_correct / N
@@ -362,10 +367,11 @@ def evaluate_pack(
 ) -> dict[str, Tensor]:
     """Train (each member's own subset and labels) and test loss and accuracy, per member."""
     K = data.members
-    x_train, y_train = data.x_train[data.train_idx], data.y_train
     x_test = data.x_test.expand(K, *data.x_test.shape)
     y_test = data.y_test.expand(K, *data.y_test.shape)
-    train_loss, train_acc = evaluate(net, stack, x_train, y_train, precision)
+    train_loss, train_acc = evaluate(
+        net, stack, data.x_train, data.y_train, precision, idx=data.train_idx
+    )
     test_loss, test_acc = evaluate(net, stack, x_test, y_test, precision)
     return {
         "train_loss": train_loss,
@@ -380,8 +386,11 @@ class TrainResult:
     pack: TrainedPack
     final_metrics: dict[str, list[float]]  # at the chosen checkpoint, per member
     diverged_step: list[int | None]
-    best_epoch: list[int]  # epoch of the chosen checkpoint per member (0 = initialisation)
-    curves: list[dict]  # rows: member, epoch, step, lr, train/test loss and accuracy
+    # epoch of the chosen checkpoint per member: the last epoch, or with best_train_loss the
+    # best one (>= 1; 0 when no epoch qualified, the member diverged in its first)
+    best_epoch: list[int]
+    # rows: member, epoch, step, lr, train/test loss and accuracy, train_loss_running
+    curves: list[dict]
     wall_time_s: float
 
 
@@ -424,6 +433,14 @@ def train_pack(
     """Train every variant of a pack together and return the checkpoint the metrics use.
 
     ``dataset`` should already live on ``device`` (a worker caches it there).
+
+    Each epoch is evaluated by a full pass (eval mode) over each member's training set and
+    the test set (the ``curves`` rows), and the mean of the epoch's minibatch losses as
+    training saw them (train mode, weighted by batch size) is kept as ``train_loss_running``.
+    ``train.checkpoint=best_train_loss`` keeps, per member, the epoch with the lowest
+    ``train_loss_running`` among the epochs it ended alive (Yang et al.'s rule, their
+    ``train.py``: the initialisation is not a candidate); a member that diverges later keeps
+    that checkpoint and is measured on it (its ``diverged_step`` is still reported).
     """
     _check_pack(variants)
     t0 = time.perf_counter()
@@ -462,9 +479,16 @@ def train_pack(
 
     curves: list[dict] = []
     metrics = evaluate_pack(net, stack, data, precision)
-    best, best_metrics = (stack.clone(), metrics) if keep_best else (None, None)
+    nan = torch.full((K,), float("nan"), device=device)
     best_epoch = torch.zeros(K, dtype=torch.long, device=device)
-    _record(curves, 0, 0, base * lr_factor(first.optim, 0, total, spe), metrics)
+    if keep_best:  # no candidate yet: a member without a qualifying epoch is measured on nothing
+        best = stack.clone()
+        best_metrics = {k: nan.clone() for k in metrics}
+        best_loss = torch.full((K,), float("inf"), device=device)
+    _record(
+        curves, 0, 0, base * lr_factor(first.optim, 0, total, spe),
+        {**metrics, "train_loss_running": nan},
+    )  # fmt: skip
 
     def view() -> TrainedPack:
         return TrainedPack(list(variants), net, init, stack, data, opt.alive.clone())
@@ -477,6 +501,7 @@ def train_pack(
 
     for epoch in range(1, first.train.epochs + 1):
         order = _epoch_orders(generators, data.n_train, device)
+        loss_sum, seen = torch.zeros(K, device=device), 0
         for b in range(spe):
             factor = lr_factor(first.optim, opt.step, total, spe)
             x, y = data.train_batch(order[:, b * B : (b + 1) * B])
@@ -484,18 +509,22 @@ def train_pack(
             lca = recorder is not None and recorder.records_lca
             before = {n: p.detach().clone() for n, p in stack.params.items()} if lca else None
             if step is not None:
-                step(x, y, base * factor)
+                loss, _ = step(x, y, base * factor)
             else:
-                train_step(step_fn, stack, opt, x, y, base * factor, precision)
+                loss, _ = train_step(step_fn, stack, opt, x, y, base * factor, precision)
+            loss_sum += loss.detach().float() * x.shape[1]
+            seen += x.shape[1]
             if before is not None:
                 recorder.record_lca(opt.step, before, view())
             observe(base * factor)
+        running = torch.where(opt.alive, loss_sum / seen, float("nan"))
         metrics = _dead_as_nan(evaluate_pack(net, stack, data, precision), opt.alive)
-        _record(curves, epoch, opt.step, base * factor, metrics)
+        _record(curves, epoch, opt.step, base * factor, {**metrics, "train_loss_running": running})
         if keep_best:
-            better = opt.alive & (metrics["train_loss"] < best_metrics["train_loss"])
+            better = opt.alive & torch.isfinite(running) & (running < best_loss)
             best = _where_members(better, stack, best)
             best_metrics = {k: torch.where(better, metrics[k], best_metrics[k]) for k in metrics}
+            best_loss = torch.where(better, running, best_loss)
             best_epoch = torch.where(better, epoch, best_epoch)
         else:
             best_epoch.fill_(epoch)
@@ -503,9 +532,10 @@ def train_pack(
             on_epoch(epoch, metrics)
 
     chosen, chosen_metrics = (best, best_metrics) if keep_best else (stack, metrics)
+    measured = best_epoch > 0 if keep_best else opt.alive.clone()
     diverged = [int(s) if s >= 0 else None for s in opt.diverged_step.tolist()]
     return TrainResult(
-        pack=TrainedPack(list(variants), net, init, chosen, data, opt.alive.clone()),
+        pack=TrainedPack(list(variants), net, init, chosen, data, measured),
         final_metrics={k: v.tolist() for k, v in chosen_metrics.items()},
         diverged_step=diverged,
         best_epoch=best_epoch.tolist(),

@@ -1,8 +1,15 @@
+import math
+
 import pytest
 import torch
 
 from landscape import DataSpec, ModelSpec, OptimSpec, TrainSpec, load_dataset
+from landscape.measure import MetricsSpec
+from landscape.metrics.local import HessianTraceSpec
+from landscape.run import run_pack
 from landscape.train import train_pack
+
+FAST = MetricsSpec(hessian_trace=HessianTraceSpec(n_probes=10, n_samples=32))
 
 
 def _max_diff(a, b):
@@ -76,13 +83,44 @@ def test_curves_have_a_row_per_member_and_epoch(tiny_variant):
     assert {r["step"] for r in result.curves if r["epoch"] == 3} == {3 * steps_per_epoch}
 
 
-def test_best_train_loss_checkpoint_keeps_the_lowest_epoch(tiny_variant):
+def test_best_train_loss_checkpoint_keeps_the_epoch_with_the_lowest_running_loss(tiny_variant):
+    """Yang et al.'s rule: epochs ranked by the mean of their minibatch losses; the
+    initialisation (epoch 0, no running loss) is never a candidate."""
     v = tiny_variant(train=TrainSpec(epochs=4, checkpoint="best_train_loss"))
     result = train_pack([v], load_dataset(v.data))
-    per_epoch = {r["epoch"]: r["train_loss"] for r in result.curves}
-    best = min(per_epoch, key=per_epoch.get)
+    running = {r["epoch"]: r["train_loss_running"] for r in result.curves if r["epoch"] > 0}
+    best = min(running, key=running.get)
     assert result.best_epoch == [best]
-    assert result.final_metrics["train_loss"][0] == pytest.approx(per_epoch[best])
+    full = {r["epoch"]: r["train_loss"] for r in result.curves}
+    assert result.final_metrics["train_loss"][0] == pytest.approx(full[best])
+    assert math.isnan(next(r for r in result.curves if r["epoch"] == 0)["train_loss_running"])
+
+
+def test_running_loss_is_the_epochs_minibatch_losses_averaged(tiny_variant):
+    # lr ~ 0: every minibatch loss is the initial model's on that batch, and an epoch covers
+    # the training set once (96 = 6 x 16), so the running mean equals the full pass at init.
+    v = tiny_variant(optim=OptimSpec(lr=1e-30, batch_size=16), train=TrainSpec(epochs=1))
+    curves = {r["epoch"]: r for r in train_pack([v], load_dataset(v.data)).curves}
+    assert curves[1]["train_loss_running"] == pytest.approx(curves[0]["train_loss"], rel=1e-6)
+
+
+def test_the_best_checkpoint_survives_a_later_divergence(tiny_variant):
+    """x 1e6 on the learning rate after half of training blows member 1 up in epoch 3; its
+    best epoch came before, so it is measured there (status ok) and its divergence is kept."""
+    keep = TrainSpec(epochs=4, checkpoint="best_train_loss")
+    calm = tiny_variant(train=keep, seed=0)
+    wild = tiny_variant(
+        optim=OptimSpec(lr=0.1, batch_size=16, schedule="step", step_at=(0.5,), gamma=1e6),
+        train=keep,
+        seed=1,
+    )
+    result = train_pack([wild], load_dataset(wild.data))
+    assert result.diverged_step[0] is not None and result.diverged_step[0] > 2 * 6
+    assert result.best_epoch[0] in (1, 2) and bool(result.pack.alive[0])
+    assert all(torch.isfinite(p).all() for p in result.pack.final.params.values())
+    rows = run_pack([calm, wild], FAST, load_dataset(calm.data)).tables["runs"]
+    assert [r["status"] for r in rows] == ["ok", "ok"]
+    assert rows[1]["diverged_step"] is not None and rows[1]["hessian_trace"] is not None
 
 
 def test_subset_and_label_noise_per_member(tiny_variant):
