@@ -74,9 +74,11 @@ def lr_factor(spec: OptimSpec, step: int, total_steps: int, steps_per_epoch: int
     if spec.schedule == "constant":
         return 1.0
     if spec.schedule == "step":
-        # milestones fall on epoch boundaries, as torch's MultiStepLR stepped once per epoch
+        # milestones fall on epoch boundaries, as torch's MultiStepLR stepped once per epoch:
+        # the first epoch e (0-based) with e >= f * epochs, Yang et al.'s test (ceil; the
+        # 1e-9 keeps 0.1 * 30 = 3.0000000000000004 at 3)
         epochs = total_steps / steps_per_epoch
-        passed = sum(step >= round(f * epochs) * steps_per_epoch for f in spec.step_at)
+        passed = sum(step >= math.ceil(f * epochs - 1e-9) * steps_per_epoch for f in spec.step_at)
         return spec.gamma**passed
     # cosine from the end of warm-up to the end of training
     t = (step - warmup) / max(total_steps - warmup, 1)

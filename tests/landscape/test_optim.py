@@ -259,3 +259,13 @@ def test_per_layer_lr_multipliers_scale_only_matching_parameters():
     assert torch.equal(params["head.bias"], torch.ones(2, 3))
     assert torch.allclose(params["body.0.weight"][:, 0], torch.tensor([0.95, 0.9]))
     assert torch.allclose(params["stem.weight"][:, 0], torch.tensor([0.9, 0.8]))
+
+
+@pytest.mark.parametrize(("epochs", "drop_after"), [(100, 75), (6, 5), (8, 6), (30, 23), (4, 3)])
+def test_step_milestone_is_the_first_epoch_at_or_past_the_fraction(epochs, drop_after):
+    """Yang et al. drop the rate for 0-based epochs e >= 0.75 * epochs: after ceil(0.75 E)
+    finished epochs (6 epochs: after 5, not after round(4.5) = 4)."""
+    spec, spe = OptimSpec(schedule="step", step_at=(0.75,), gamma=0.1), 3
+    factors = [lr_factor(spec, s, spe * epochs, spe) for s in range(spe * epochs)]
+    assert factors[drop_after * spe - 1] == 1.0
+    assert factors[drop_after * spe] == pytest.approx(0.1)
