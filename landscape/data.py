@@ -256,7 +256,12 @@ def noisy_labels(y: Tensor, fraction: float, num_classes: int, seed: int) -> Ten
 
 
 def member_view(ds: Dataset, spec: DataSpec, seed: int) -> tuple[Tensor, Tensor]:
-    """A variant's training set as (indices into ``ds.x_train``, its labels with noise applied)."""
+    """A variant's training set as (indices into ``ds.x_train``, its labels with noise applied).
+
+    Subset and noise are drawn from ``spec.sample_seed``, or the variant's ``seed`` when that
+    is None."""
+    if spec.sample_seed is not None:
+        seed = spec.sample_seed
     n = subset_size(spec, len(ds.y_train))
     idx = subset_indices(len(ds.y_train), n, seed=seed + 1_000_003)
     y = ds.y_train[idx.to(ds.y_train.device)]

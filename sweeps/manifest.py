@@ -16,7 +16,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from landscape.variant import NOT_IDENTITY, ConfigError
+from landscape.variant import ADDED_KNOBS, NOT_IDENTITY, ConfigError
 from sweeps.config import SweepPlan
 from sweeps.store import code_version, package_versions
 
@@ -35,6 +35,11 @@ def base_config(config: dict, axes: list[str]) -> dict:
     base = copy.deepcopy(_plain(config))
     for key in RUN_ONLY:
         base.pop(key, None)
+    for knob, default in ADDED_KNOBS.items():  # an absent added knob reads as its default
+        section, _, leaf = knob.partition(".")
+        node = base.get(section)
+        if isinstance(node, dict) and node.get(leaf, default) == default:
+            node.pop(leaf, None)
     for axis in [*NOT_IDENTITY, *axes]:
         node = base
         *parents, leaf = axis.split(".")

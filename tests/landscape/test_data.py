@@ -3,6 +3,7 @@ path, the missing-files error, normalisation, and exact subset / label-noise fra
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import pickle
 import struct
@@ -14,7 +15,7 @@ import torch
 import torchvision.datasets as tvd
 
 from landscape.data import load_dataset, member_view, noisy_labels, subset_indices, subset_size
-from landscape.variant import ConfigError, DataSpec
+from landscape.variant import ConfigError, DataSpec, Variant
 
 N_TRAIN, N_TEST = 12, 5
 
@@ -211,3 +212,23 @@ def test_member_view_applies_subset_then_noise_per_seed():
     idx2, y2 = member_view(ds, spec, seed=4)
     assert torch.equal(idx, idx2) and torch.equal(y, y2)
     assert not torch.equal(idx, member_view(ds, spec, seed=5)[0])
+
+
+def test_a_sample_seed_gives_every_seed_the_same_subset_and_noisy_labels():
+    ds = load_dataset(DataSpec(name="synthetic", n_train=200, n_test=10))
+    shared = DataSpec(name="synthetic", n_train=200, n_test=10, subset=0.5, label_noise=0.2)
+    shared = dataclasses.replace(shared, sample_seed=7)
+    idx4, y4 = member_view(ds, shared, seed=4)
+    idx5, y5 = member_view(ds, shared, seed=5)
+    assert torch.equal(idx4, idx5) and torch.equal(y4, y5)  # Yang et al.: one noisy set
+    own = dataclasses.replace(shared, sample_seed=None)
+    assert torch.equal(member_view(ds, own, seed=7)[1], y4)  # the draw seed 7 would get itself
+    with pytest.raises(ConfigError, match="data.sample_seed must be null"):
+        DataSpec(sample_seed=-1)
+
+
+def test_sample_seed_at_its_default_leaves_variant_ids_as_they_were():
+    v = Variant(data=DataSpec(name="synthetic"), seed=3)
+    assert "data.sample_seed" not in v.identity()  # the ids from before the knob existed
+    shared = dataclasses.replace(v, data=dataclasses.replace(v.data, sample_seed=0))
+    assert shared.variant_id != v.variant_id and shared.identity()["data.sample_seed"] == 0

@@ -66,6 +66,15 @@ def test_another_base_config_is_refused_unless_forced(tmp_path):
     ]
 
 
+def test_a_knob_added_later_reads_as_its_default_in_an_older_manifest(tmp_path):
+    plan = _finished(tmp_path)
+    old = Store(plan.results_dir).read_manifest()
+    del old["config"]["data"]["sample_seed"]  # written before data.sample_seed existed
+    assert check_same_base(old, tiny_plan(tmp_path), force=False) == []
+    with pytest.raises(ConfigError, match="data.sample_seed: "):
+        check_same_base(old, tiny_plan(tmp_path, "data.sample_seed=3"), force=False)
+
+
 def test_base_config_leaves_out_axes_and_run_only_keys(tmp_path):
     plan = tiny_plan(tmp_path)
     base = base_config(plan.config, ["model.width", "seed", "model"])
