@@ -36,6 +36,11 @@ NOT_METRICS = frozenset(
         "error",
         "diverged_step",
         "device",
+        "best_epoch",
+        "pack_members",
+        "pack_wall_time_s",
+        "finished_at",
+        "measured_from",
     }
 )
 PAIR_KEYS = ("group_id", "variant_a", "variant_b")

@@ -15,6 +15,7 @@ Only ``runs`` is required; every other table is ``None`` when it was not written
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,7 +216,83 @@ def load_results(path: str | Path) -> Results:
     runs = tables["runs"]
     if runs is None or runs.empty:
         raise ResultsError(f"{str(path)!r} has no runs table (expected {str(root / 'runs')!r})")
+    if any(root.glob(".journal-*.json")):
+        warnings.warn(
+            f"{root} has an unfinished store operation (.journal-*.json): some rows may be "
+            "counted twice until `landscape-sweep compact` or the sweep runs there again",
+            stacklevel=2,
+        )
+    tables = {name: _deduplicated(name, t) for name, t in tables.items()}
+    runs = tables["runs"] = _hashable_knobs(tables["runs"])
     axes = dict(manifest.get("axes") or {}) or infer_axes(runs)
-    # The manifest's axes are the sweep's intent; keep only those the runs actually carry.
+    # a config-group axis (model=mlp,cnn) is the runs' <group>.name column
+    axes = {
+        (f"{k}.name" if k not in runs.columns and f"{k}.name" in runs.columns else k): v
+        for k, v in axes.items()
+    }
+    # The manifest's axes are the sweep's intent; keep only those the runs actually carry,
+    # then add any knob that varies within what they would call one cell (a --force'd
+    # change): nothing is averaged across a knob by accident.
     axes = {k: v for k, v in axes.items() if k in runs.columns}
+    axes.update(_hidden_axes(runs, axes))
     return Results(path=root, manifest=manifest, axes=axes, **tables)
+
+
+# Knobs that change how a run was launched, not what it computed (sweeps' NOT_IDENTITY).
+LAUNCH_KNOBS = (
+    "data.root",
+    "data.download",
+    "train.cuda_graphs",
+    "train.pack_step",
+    "train.pack_streams",
+)
+
+
+def _hidden_axes(runs: pd.DataFrame, axes: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Knob columns that vary among runs sharing every non-seed axis value."""
+    keys = [k for k in axes if k != "seed"]
+    found: dict[str, list[Any]] = {}
+    for col, values in infer_axes(runs).items():
+        if col in axes or col == "seed" or col in LAUNCH_KNOBS:
+            continue
+        groups = runs.groupby(keys, dropna=False)[col] if keys else [(None, runs[col])]
+        if any(g.nunique(dropna=False) > 1 for _, g in groups):
+            found[col] = values
+            keys.append(col)
+    return found
+
+
+def _hashable_knobs(runs: pd.DataFrame) -> pd.DataFrame:
+    """List knobs (optim.betas, optim.step_at) come from Parquet as arrays: made tuples, so
+    that they group, compare and count like any other value."""
+    listy = [
+        c
+        for c in runs.columns
+        if ("." in c)
+        and runs[c].dtype == object
+        and runs[c].map(lambda v: isinstance(v, np.ndarray | list)).any()
+    ]
+    return runs.assign(**{c: runs[c].map(_hashable) for c in listy}) if listy else runs
+
+
+# Rows that are the same record if they agree on these (the newest wins); other tables drop
+# exact duplicates (left by an interrupted compaction, whose copies are identical).
+RECORD_KEYS = {"runs": ("variant_id",), "pairs": ("group_id", "variant_a", "variant_b")}
+
+
+def _deduplicated(name: str, table: pd.DataFrame | None) -> pd.DataFrame | None:
+    if table is None or table.empty:
+        return table
+    keys = [k for k in RECORD_KEYS.get(name, ()) if k in table.columns]
+    if keys:
+        if "finished_at" in table.columns:
+            table = table.sort_values("finished_at", kind="stable", na_position="first")
+        return table.drop_duplicates(keys, keep="last").sort_index()
+    key = table.copy()
+    for c in key.columns:
+        if pd.api.types.is_object_dtype(key[c]):
+            key[c] = key[c].map(_hashable)
+    try:
+        return table[~key.duplicated()]
+    except TypeError:  # an unhashable cell of another kind: leave the table as it is
+        return table

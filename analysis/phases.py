@@ -43,7 +43,12 @@ principled default (all in :class:`PhaseThresholds`, resolved per sweep by
    curve beats its endpoints: connected). Unfitted cells: the sign of mc decides, ``< 0``
    -> I, ``>= 0`` -> II (the table has no "near 0" row for high loss).
 5. **CKA high** (IV-A vs IV-B): ``cka_linear_softmax`` (Yang's plotted value; falling back to
-   logits, then features) at or above Otsu's split of the sweep's cell CKA values.
+   logits, then features) at or above Otsu's split of the CKA values of the phase-IV
+   candidates (fitted cells with mc not below the band): the other phases' CKA says nothing
+   about where IV-A and IV-B part. If the two sides' means are closer than ``cka_min_gap``
+   or than ``mc_k`` standard errors of a cell mean (pooled seed-pair spread of CKA), the
+   candidates are one regime and stay ``IV`` (the reason says so). The loss fallback of
+   step 1 (no class count) has the same guard, ``loss_min_decades``.
 
 Cells without a finished run are ``diverged`` (any diverged seed) or ``failed``. When
 pairs were not measured the phase is the coarse ``I/II`` or ``III/IV``; without CKA, ``IV``.
@@ -52,6 +57,7 @@ Every cell's ``phase_reason`` names the values and thresholds that decided it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -110,14 +116,21 @@ class PhaseThresholds:
     cka_threshold: float | None = _knob(
         None, "absolute CKA threshold for IV-B; overrides the split"
     )
+    cka_min_gap: float = _knob(
+        0.05, "CKA Otsu sides closer than this (and than mc_k pooled SEs): one regime, phase IV"
+    )
+    loss_min_decades: float = _knob(
+        0.5, "without a class count: log10 train_loss Otsu sides closer than this: loss unused"
+    )
 
     def __post_init__(self) -> None:
         fin = math.isfinite
         _check(0 < self.loss_fraction <= 1, "loss_fraction", self.loss_fraction, "in (0, 1]")
         _check(fin(self.mc_k) and self.mc_k > 0, "mc_k", self.mc_k, "finite and > 0")
         _check(fin(self.mc_floor) and self.mc_floor >= 0, "mc_floor", self.mc_floor, "finite, >= 0")
-        decades = self.hessian_min_decades
-        _check(fin(decades) and decades >= 0, "hessian_min_decades", decades, "finite and >= 0")
+        for name in ("hessian_min_decades", "loss_min_decades", "cka_min_gap"):
+            value = getattr(self, name)
+            _check(fin(value) and value >= 0, name, value, "finite and >= 0")
         _check(
             self.hessian in HESSIAN_METRICS, "hessian", self.hessian, f"one of {HESSIAN_METRICS}"
         )
@@ -170,6 +183,8 @@ class ResolvedThresholds:
                     f"train_loss <= {self.train_loss:.4g} ({self.train_loss_source})",
                 )
             )
+        elif self.train_loss_source != "no training loss":
+            rows.append(("training loss small", f"not used ({self.train_loss_source})"))
         if self.hessian_metric is not None:
             rule = (
                 f"log10 {self.hessian_metric} > {self.hessian_log10:.3g}"
@@ -185,6 +200,8 @@ class ResolvedThresholds:
             rows.append(
                 ("CKA high", f"{self.cka_metric} >= {self.cka_threshold:.3g} ({self.cka_source})")
             )
+        elif self.cka_metric is not None:
+            rows.append(("CKA high", f"not used ({self.cka_source})"))
         return rows
 
 
@@ -239,6 +256,9 @@ def _resolve_loss(cells: pd.DataFrame, thr: PhaseThresholds, num_classes: int | 
     split = otsu_split(np.log10(loss[loss > 0])) if len(loss) else None
     if split is None:
         return None, "no training loss"
+    if split[1] < thr.loss_min_decades:
+        why = f"one regime: log10 train_loss Otsu sides {split[1]:.2g} < {thr.loss_min_decades:g} decades apart"
+        return None, f"{why} (number of classes unknown): loss unused"
     return float(10 ** split[0]), "Otsu split of log10 train_loss (number of classes unknown)"
 
 
@@ -288,14 +308,34 @@ def _resolve_mc(cells: pd.DataFrame, thr: PhaseThresholds):
     return thr.mc_floor, "no seed spread available: band = mc_floor"
 
 
-def _resolve_cka(cells: pd.DataFrame, thr: PhaseThresholds):
+def _resolve_cka(cells: pd.DataFrame, thr: PhaseThresholds, candidates: pd.DataFrame):
+    """CKA's threshold, split over the phase-IV candidates only (fitted, mc near 0): IV-A and
+    IV-B are two regimes of those cells, and phase I-III cells' CKA says nothing about where
+    they part. Otsu's split needs its two sides' means at least ``cka_min_gap`` apart and at
+    least ``mc_k`` standard errors of a cell's mean (pooled seed-pair spread); otherwise the
+    candidates are one regime and stay ``IV``."""
     metric = _present(cells, thr.cka, CKA_METRICS)
     if metric is None:
         return None, None, "not measured"
     if thr.cka_threshold is not None:
         return metric, thr.cka_threshold, "given"
-    how = "Otsu split" if thr.cka_split == "otsu" else "median"
-    return metric, _split(_finite(cells, metric), thr.cka_split), f"{how} of the sweep's cells"
+    values = _finite(candidates, metric)
+    if thr.cka_split == "median":
+        return metric, _split(values, "median"), "median over the phase-IV candidates"
+    split = otsu_split(values)
+    sd = _pooled_sd(candidates, metric)
+    n = pd.to_numeric(candidates.get(f"{metric}_n"), errors="coerce")
+    se = sd / math.sqrt(max(float(n.mean()), 1.0)) if sd is not None and n is not None else 0.0
+    need = max(thr.cka_min_gap, thr.mc_k * se)
+    if split is None or split[1] < need:
+        gap = 0.0 if split is None else split[1]
+        why = f"one regime: Otsu sides of the {len(values)} phase-IV candidates {gap:.2g} < {need:.2g} apart"
+        return metric, None, why
+    return (
+        metric,
+        float(split[0]),
+        f"Otsu split over the {len(values)} phase-IV candidates, sides {split[1]:.2g} apart",
+    )
 
 
 def resolve_thresholds(
@@ -307,10 +347,19 @@ def resolve_thresholds(
     loss, loss_src = _resolve_loss(ok, thr, num_classes)
     h_metric, h_log, h_src = _resolve_hessian(ok, thr)
     mc_sd, mc_src = _resolve_mc(ok, thr)
-    c_metric, c_thr, c_src = _resolve_cka(ok, thr)
-    return ResolvedThresholds(
-        loss, loss_src, h_metric, h_log, h_src, mc_sd, mc_src, c_metric, c_thr, c_src
+    res = ResolvedThresholds(
+        loss, loss_src, h_metric, h_log, h_src, mc_sd, mc_src, None, None, "not measured"
     )
+    candidates = ok[[_is_iv_candidate(row, res, thr) for _, row in ok.iterrows()]]
+    c_metric, c_thr, c_src = _resolve_cka(ok, thr, candidates)
+    return dataclasses.replace(res, cka_metric=c_metric, cka_threshold=c_thr, cka_source=c_src)
+
+
+def _is_iv_candidate(row: pd.Series, res: ResolvedThresholds, thr: PhaseThresholds) -> bool:
+    """Fitted with mc within its band: a cell the CKA decides between IV-A and IV-B."""
+    regime, _ = _local_regime(row, res, thr.local_rule)
+    mc = _value(row, "mc")
+    return regime == "fitted" and mc is not None and mc >= -_mc_band(row, res, thr)
 
 
 def _value(row: pd.Series, col: str | None) -> float | None:
@@ -379,8 +428,10 @@ def classify_cell(row: pd.Series, res: ResolvedThresholds, thr: PhaseThresholds)
     if mc < -band:
         return "III", "; ".join(reasons)
     cka = _value(row, res.cka_metric)
-    if cka is None or res.cka_threshold is None:
+    if cka is None or res.cka_metric is None:
         return "IV", "; ".join([*reasons, "CKA not measured"])
+    if res.cka_threshold is None:
+        return "IV", "; ".join([*reasons, f"CKA {res.cka_source}"])
     high = cka >= res.cka_threshold
     reasons.append(
         f"{res.cka_metric} {cka:.3g} {'>=' if high else '<'} {res.cka_threshold:.3g} ({'high' if high else 'low'})"

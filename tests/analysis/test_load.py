@@ -116,3 +116,63 @@ def test_axes_are_inferred_with_list_valued_knobs(tmp_path):
     assert load_results(tmp_path).axes == {"optim.step_at": [(0.5, 0.75), (0.75,)]}
     runs.assign(**{"optim.step_at": [[0.75]] * 3}).to_parquet(tmp_path / "runs" / "part-0.parquet")
     assert load_results(tmp_path).axes == {}
+
+
+def _write(root, runs: pd.DataFrame, axes: dict, **tables) -> None:
+    for name, frame in {"runs": runs, **tables}.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(root / name / "part-0.parquet")
+    (root / "manifest.json").write_text(json.dumps({"sweep": "s", "axes": axes}))
+
+
+def _runs(**columns) -> pd.DataFrame:
+    n = len(next(iter(columns.values())))
+    base = {"variant_id": [f"v{i}" for i in range(n)], "status": ["ok"] * n}
+    return pd.DataFrame({**base, **columns})
+
+
+def test_a_group_axis_is_its_name_column_and_a_hidden_knob_becomes_an_axis(tmp_path):
+    runs = _runs(
+        **{
+            "model.name": ["mlp", "mlp", "cnn", "cnn"],
+            "seed": [0, 1, 0, 1],
+            "train.epochs": [5, 10, 5, 5],  # varies inside a cell of the manifest's axes
+            "train.pack_step": ["vmap", "loop", "vmap", "vmap"],  # a launch knob: never an axis
+        }
+    )
+    _write(tmp_path, runs, {"model": ["mlp", "cnn"], "seed": [0, 1]})
+    axes = load_results(tmp_path).axes
+    assert list(axes) == ["model.name", "seed", "train.epochs"]
+
+
+def test_list_knob_axes_group_like_any_other(tmp_path):
+    from analysis.cells import aggregate_cells, cell_keys
+
+    runs = _runs(
+        **{
+            "optim.betas": [[0.9, 0.999], [0.5, 0.999]] * 2,
+            "optim.lr": [0.1, 0.1, 0.2, 0.2],
+            "seed": [0, 0, 0, 0],
+            "train_loss": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
+    _write(tmp_path, runs, {"optim.betas": [[0.9, 0.999], [0.5, 0.999]], "optim.lr": [0.1, 0.2]})
+    results = load_results(tmp_path)
+    assert cell_keys(results, "optim.lr", "optim.betas") == ["optim.lr", "optim.betas"]
+    cells = aggregate_cells(results, "optim.lr", "optim.betas")
+    assert len(cells) == 4 and set(cells["optim.betas"]) == {(0.9, 0.999), (0.5, 0.999)}
+
+
+def test_duplicated_rows_count_once(tmp_path):
+    runs = _runs(**{"optim.lr": [0.1, 0.2], "seed": [0, 0], "train_loss": [1.0, 2.0]})
+    runs["finished_at"] = ["2026-01-01T00:00:00", "2026-01-01T00:00:00"]
+    newer = runs.iloc[[0]].assign(train_loss=5.0, finished_at="2026-01-02T00:00:00")
+    curves = pd.DataFrame({"variant_id": ["v0", "v1"], "epoch": [1, 1], "train_loss": [1.0, 2.0]})
+    _write(tmp_path, pd.concat([runs, newer, runs.iloc[[1]]]), {"optim.lr": [0.1, 0.2]},
+           curves=pd.concat([curves, curves]))  # fmt: skip
+    (tmp_path / ".journal-abc.json").write_text("{}")  # an interrupted compaction
+    with pytest.warns(UserWarning, match="unfinished store operation"):
+        results = load_results(tmp_path)
+    assert sorted(results.runs["variant_id"]) == ["v0", "v1"]
+    assert results.runs.set_index("variant_id")["train_loss"].to_dict() == {"v0": 5.0, "v1": 2.0}
+    assert len(results.curves) == 2

@@ -139,3 +139,48 @@ def test_otsu_split_lands_in_the_gap():
 def test_invalid_thresholds_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PhaseThresholds(**kwargs)
+
+
+def _fitted_cells(cka: list[float], mc: list[float]) -> pd.DataFrame:
+    n = len(cka)
+    return pd.DataFrame(
+        {
+            "n_ok": [3] * n,
+            "train_loss": [0.01] * n,
+            "hessian_trace": [10.0] * n,
+            "mc": mc,
+            "mc_std": [0.1] * n,
+            "mc_n": [3] * n,
+            "cka_linear_softmax": cka,
+            "cka_linear_softmax_std": [0.01] * n,
+            "cka_linear_softmax_n": [3] * n,
+        }
+    )
+
+
+def test_cka_of_one_regime_is_not_split():
+    # every cell planted IV-B (CKA 0.90-0.93): Otsu would cut anyway; the gap guard says one
+    # regime and the cells stay IV, with the reason
+    cells = _fitted_cells([0.90, 0.91, 0.92, 0.93, 0.905, 0.915], [0.0] * 6)
+    out = classify_phases(cells, num_classes=10)
+    assert set(out["phase"]) == {"IV"}
+    assert all("one regime" in r for r in out["phase_reason"])
+
+
+def test_cka_split_is_taken_over_the_phase_iv_candidates_only():
+    # III cells (mc far below the band) at CKA 0.5 and IV cells at 0.6 / 0.95: the split
+    # falls between the IV cells' two regimes, not between III and IV
+    cka = [0.5, 0.5, 0.5, 0.6, 0.61, 0.95, 0.96]
+    mc = [-5.0, -5.0, -5.0, 0.0, 0.0, 0.0, 0.0]
+    out = classify_phases(_fitted_cells(cka, mc), num_classes=10)
+    assert list(out["phase"]) == ["III", "III", "III", "IV-A", "IV-A", "IV-B", "IV-B"]
+    threshold = out.attrs["phase_thresholds"].cka_threshold
+    assert 0.61 < threshold < 0.95
+    only_a = classify_phases(_fitted_cells(cka[:5], mc[:5]), num_classes=10)
+    assert list(only_a["phase"]) == ["III"] * 3 + ["IV", "IV"]  # 0.6 vs III's 0.5: no split
+
+
+def test_loss_without_a_class_count_is_not_split_within_one_regime():
+    cells = _fitted_cells([0.9] * 4, [0.0] * 4).assign(train_loss=[0.010, 0.012, 0.011, 0.013])
+    resolved = resolve_thresholds(cells)
+    assert resolved.train_loss is None and "one regime" in resolved.train_loss_source
