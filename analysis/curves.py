@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from analysis.heatmap import format_value, sort_values
+from analysis.heatmap import format_value, format_values, sort_values
 from analysis.load import Results
 
 LR = "optim.lr"
@@ -32,7 +32,8 @@ def _with_knob(table: pd.DataFrame, runs: pd.DataFrame, by: str) -> pd.DataFrame
     ok = runs[runs["status"] == "ok"] if "status" in runs else runs
     joined = table.merge(ok[["variant_id", by]], on="variant_id", how="inner")
     order = sort_values(joined[by])
-    joined[by] = pd.Categorical(joined[by].map(format_value), [format_value(v) for v in order])
+    labels = dict(zip(order, format_values(order)))
+    joined[by] = pd.Categorical(joined[by].map(labels), list(labels.values()))
     return joined
 
 

@@ -50,8 +50,9 @@ def sort_values(values: Iterable[Any]) -> list[Any]:
     return sorted(pd.unique(pd.Series(list(values)).dropna()), key=key)
 
 
-def format_value(value: Any) -> str:
-    """A compact label: ``16``, ``0.1``, ``1e-04``, ``True``."""
+def format_value(value: Any, digits: int = 3) -> str:
+    """A compact label: ``16``, ``0.1``, ``1e-04``, ``True`` (``digits`` significant digits
+    in the first form, ``digits - 2`` decimals of the mantissa in the exponent form)."""
     if isinstance(value, bool | np.bool_):
         return str(bool(value))
     if isinstance(value, int | np.integer):
@@ -60,8 +61,20 @@ def format_value(value: Any) -> str:
         v = float(value)
         if v.is_integer() and abs(v) < 1e6:
             return str(int(v))
-        return f"{v:.3g}" if 1e-3 <= abs(v) < 1e4 else f"{v:.0e}"
+        return f"{v:.{digits}g}" if 1e-3 <= abs(v) < 1e4 else f"{v:.{max(digits - 3, 0)}e}"
     return str(value)
+
+
+def format_values(values: Iterable[Any]) -> list[str]:
+    """:func:`format_value` of each, with as many more digits as it takes for distinct values
+    to get distinct labels (2e-04 and 2.4e-04 on one axis)."""
+    values = list(values)
+    distinct = len({repr(v) for v in values})
+    for digits in range(3, 18):
+        labels = [format_value(v, digits) for v in values]
+        if len(set(labels)) >= distinct:
+            return labels
+    return [repr(v) for v in values]
 
 
 def is_geometric(values: Iterable[Any]) -> bool:
@@ -92,8 +105,8 @@ def grid(frame: pd.DataFrame, value: str, x: str, y: str, numeric: bool = True) 
     grouped = data.groupby([y, x], dropna=True)[value]
     table = (grouped.mean() if numeric else grouped.first()).unstack(x)
     table = table.reindex(index=sort_values(frame[y])[::-1], columns=sort_values(frame[x]))
-    table.index = [format_value(v) for v in table.index]
-    table.columns = [format_value(v) for v in table.columns]
+    table.index = format_values(table.index)
+    table.columns = format_values(table.columns)
     table.index.name, table.columns.name = axis_label(frame, y), axis_label(frame, x)
     return table
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.heatmap import format_value, grid, is_geometric, save_heatmap, sort_values
+from analysis.heatmap import (
+    format_value,
+    format_values,
+    grid,
+    is_geometric,
+    save_heatmap,
+    sort_values,
+)
 from analysis.load import load_results
 
 
@@ -51,3 +58,10 @@ def test_unknown_metric_is_named(results_dir):
 
     with pytest.raises(ValueError, match="'nope'"):
         metric_heatmap(load_results(results_dir).runs, "nope", "optim.batch_size", "model.width")
+
+
+def test_close_values_get_distinct_labels():
+    assert format_values([2e-4, 2.4e-4, 1e-3]) == ["2.0e-04", "2.4e-04", "0.001"]
+    assert format_values([0.1, 0.1004, 16]) == ["0.1", "0.1004", "16"]
+    assert format_values([0.1, 0.2]) == ["0.1", "0.2"]  # no more digits than needed
+    assert format_values([0.1, 0.1]) == ["0.1", "0.1"]
