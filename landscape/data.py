@@ -12,6 +12,7 @@ converted once. The per-variant knobs (training subset, label noise) are applied
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 
 import torch
@@ -184,8 +185,9 @@ def _torchvision(spec: DataSpec) -> Dataset:
     try:
         train = cls(spec.root, train=True, download=spec.download)
         test = cls(spec.root, train=False, download=spec.download)
-    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
-        raise _no_files(spec, f"torchvision said: {e}") from e
+    except (RuntimeError, ValueError, EOFError, IndexError, OSError, pickle.UnpicklingError) as e:
+        # torchvision's "Dataset not found or corrupted", or files it could not parse
+        raise _no_files(spec, f"torchvision said: {type(e).__name__}: {e}") from e
     return Dataset(
         spec.name,
         _images_to_float(train.data),

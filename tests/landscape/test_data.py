@@ -14,7 +14,15 @@ import pytest
 import torch
 import torchvision.datasets as tvd
 
-from landscape.data import load_dataset, member_view, noisy_labels, subset_indices, subset_size
+from landscape.data import (
+    TORCHVISION_SOURCES,
+    check_files,
+    load_dataset,
+    member_view,
+    noisy_labels,
+    subset_indices,
+    subset_size,
+)
 from landscape.variant import ConfigError, DataSpec, Variant
 
 N_TRAIN, N_TEST = 12, 5
@@ -153,6 +161,21 @@ def test_missing_files_say_where_they_go_and_how_to_get_them(tmp_path, name, fol
     assert str(root / folder) in message
     assert "data.download=true" in message
     assert not root.exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("name", "folder"), [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw")]
+)
+def test_present_but_unreadable_files_are_a_config_error_and_pass_the_presence_check(
+    tmp_path, name, folder
+):
+    spec = DataSpec(name=name, root=str(tmp_path))
+    (tmp_path / folder).mkdir(parents=True)
+    for f in TORCHVISION_SOURCES[name].files:
+        (tmp_path / folder / f).touch()  # empty
+    check_files(spec)  # planning only checks presence
+    with pytest.raises(ConfigError, match="no usable .* files .* torchvision said: ValueError"):
+        load_dataset(spec)
 
 
 def test_cifar_with_wrong_checksums_is_a_config_error(tmp_path, monkeypatch):

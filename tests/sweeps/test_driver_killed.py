@@ -13,10 +13,12 @@ import numpy as np
 import psutil
 import pytest
 
+from landscape.data import TORCHVISION_SOURCES
 from sweeps.store import Store
 from tests.sweeps.conftest import wait_for
 
-# 6 digits MLPs (a second or two each) and 6 MNIST ones that fail at once: no MNIST files yet.
+# 6 digits MLPs (a second or two each) and 6 MNIST ones that fail at once: the MNIST files are
+# there (planning checks that they are) but empty, unusable until the test writes real ones.
 ARGS = [
     "out_dir=results",
     "data=digits,mnist",
@@ -35,7 +37,7 @@ COMMAND = [sys.executable, "-m", "sweeps.cli", *ARGS]
 def _fake_mnist(root, n_train=256, n_test=64):
     """MNIST in torchvision's raw idx format: big-endian magic (0x08 = uint8, ndim), dims, bytes."""
     raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
+    raw.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     arrays = {
         "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28)),
@@ -81,6 +83,10 @@ def _rerun(cwd, *extra):
 
 @pytest.mark.slow
 def test_driver_killed_then_resumed_then_failed_ones_retried(tmp_path):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in TORCHVISION_SOURCES["mnist"].files:
+        (raw / name).touch()  # present, empty: each MNIST pack fails when it loads them
     store = Store(tmp_path / "results" / "demo")
     digits_done = lambda: sum(r["status"] == "ok" for r in store.recorded().values())  # noqa: E731
     _kill_driver_when(tmp_path, lambda: digits_done() >= 2)
