@@ -388,14 +388,10 @@ def _check_group_names(
 ) -> None:
     """``model.name`` (or data.name, optim.name) set apart from its group would keep the
     other group's keys (``model=cnn model.name=mlp``): the group chooses the name."""
-    keys = [s.split("=", 1)[0].lstrip("+") for s in scalars] + list(axes)
-    for key in keys:
+    given = {k.lstrip("+"): v for k, v in (s.split("=", 1) for s in scalars)} | axes
+    for key, value in given.items():
         group, _, leaf = key.partition(".")
         if leaf == "name" and group in NAMED_GROUPS:
-            value = next(
-                (s.split("=", 1)[1] for s in scalars if s.split("=", 1)[0].lstrip("+") == key),
-                axes.get(key),
-            )
             raise ConfigError(
                 f"{key} cannot be set on its own (got {value!r}): choose the {group} with "
                 f"{group}=<option> (a sweep: {group}=a,b); options: {', '.join(groups[group])}"
