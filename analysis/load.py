@@ -265,14 +265,13 @@ def _hidden_axes(runs: pd.DataFrame, axes: dict[str, list[Any]]) -> dict[str, li
 def _hashable_knobs(runs: pd.DataFrame) -> pd.DataFrame:
     """List knobs (optim.betas, optim.step_at) come from Parquet as arrays: made tuples, so
     that they group, compare and count like any other value."""
-    listy = [
-        c
-        for c in runs.columns
-        if ("." in c)
-        and runs[c].dtype == object
-        and runs[c].map(lambda v: isinstance(v, np.ndarray | list)).any()
-    ]
-    return runs.assign(**{c: runs[c].map(_hashable) for c in listy}) if listy else runs
+    return _hashable_columns(runs, [c for c in runs.columns if "." in c])
+
+
+def _hashable_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``frame`` with the object columns among ``columns`` mapped through :func:`_hashable`."""
+    objects = [c for c in columns if pd.api.types.is_object_dtype(frame[c])]
+    return frame.assign(**{c: frame[c].map(_hashable) for c in objects}) if objects else frame
 
 
 # Rows that are the same record if they agree on these (the newest wins); other tables drop
@@ -288,11 +287,7 @@ def _deduplicated(name: str, table: pd.DataFrame | None) -> pd.DataFrame | None:
         if "finished_at" in table.columns:
             table = table.sort_values("finished_at", kind="stable", na_position="first")
         return table.drop_duplicates(keys, keep="last").sort_index()
-    key = table.copy()
-    for c in key.columns:
-        if pd.api.types.is_object_dtype(key[c]):
-            key[c] = key[c].map(_hashable)
     try:
-        return table[~key.duplicated()]
+        return table[~_hashable_columns(table, list(table.columns)).duplicated()]
     except TypeError:  # an unhashable cell of another kind: leave the table as it is
         return table
