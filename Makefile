@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all lint bench setup clean
+.PHONY: demo test test-all lint bench literature setup clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,15 @@ test: lint
 # Also the slow end-to-end and fault tests.
 test-all: lint
 	$(BIN)/pytest -m "not gpu"
+
+# The literature's qualitative results (SCIENCE.md) on this machine: the demo's grid with three
+# seeds (so that mode connectivity has a seed spread) and four small sweeps, then their verdicts
+# (about five minutes on 2 cores; see README "Does it reproduce the literature?").
+LITERATURE := literature_lr literature_diverge literature_noise literature_skip
+literature: $(BIN)/.installed
+	$(BIN)/landscape-sweep sweep.name=literature_batch seed=0,1,2 --quiet
+	for s in $(LITERATURE); do $(BIN)/landscape-sweep sweep=$$s --quiet || exit 1; done
+	$(BIN)/landscape-claims $(addprefix results/,literature_batch $(LITERATURE)) --json results/claims.json
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/bench_packing.py --quick --out benchmarks/results/bench_packing.json

@@ -11,7 +11,8 @@ drawn empty.
 
 Every figure is also saved as a PNG in the output directory (default ``<dir>/report``),
 next to ``cells.csv`` (one row per cell, with its phase and the reason),
-``correlations.csv`` / ``correlations.html`` and, when the probe ran, ``reparam.csv``.
+``correlations.csv`` / ``correlations.html``, when the probe ran, ``reparam.csv``, and when
+the sweep tests a literature claim (:mod:`analysis.claims`), ``claims.csv``.
 ``index.html`` embeds the PNGs as base64, so the page alone can be copied or mailed.
 
 Bad input (a missing directory, no runs table, an unknown axis, an invalid threshold)
@@ -37,6 +38,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.cells import aggregate_cells  # noqa: E402
+from analysis.claims import evaluate_all  # noqa: E402
 from analysis.correlations import correlation_table, plot_correlations  # noqa: E402
 from analysis.curves import curve_axis, plot_lr_range, plot_training_curves, variant_labels  # noqa: E402
 from analysis.heatmap import LOG_METRICS, metric_heatmap, save_figure  # noqa: E402
@@ -331,6 +333,23 @@ def training_section(results: Results, keys: list[str], out: Path, opts: ReportO
     return section
 
 
+def claims_section(results: Results, out: Path) -> Section:
+    """The literature's qualitative results this sweep tests (``analysis.claims``)."""
+    section = Section("Does it reproduce the literature?")
+    table = evaluate_all([results])
+    if not len(table):
+        return section
+    table.to_csv(out / "claims.csv", index=False)
+    shown = table[["statement", "reference", "knob", "measure", "low", "high", "trend", "z"]]
+    section.add_html(
+        "<p>Within each setting of the other knobs: Kendall's tau of the seed means against "
+        "the knob, and the effect between the knob's ends in pooled seed standard errors "
+        "(the rule: <code>analysis/claims.py</code>).</p>"
+        + _table_html(shown.assign(verdict=table["verdict"]))
+    )
+    return section
+
+
 def status_section(results: Results, keys: list[str]) -> Section:
     section = Section("Runs that did not finish")
     runs = results.runs
@@ -408,6 +427,7 @@ def build_report(results: Results, out: Path, opts: ReportOptions | None = None)
         surfaces_section(results, keys, out, opts),
         matrices_section(results, keys, out, opts),
         training_section(results, keys, out, opts),
+        claims_section(results, out),
         status_section(results, keys),
     ]
     sections = [s for s in sections if s.items]

@@ -105,7 +105,7 @@ class SweepPlan:
     pack: PackSettings
     metrics: MetricsSpec
     axes: dict[str, list]
-    analysis: dict[str, str]
+    analysis: dict[str, str | list[str]]  # temperature, load: knobs; claims: claim names
     config: dict  # the composed base config (for the manifest)
     variants: list[Variant] = field(default_factory=list)
     checkpoints: bool = False  # save each variant's checkpoint under <results>/checkpoints/
@@ -356,7 +356,7 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
             "sweep.name must be a directory name (letters, digits, '.', '_', '-'; results go to "
             f"out_dir/<sweep.name>), got {name!r}"
         )
-    analysis = sweep.get("analysis") or {}
+    analysis = _analysis_roles(sweep.get("analysis") or {})
     ray = build_spec(RaySettings, run.get("ray") or {}, "ray")
     metrics = build_spec(MetricsSpec, run["metrics"], "metrics")
     _check_metrics_fit(metrics, variants.values())
@@ -371,7 +371,7 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
         pack=build_spec(PackSettings, run.get("pack") or {}, "pack"),
         metrics=metrics,
         axes=axes,
-        analysis={k: str(v) for k, v in analysis.items()},
+        analysis=analysis,
         config=run,
         variants=list(variants.values()),
         checkpoints=_checkpoints(run),
@@ -396,6 +396,31 @@ def _check_group_names(
                 f"{key} cannot be set on its own (got {value!r}): choose the {group} with "
                 f"{group}=<option> (a sweep: {group}=a,b); options: {', '.join(groups[group])}"
             )
+
+
+def _analysis_roles(analysis: dict) -> dict[str, str | list[str]]:
+    """``sweep.analysis``: knob names by role as strings, and ``claims``, the names of the
+    literature claims the sweep tests (``landscape-claims``), checked against that list."""
+    from analysis.claims import CLAIM_NAMES
+
+    out: dict[str, str | list[str]] = {}
+    for role, value in analysis.items():
+        if role != "claims":
+            out[role] = str(value)
+            continue
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list | tuple) or not names:
+            raise ConfigError(
+                f"sweep.analysis.claims must be a non-empty list of claim names, got {value!r}"
+            )
+        unknown = [n for n in names if n not in CLAIM_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"sweep.analysis.claims: unknown claim {unknown[0]!r}; "
+                f"allowed: {', '.join(CLAIM_NAMES)}"
+            )
+        out[role] = [str(n) for n in names]
+    return out
 
 
 def _check_metrics_fit(metrics: MetricsSpec, variants) -> None:

@@ -82,6 +82,17 @@ def test_cells_csv_carries_the_planted_phases(full_report):
     assert (full_report.parent / "correlations.html").is_file()
 
 
+def test_the_literature_claims_the_sweep_tests_are_reported(full_report, minimal_report):
+    claims = pd.read_csv(full_report.parent / "claims.csv")
+    # the planted sweep varies batch size and carries a Hessian trace: Keskar's claim applies
+    assert "small_batch_flatter_trace" in set(claims["claim"])
+    assert set(claims["verdict"]) <= {"reproduced", "contradicted", "inconclusive"}
+    assert "Does it reproduce the literature?" in full_report.read_text()
+    # runs without local metrics test no claim about them: no section, no file
+    assert "Does it reproduce the literature?" not in minimal_report.read_text()
+    assert not (minimal_report.parent / "claims.csv").exists()
+
+
 _CHECK = """
 <script>
 window.addEventListener("load", () => {

@@ -221,3 +221,12 @@ def test_missing_data_files_are_not_checked_when_joining_a_cluster(out):
     # A cluster's nodes may see a data.root the driver does not: the workers check there.
     plan = plan_sweep(["data=mnist", "data.root=nowhere", "ray.address=auto", out])
     assert plan.variants[0].data.name == "mnist"
+
+
+def test_sweep_analysis_claims_are_checked_names(out):
+    plan = plan_sweep([out, "sweep=literature_lr"])
+    assert plan.analysis["claims"] == ["lr_stiffens_classes"]
+    with pytest.raises(ConfigError, match=r"unknown claim 'bogus'; allowed: small_batch"):
+        plan_sweep([out, "sweep=literature_lr", "sweep.analysis.claims=[bogus]"])
+    with pytest.raises(ConfigError, match="sweep.analysis.claims must be a non-empty list"):
+        plan_sweep([out, "sweep=literature_lr", "sweep.analysis.claims=[]"])

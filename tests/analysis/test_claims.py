@@ -1,0 +1,209 @@
+"""The literature checks: trend, effect size and verdict against hand-computed values."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.claims import CLAIMS, Claim, Rule, evaluate, evaluate_all, main, markdown, untested
+from analysis.load import Results
+
+from .fake_results import write_results
+
+UP = Claim("up", "rises with batch size", "ref", "optim.batch_size", "hessian_trace", +1)
+DOWN = Claim("down", "falls with batch size", "ref", "optim.batch_size", "hessian_trace", -1)
+
+
+def _results(runs: pd.DataFrame, axes: dict, pairs: pd.DataFrame | None = None) -> Results:
+    return Results(path=Path("t"), manifest={"sweep": "t"}, runs=runs, pairs=pairs, axes=axes)
+
+
+def _grid(means: dict[tuple[int, int], float], spread: float = 1.0) -> pd.DataFrame:
+    """Two seeds per (width, batch size) at mean -/+ spread: sample sd = spread * sqrt(2)."""
+    rows = []
+    for (width, bs), m in means.items():
+        for seed, sign in ((0, -1), (1, 1)):
+            rows.append(
+                {
+                    "model.width": width,
+                    "optim.batch_size": bs,
+                    "seed": seed,
+                    "status": "ok",
+                    "hessian_trace": m + sign * spread,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+AXES = {"model.width": [8, 16], "optim.batch_size": [16, 64, 256], "seed": [0, 1]}
+MEANS = {
+    (8, 16): 10.0,
+    (8, 64): 15.0,
+    (8, 256): 20.0,  # width 8: +10 from end to end
+    (16, 16): 4.0,
+    (16, 64): 7.0,
+    (16, 256): 10.0,  # width 16: +6
+}
+
+
+def test_monotone_trend_and_effect_size_are_exact():
+    # Per group: se^2 = 2 * (sd^2 / n) = 2 * (2 / 2) = 2; two groups: se = 2; z = (10 + 6) / 2.
+    v = evaluate(_results(_grid(MEANS), AXES), UP)
+    assert (v.groups, v.samples, v.trend, v.z) == (2, 12, 1.0, 8.0)
+    assert (v.low, v.high) == (7.0, 15.0)
+    assert v.verdict == "reproduced"
+    assert evaluate(_results(_grid(MEANS), AXES), DOWN).verdict == "contradicted"
+
+
+def test_an_effect_within_the_seed_noise_is_inconclusive():
+    # Same trend, seeds spread 10: se = 20, z = 0.8 < 2.
+    v = evaluate(_results(_grid(MEANS, spread=10.0), AXES), UP)
+    assert v.trend == 1.0 and v.z == pytest.approx(0.8)
+    assert v.verdict == "inconclusive"
+    assert evaluate(_results(_grid(MEANS, spread=10.0), AXES), UP, Rule(min_z=0.5)).verdict == (
+        "reproduced"
+    )
+
+
+def test_a_non_monotone_trend_is_inconclusive():
+    # Up from end to end, but the middle batch size is the highest in both groups: each
+    # group's tau is 1/3 < 0.5, though the effect between the ends is the same as above.
+    means = dict(MEANS) | {(8, 64): 25.0, (16, 64): 12.0}
+    v = evaluate(_results(_grid(means), AXES), UP)
+    assert v.trend == pytest.approx(1 / 3) and v.z == 8.0
+    assert v.verdict == "inconclusive"
+
+
+def test_groups_are_the_other_axes_and_diverged_runs_do_not_count():
+    runs = _grid(MEANS)
+    # A diverged run with a wild value would flip width 8's trend if it were counted.
+    wild = runs.iloc[[0]].assign(seed=2, status="diverged", hessian_trace=1e9)
+    v = evaluate(_results(pd.concat([runs, wild], ignore_index=True), AXES), UP)
+    assert (v.samples, v.z) == (12, 8.0)
+
+
+def test_divergence_counts_every_run_and_a_zero_variance_effect_is_infinite():
+    runs = pd.DataFrame(
+        {
+            "optim.lr": [0.01, 0.01, 0.1, 0.1, 30.0, 30.0],
+            "seed": [0, 1] * 3,
+            "status": ["ok", "ok", "ok", "ok", "diverged", "diverged"],
+        }
+    )
+    claim = Claim("d", "diverges", "ref", "optim.lr", "diverged", +1)
+    v = evaluate(_results(runs, {"optim.lr": [0.01, 0.1, 30.0], "seed": [0, 1]}), claim)
+    # tau-b of [0, 0, 1] against three learning rates: 2 concordant pairs / sqrt(3 * 2)
+    assert (v.low, v.high, v.z) == (0.0, 1.0, math.inf)
+    assert v.trend == pytest.approx(2 / math.sqrt(6))
+    assert v.verdict == "reproduced"
+
+
+def test_divergence_in_the_first_epoch_reads_the_epoch_end_from_the_curves():
+    runs = pd.DataFrame(
+        {
+            "variant_id": ["a", "b", "c", "d"],
+            "optim.lr": [0.1, 0.1, 100.0, 100.0],
+            "seed": [0, 1, 0, 1],
+            "status": ["ok", "ok", "diverged", "diverged"],
+            "diverged_step": [np.nan, np.nan, 20.0, 21.0],  # the first epoch ends at step 20
+        }
+    )
+    curves = pd.DataFrame(
+        {"variant_id": list("abcd") * 2, "epoch": [0] * 4 + [1] * 4, "step": [0] * 4 + [20] * 4}
+    )
+    results = Results(
+        path=Path("t"),
+        manifest={},
+        runs=runs,
+        curves=curves,
+        axes={"optim.lr": [0.1, 100.0], "seed": [0, 1]},
+    )
+    claim = next(c for c in CLAIMS if c.name == "lr_diverges")
+    v = evaluate(results, claim)
+    # at lr 100: one of two in the first epoch -> mean 0.5, sd sqrt(0.5), var/n 0.25
+    assert (v.low, v.high, v.trend, v.z) == (0.0, 0.5, 1.0, 1.0)
+    assert v.verdict == "inconclusive"
+    no_curves = Results(path=Path("t"), manifest={}, runs=runs, axes=results.axes)
+    assert evaluate(no_curves, claim) is None
+
+
+def test_a_sweep_that_names_its_claims_is_tested_on_those_only():
+    declared = Results(
+        path=Path("t"), manifest={"analysis": {"claims": ["down"]}}, runs=_grid(MEANS), axes=AXES
+    )
+    assert list(evaluate_all([declared], claims=(UP, DOWN))["claim"]) == ["down"]
+
+
+def test_pair_measures_join_through_the_replicate_group_and_booleans_are_ordered():
+    runs = pd.DataFrame(
+        {
+            "model.skip": [False, False, True, True],
+            "seed": [0, 1, 0, 1],
+            "group_id": ["g0", "g0", "g1", "g1"],
+            "status": "ok",
+        }
+    )
+    pairs = pd.DataFrame({"group_id": ["g0", "g0", "g1", "g1"], "mc": [-3.0, -5.0, 1.0, 1.0]})
+    claim = Claim("c", "skips connect", "ref", "model.skip", "mc", +1)
+    v = evaluate(_results(runs, {"model.skip": [True, False], "seed": [0, 1]}, pairs), claim)
+    # without skips: mean -4, sd sqrt(2), n 2 -> var/n 1; with: 1, sd 0 -> z = 5 / 1
+    assert (v.low, v.high, v.trend, v.z, v.verdict) == (-4.0, 1.0, 1.0, 5.0, "reproduced")
+
+
+def test_a_sweep_that_does_not_vary_the_knob_or_lacks_the_measure_tests_nothing():
+    runs = _grid({(8, 16): 1.0, (16, 16): 2.0})
+    assert evaluate(_results(runs, {"model.width": [8, 16], "seed": [0, 1]}), UP) is None
+    missing = Claim("m", "x", "r", "optim.batch_size", "stiffness_between_cos", +1)
+    assert evaluate(_results(_grid(MEANS), AXES), missing) is None
+    table = evaluate_all([_results(_grid(MEANS), AXES)], claims=(UP, missing))
+    assert list(table["claim"]) == ["up"]
+    assert [c.name for c in untested(table, (UP, missing))] == ["m"]
+    assert "**reproduced**" in markdown(table)
+
+
+def test_the_command_prints_and_writes_the_verdicts(tmp_path, capsys):
+    root = write_results(tmp_path / "fake", tables=("runs",))
+    assert main([str(root), "--json", str(tmp_path / "claims.json")]) == 0
+    verdicts = json.loads((tmp_path / "claims.json").read_text())["verdicts"]
+    by_name = {v["claim"]: v for v in verdicts}
+    # The planted map's batch-size claims are tested within each of its 4 widths.
+    assert by_name["small_batch_flatter_trace"]["groups"] == 4
+    assert np.isfinite(by_name["small_batch_flatter_trace"]["trend"])
+    out = capsys.readouterr().out
+    assert "small-batch SGD reaches flatter minima" in out
+    assert "not tested by these sweeps:" in out and "lr_stiffens_classes" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["missing-dir"], "does not exist"),
+        (["{root}", "--min-trend", "0"], "--min-trend=0.0"),
+        (["{root}", "--min-z", "nan"], "--min-z=nan"),
+        (["{root}", "--json", "{root}"], "--json="),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    root = write_results(tmp_path / "fake", tables=("runs",))
+    argv = [a.format(root=root) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (root / "claims.json").exists()
+
+
+def test_one_sample_per_cell_borrows_the_pooled_spread_or_gives_no_z():
+    # width 8 has two seeds per batch size (sd^2 = 2 each), width 16 only one: the pooled
+    # variance 2 measures width 16's ends too. se^2 = 2 * (1/2 + 1/2 + 1 + 1) = 6.
+    runs = _grid(MEANS)
+    runs = runs[(runs["model.width"] == 8) | (runs["seed"] == 0)]
+    v = evaluate(_results(runs, AXES), UP)
+    assert v.z == pytest.approx((10 + 6) / math.sqrt(6))
+    only_one = _results(runs[runs["seed"] == 0], AXES)
+    assert math.isnan(evaluate(only_one, UP).z)
+    assert evaluate(only_one, UP).verdict == "inconclusive"
