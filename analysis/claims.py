@@ -243,7 +243,7 @@ def _diverged(results: Results, first_epoch: bool) -> pd.Series | None:
 
 def _knob_order(values: pd.Series) -> np.ndarray:
     """Numbers for a knob's values (booleans as 0/1), so Kendall's tau can rank them."""
-    return pd.to_numeric(values.astype(object).map(lambda v: float(v)), errors="coerce").to_numpy()
+    return values.astype(float).to_numpy()
 
 
 def evaluate(results: Results, claim: Claim, rule: Rule | None = None) -> Verdict | None:
@@ -323,12 +323,12 @@ def evaluate_all(
     tested on those only: a learning-rate sweep built for stiffness says nothing about
     divergence if none of its rates was meant to diverge.
     """
+    chosen = [(r, declared(r)) for r in results]
     rows = [
         asdict(v)
         for claim in claims
-        for r in results
-        if (declared(r) is None or claim.name in declared(r))
-        and (v := evaluate(r, claim, rule)) is not None
+        for r, names in chosen
+        if (names is None or claim.name in names) and (v := evaluate(r, claim, rule)) is not None
     ]
     columns = list(Verdict.__dataclass_fields__)
     return pd.DataFrame(rows, columns=columns)
