@@ -34,6 +34,7 @@ NOT_METRICS = frozenset(
         "seed",
         "status",
         "error",
+        "metric_errors",
         "diverged_step",
         "device",
         "best_epoch",

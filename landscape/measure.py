@@ -15,6 +15,7 @@ the same numbers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -150,37 +151,113 @@ def replicate_groups(pack: TrainedPack) -> list[list[int]]:
     return list(groups.values())
 
 
-def measure_pack(pack: TrainedPack, spec: MetricsSpec) -> Measured:
-    """Every enabled metric on the pack's checkpoint; diverged members get None."""
+def _smaller_global(specs: GlobalMetricSpecs) -> GlobalMetricSpecs | None:
+    """Global settings with every memory bound halved (parameter sets and examples per forward
+    pass, curves per stack), or None when all are 1: they bound memory, not results."""
+    bezier = specs.bezier
+    changes = {k: max(1, getattr(specs, k) // 2) for k in ("chunk", "batch_size")}
+    if bezier.pairs_per_stack > 1:
+        bezier = dataclasses.replace(bezier, pairs_per_stack=bezier.pairs_per_stack // 2)
+    smaller = dataclasses.replace(specs, **changes, bezier=bezier)
+    return None if smaller == specs else smaller
+
+
+def _guarded_global(
+    name: str,
+    members: list[int],
+    errors: list[list[str]],
+    measure: Callable[[GlobalMetricSpecs], object],
+    specs: GlobalMetricSpecs,
+    log: Callable[[str], None],
+) -> object | None:
+    """``measure(specs)``, again with smaller memory bounds while it runs out of device memory;
+    None (and the error recorded for ``members``) when it still fails or fails otherwise."""
+    while True:
+        try:
+            return measure(specs)
+        except torch.OutOfMemoryError as exc:
+            error = f"OutOfMemoryError: {str(exc).splitlines()[0] if str(exc) else ''}"
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            smaller = _smaller_global(specs)
+            if smaller is None:
+                break
+            log(f"{name} ran out of device memory; again with chunk {smaller.chunk}")
+            specs = smaller
+        except Exception as exc:  # noqa: BLE001 - failure is data: the error goes into the rows
+            error = f"{type(exc).__name__}: {exc}"
+            break
+    log(f"metric {name} failed: {error}")
+    for k in members:
+        errors[k].append(f"{name}: {error}")
+    return None
+
+
+def measure_pack(
+    pack: TrainedPack, spec: MetricsSpec, log: Callable[[str], None] = lambda msg: None
+) -> Measured:
+    """Every enabled metric on the pack's checkpoint; diverged members get None.
+
+    Never raises for a metric: one that runs out of device memory runs again with smaller
+    chunks (then on fewer members or pairs at a time), and one that still fails leaves None in
+    its columns and ``<metric>: <error>`` in the ``metric_errors`` column of the members it
+    concerns; the other metrics still run."""
     out = Measured()
-    local = measure_local(pack, spec.local_specs(), torch.Generator().manual_seed(spec.seed))
+    local = measure_local(
+        pack, spec.local_specs(), torch.Generator().manual_seed(spec.seed), log=log
+    )
     out.columns.update(local.columns)
     out.tables.update(local.tables)
+    errors = local.errors
+    everyone = list(range(len(pack.variants)))
     surfaces: list[dict] = []
     if spec.any_pairs:
-        pairs = measure_pairs(
-            pack,
-            replicate_groups(pack),
+        groups = replicate_groups(pack)
+        pairs = _guarded_global(
+            "pairs",
+            everyone,
+            errors,
+            lambda g: measure_pairs(pack, groups, g, torch.Generator().manual_seed(spec.seed + 1)),
             spec.global_specs(),
-            torch.Generator().manual_seed(spec.seed + 1),
+            log,
         )
-        for row in pairs.rows:
-            row["group_id"] = pack.variants[row["member_a"]].group_id
-        if pairs.rows:
-            out.tables["pairs"] = pairs.rows
-        surfaces += pairs.surfaces
+        if pairs is not None:
+            for row in pairs.rows:
+                row["group_id"] = pack.variants[row["member_a"]].group_id
+            if pairs.rows:
+                out.tables["pairs"] = pairs.rows
+            surfaces += pairs.surfaces
     if spec.any_member_surfaces:
-        member = measure_member_surfaces(
-            pack, spec.global_specs(), torch.Generator().manual_seed(spec.seed + 2)
+        member = _guarded_global(
+            "member_surfaces",
+            everyone,
+            errors,
+            lambda g: measure_member_surfaces(
+                pack, g, torch.Generator().manual_seed(spec.seed + 2)
+            ),
+            spec.global_specs(),
+            log,
         )
-        out.columns.update(member.columns)
-        surfaces += member.surfaces
+        if member is not None:
+            out.columns.update(member.columns)
+            surfaces += member.surfaces
     if surfaces:
         out.tables["surfaces"] = surfaces
     if spec.weights.enabled:
-        out.tables["params"] = weight_statistics(pack.final, bins=spec.weights.bins)
+        params = _guarded_global(
+            "weights", everyone, errors,
+            lambda g: weight_statistics(pack.final, bins=spec.weights.bins),
+            spec.global_specs(), log,
+        )  # fmt: skip
+        if params is not None:
+            out.tables["params"] = params
     if spec.reparam.enabled:
-        out.tables["reparam"] = _reparam(pack, spec)
+        rows = _guarded_global(
+            "reparam", everyone, errors, lambda g: _reparam(pack, spec), spec.global_specs(), log
+        )
+        if rows is not None:
+            out.tables["reparam"] = rows
+    out.columns["metric_errors"] = ["; ".join(e) if e else None for e in errors]
     return out
 
 

@@ -1,10 +1,16 @@
 """Train and measure one pack, and turn the result into table rows. What a worker runs.
 
-``run_pack`` never raises for a problem of the science: a member whose loss turns NaN
-is a ``diverged`` row; an exception while training or measuring a pack of several is
-retried member by member so that one bad variant cannot take its pack-mates down with
-it, and a lone variant that still fails becomes a ``failed`` row with the error text.
-A pack that runs out of device memory is split in two and retried.
+``run_pack`` never raises for a problem of the science, and trains a pack once, whatever
+measuring it does:
+
+- while *training*: a member whose loss turns NaN is a ``diverged`` row; an exception in a
+  pack of several is retried member by member so that one bad variant cannot take its
+  pack-mates down with it, and a lone variant that still fails becomes a ``failed`` row with
+  the error text; a pack that runs out of device memory is split in two and retried;
+- while *measuring* the trained pack: nothing goes back to training. A metric that runs out
+  of device memory runs again with smaller chunks, then on fewer members at a time; one that
+  still fails leaves None (NaN) in its columns and ``<metric>: <error>`` in ``metric_errors``,
+  and the run keeps its status and training results (``landscape.measure.measure_pack``).
 """
 
 from __future__ import annotations
@@ -21,10 +27,10 @@ import torch
 from landscape.checkpoint import load_checkpoint, save_checkpoints
 from landscape.data import Dataset
 from landscape.functional import Stack, init_stack
-from landscape.measure import MetricsSpec, measure_given_pairs, measure_pack
+from landscape.measure import Measured, MetricsSpec, measure_given_pairs, measure_pack
 from landscape.models import build_model
 from landscape.pack import TrainedPack, member_bytes, pack_id, split_to_fit
-from landscape.train import evaluate_pack, make_pack_data, pack_steps, train_pack
+from landscape.train import TrainResult, evaluate_pack, make_pack_data, pack_steps, train_pack
 from landscape.variant import Variant, short_hash
 
 MEMORY_HEADROOM = (
@@ -89,20 +95,58 @@ def failed_rows(
     return PackRows({"runs": rows})
 
 
-def _train_and_measure(
+@dataclass
+class _Trained:
+    result: TrainResult
+    recorder: object | None
+    seconds: float
+
+
+def _train(
     variants: Sequence[Variant],
     metrics: MetricsSpec,
     dataset: Dataset,
     device: torch.device,
     checkpoint_dir: Path | None,
-) -> PackRows:
+) -> _Trained:
+    """Train the pack (and save its checkpoints): the part that a failure may repeat."""
     t0 = time.perf_counter()
     recorder = metrics.recorder(*pack_steps(variants[0], dataset))
     result = train_pack(variants, dataset, device, recorder=recorder)
     if checkpoint_dir is not None:
         save_checkpoints(result.pack, checkpoint_dir)
-    measured = measure_pack(result.pack, metrics)
-    wall = time.perf_counter() - t0
+    return _Trained(result, recorder, time.perf_counter() - t0)
+
+
+def _measure(
+    variants: Sequence[Variant],
+    metrics: MetricsSpec,
+    trained: _Trained,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> PackRows:
+    """The rows of a trained pack: its training results and every metric. Never raises and
+    never trains: a failure while measuring is data (``metric_errors``)."""
+    t0 = time.perf_counter()
+    result = trained.result
+    K = len(variants)
+    try:
+        measured = measure_pack(result.pack, metrics, log=log)
+    except Exception as exc:  # noqa: BLE001 - measure_pack guards each metric; this is the rest
+        log(f"measuring a pack of {K} failed: {type(exc).__name__}: {exc}")
+        measured = Measured(
+            columns={"metric_errors": [f"measure: {type(exc).__name__}: {exc}"] * K}
+        )
+    extra: dict[str, list[dict]] = {}
+    if trained.recorder is not None:
+        try:
+            extra = trained.recorder.finish(result.pack)
+        except Exception as exc:  # noqa: BLE001 - as above: the trained pack is kept
+            log(f"the during-training measurements failed: {type(exc).__name__}: {exc}")
+            errors = measured.columns.get("metric_errors") or [None] * K
+            note = f"trajectory: {type(exc).__name__}: {exc}"
+            measured.columns["metric_errors"] = [f"{e}; {note}" if e else note for e in errors]
+    wall = trained.seconds + time.perf_counter() - t0
     pid, mid = pack_id(variants), metrics_id(metrics)
     ids = [v.variant_id for v in variants]
     out = PackRows()
@@ -115,8 +159,8 @@ def _train_and_measure(
             error=None,
             diverged_step=diverged,
             best_epoch=result.best_epoch[k],
-            pack_members=len(variants),
-            wall_time_s=wall / len(variants),
+            pack_members=K,
+            wall_time_s=wall / K,
             pack_wall_time_s=wall,
         )
         row.update({name: values[k] for name, values in result.final_metrics.items()})
@@ -125,8 +169,7 @@ def _train_and_measure(
     out.add("runs", runs)
     out.add_members({"curves": result.curves}, ids)
     out.add_members(measured.tables, ids)
-    if recorder is not None:
-        out.add_members(recorder.finish(result.pack), ids)
+    out.add_members(extra, ids)
     return out
 
 
@@ -187,7 +230,7 @@ def run_pack(
                 )
             return out
     try:
-        return _train_and_measure(variants, metrics, dataset, device, checkpoint_dir)
+        trained = _train(variants, metrics, dataset, device, checkpoint_dir)
     except torch.OutOfMemoryError:
         if len(variants) == 1:
             return failed_rows(
@@ -196,7 +239,7 @@ def run_pack(
                 "OutOfMemoryError: one member does not fit on the device",
                 str(device),
             )
-        log(f"pack of {len(variants)} ran out of device memory; splitting in two")
+        log(f"pack of {len(variants)} ran out of device memory while training; splitting in two")
         torch.cuda.empty_cache()
         out = PackRows()
         for half in _halves(variants):
@@ -209,13 +252,18 @@ def run_pack(
         if len(variants) == 1:
             log(f"variant {variants[0].variant_id} failed: {error}\n{traceback.format_exc()}")
             return failed_rows(variants, metrics, error, str(device))
-        log(f"pack of {len(variants)} failed ({error}); retrying its members one by one")
+        log(
+            f"pack of {len(variants)} failed while training ({error}); retrying its members one by one"
+        )
         out = PackRows()
         for v in variants:
             out.extend(
                 run_pack([v], metrics, dataset, device, log=log, checkpoint_dir=checkpoint_dir)
             )
         return out
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # training's graphs and temporaries: the metrics' memory now
+    return _measure(variants, metrics, trained, device, log)
 
 
 def checkpoint_pack(

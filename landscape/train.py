@@ -143,24 +143,34 @@ class StepFn:
         return grads, loss, acc
 
 
-LOOP_FLOPS = 2e10  # forward FLOPs of one member's batch from which ``auto`` runs members in turn
+# Forward FLOPs of one member's batch from which ``auto`` runs members in turn on a GPU: between
+# a CIFAR ResNet18 of width 32 (3.6e10 at batch 128) and width 64 (1.4e11), where the measured
+# crossover lies (``step_mode``).
+LOOP_FLOPS = 7e10
 
 
 def step_mode(
     variant: Variant, input_shape: tuple[int, ...], num_classes: int, device: torch.device
 ) -> str:
-    """``train.pack_step`` resolved. ``auto``: on a CPU, ``packed`` (1.3-1.6x vmap's speed in
-    ``bench_packing.py`` on this project's CPU) when the model's layers allow it, else
-    ``vmap``; on a CUDA device, ``loop`` when one member's batch is at least
-    :data:`LOOP_FLOPS` forward FLOPs (its kernels fill the GPU alone; an H100 crosses over
-    between CIFAR ResNet18 widths 16 and 32 at batch 128, see the README's benchmarks), else
-    ``vmap`` (``packed`` is not yet measured on a GPU)."""
+    """``train.pack_step`` resolved. ``auto`` picks what ``bench_packing.py`` measured fastest:
+
+    - on a CPU, ``packed`` (1.3-1.6x vmap's speed on this project's CPU) when the model's
+      layers allow it, else ``vmap``;
+    - on a CUDA device, ``loop`` when one member's batch is at least :data:`LOOP_FLOPS`
+      forward FLOPs (its kernels fill the GPU alone), else ``packed`` where the layers allow
+      it, else ``vmap``. Measured on an H200 (CIFAR ResNet18, batch 128, bf16, CUDA graphs,
+      model-steps/s, vmap / packed / loop): width 4 2,000 / 3,400 / -; width 16 583 / 1,308 /
+      -; width 32 - / 718 / 394; width 64 - / 237 / 277.
+    """
     if variant.train.pack_step != "auto":
         return variant.train.pack_step
+    packable = _packable(variant.model, tuple(input_shape), num_classes)
     if device.type != "cuda":
-        return "packed" if _packable(variant.model, tuple(input_shape), num_classes) else "vmap"
+        return "packed" if packable else "vmap"
     flops = model_forward_flops(variant.model, tuple(input_shape), num_classes)
-    return "loop" if flops * variant.optim.batch_size >= LOOP_FLOPS else "vmap"
+    if flops * variant.optim.batch_size >= LOOP_FLOPS:
+        return "loop"
+    return "packed" if packable else "vmap"
 
 
 @functools.lru_cache(maxsize=256)

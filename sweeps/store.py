@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 # so parts of one table always agree on types.
 STRING_COLUMNS = {
     "error",
+    "metric_errors",
     "variant_id",
     "group_id",
     "pack_id",

@@ -30,10 +30,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
+from landscape.cudagraph import CudaGraphed
 from landscape.functional import FunctionalNet, Params, Stack
 from landscape.metrics.batchnorm import batch_stat_net
 from landscape.metrics.surfaces import evaluate_combinations, stack_basis
 from landscape.optim import MemberHypers, apply_update, init_state
+from landscape.train import autocast
 from landscape.variant import OptimSpec
 
 YANG_TS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -81,6 +83,66 @@ def _curve_loss(net: FunctionalNet, weight_decay: float) -> Callable[..., tuple[
     return loss
 
 
+class CurveStep:
+    """One training step of P curves' control points, in place: the gradient of each pair's
+    curve objective at its own t (vmapped over pairs), then one SGD update
+    (``landscape.optim.apply_update``) of the control points and their momentum.
+
+    Every state change is in place on tensors that live across steps and nothing is read back
+    to the host, so on a CUDA device the step is recorded once as a CUDA graph and replayed
+    (``landscape.cudagraph.CudaGraphed``): a curve step of a small model is hundreds of tiny
+    kernels, like a training step, and is launch-bound the same way. Batches, t and the
+    learning rates are copied into the graph's input buffers on each call. On a CPU the step
+    runs as is; both compute the same kernels (tests compare them).
+    """
+
+    def __init__(
+        self,
+        net: FunctionalNet,
+        control: Params,
+        a: Stack,
+        b: Stack,
+        hypers: MemberHypers,
+        *,
+        weight_decay: float,
+        precision: str = "fp32",
+        cuda_graphs: bool = True,
+    ):
+        device = next(iter(control.values())).device
+        self.control, self.a, self.b, self.hypers = control, a, b, hypers
+        self.spec = OptimSpec(name="sgd")  # the rule; lr and momentum are per pair, in hypers
+        self.state = init_state(self.spec, control)
+        P = next(iter(control.values())).shape[0]
+        self.alive = torch.ones(P, dtype=torch.bool, device=device)
+        self.step_t = torch.zeros((), dtype=torch.long, device=device)
+        self.grad_fn = vmap(grad_and_value(_curve_loss(net, weight_decay), has_aux=True))
+        self.precision = precision
+        self.graphed = (
+            CudaGraphed(self._device_step, warmup=3, max_graphs=1)
+            if cuda_graphs and device.type == "cuda"
+            else None
+        )
+
+    def _device_step(self, x: Tensor, y: Tensor, t: Tensor, lr: Tensor) -> Tensor:
+        """x (P, B, *input), y (P, B), t (P,), lr (P,) -> cross-entropy (P,)."""
+        with autocast(x.device, self.precision):
+            grads, (_, loss) = self.grad_fn(
+                self.control, self.a.params, self.b.params, self.a.buffers, x, y, t
+            )
+        self.step_t.add_(1)
+        alive = apply_update(
+            self.spec, self.control, grads, self.state, self.hypers, lr, self.step_t,
+            self.alive & torch.isfinite(loss),
+        )  # fmt: skip
+        self.alive.copy_(alive)
+        return loss
+
+    def __call__(self, x: Tensor, y: Tensor, t: Tensor, lr: Tensor) -> Tensor:
+        if self.graphed is not None:
+            return self.graphed(x, y, t, lr)
+        return self._device_step(x, y, t, lr)
+
+
 def train_bezier(
     net: FunctionalNet,
     a: Stack,
@@ -92,42 +154,37 @@ def train_bezier(
     lr: float = 0.01,
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
+    precision: str = "fp32",
+    cuda_graphs: bool = True,
 ) -> tuple[Params, Tensor]:
     """Train the control points of P curves (pairs stacked in ``a`` and ``b``, leading dim P).
 
     ``draw_batch(generator)`` returns one training batch per pair: x (P, B, *input), y (P, B).
     One t ~ U(0, 1) per pair per step, drawn from ``generator``. The update is
     ``landscape.optim.apply_update`` (torch.optim.SGD semantics, no decay of its own) on the
-    gradient of cross-entropy + 0.5 ``weight_decay`` ||phi(t)||^2 (module docstring).
-    Returns the control points (P, *shape) and the last step's cross-entropy (P,). A pair
-    whose loss or updated control point turns non-finite stops training there, and comes back
-    with a NaN control point and loss (so its curve and ``mc`` read NaN).
+    gradient of cross-entropy + 0.5 ``weight_decay`` ||phi(t)||^2 (module docstring), one
+    :class:`CurveStep` per step (a CUDA graph replay on a GPU unless ``cuda_graphs`` is off;
+    ``precision`` bf16 runs the curve's forward and backward under bf16 autocast, as the
+    pack trained). Returns the control points (P, *shape) and the last step's cross-entropy
+    (P,). A pair whose loss or updated control point turns non-finite stops training there,
+    and comes back with a NaN control point and loss (so its curve and ``mc`` read NaN).
     """
     if steps < 1:
         raise ValueError(f"bezier training needs >= 1 step, got {steps}")
     P = a.members
     device = next(iter(a.params.values())).device
     c = {n: (a.params[n] + b.params[n]) / 2 for n in a.params}  # w_c starts at the midpoint
-    spec = OptimSpec(name="sgd")  # the rule; lr and momentum are per pair, in hypers
     hypers = MemberHypers(*(torch.full((P,), float(v), device=device) for v in (lr, momentum, 0)))
-    state = init_state(spec, c)
-    alive = torch.ones(P, dtype=torch.bool, device=device)
-    step_fn = vmap(grad_and_value(_curve_loss(net, weight_decay), has_aux=True))
+    curve_step = CurveStep(
+        net, c, a, b, hypers, weight_decay=weight_decay, precision=precision,
+        cuda_graphs=cuda_graphs,
+    )  # fmt: skip
     loss = torch.full((P,), float("nan"), device=device)
     for step in range(steps):
         x, y = draw_batch(generator)
         t = torch.rand(P, generator=generator).to(device)
-        grads, (_, loss) = step_fn(c, a.params, b.params, a.buffers, x, y, t)
-        alive = apply_update(
-            spec,
-            c,
-            grads,
-            state,
-            hypers,
-            hypers.lr * bezier_lr_factor(step, steps),
-            step + 1,
-            alive & torch.isfinite(loss),
-        )
+        loss = curve_step(x, y, t, hypers.lr * bezier_lr_factor(step, steps))
+    alive = curve_step.alive
     nan = float("nan")
     c = {n: torch.where(alive.view(-1, *([1] * (p.dim() - 1))), p, nan) for n, p in c.items()}
     return c, torch.where(alive, loss.detach(), nan)
@@ -189,14 +246,18 @@ def bezier_connectivity(
     weight_decay: float = 5e-4,
     chunk: int = 64,
     batch_size: int = 512,
+    precision: str = "fp32",
+    cuda_graphs: bool = True,
 ) -> BezierResult:
     """Train P Bezier curves (:func:`train_bezier`), evaluate them on x (P, N, *input),
-    y (P, N) at ``ts`` (:func:`evaluate_bezier`) and summarise with :func:`yang_mc`."""
+    y (P, N) at ``ts`` (:func:`evaluate_bezier`) and summarise with :func:`yang_mc`.
+    ``precision`` and ``cuda_graphs`` are the curve training's (:func:`train_bezier`)."""
     if len(ts) < 2 or ts[0] != 0.0 or ts[-1] != 1.0:
         raise ValueError(f"bezier.ts must run from 0.0 to 1.0, got {tuple(ts)}")
     control, train_loss = train_bezier(
-        net, a, b, draw_batch, steps, generator, lr=lr, momentum=momentum, weight_decay=weight_decay
-    )
+        net, a, b, draw_batch, steps, generator, lr=lr, momentum=momentum,
+        weight_decay=weight_decay, precision=precision, cuda_graphs=cuda_graphs,
+    )  # fmt: skip
     t = torch.tensor(ts, dtype=torch.float64)
     # A curve whose training blew up is evaluated with a zero control point and reads NaN:
     # its NaN weights must not share a batched kernel with the other pairs.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -40,7 +41,7 @@ from landscape.metrics.sharpness import (
 from landscape.metrics.stiffness import class_stiffness, stiffness_rows
 from landscape.metrics.stiffness_distance import stiffness_by_distance, stiffness_distance_rows
 from landscape.optim import MemberHypers
-from landscape.pack import PackData, TrainedPack
+from landscape.pack import PackData, TrainedPack, hvp_bytes
 from landscape.variant import ConfigError
 
 
@@ -234,22 +235,39 @@ SEED_ORDER = tuple(f.name for f in dataclasses.fields(LocalMetricSpecs))
 class LocalResult:
     columns: dict[str, list[float | None]] = field(default_factory=dict)  # one value per member
     tables: dict[str, list[dict]] = field(default_factory=dict)  # rows carry ``member``
+    # per member, the metrics that failed on it: "<metric>: <error>" (none: an empty list)
+    errors: list[list[str]] = field(default_factory=list)
 
 
 class _Measurer:
-    """The alive members of a pack, and how to write their values back per pack member."""
+    """The alive members of a pack (or of a part of it, when a metric runs out of memory), and
+    how to write their values back per pack member. Parts share the pack's per-metric seeds
+    and the one result."""
 
-    def __init__(self, pack: TrainedPack, generator: torch.Generator):
+    def __init__(
+        self,
+        pack: TrainedPack,
+        generator: torch.Generator | None,
+        members: list[int] | None = None,
+        parent: _Measurer | None = None,
+    ):
         self.pack = pack
         self.K = len(pack.variants)
-        self.alive = pack.alive.nonzero().flatten().tolist()
+        self.alive = pack.alive.nonzero().flatten().tolist() if members is None else members
         self.stack = pack.final.select(self.alive)
         self.device = next(iter(pack.final.params.values())).device
-        seeds = torch.randint(
-            0, 2**62, (len(SEED_ORDER),), generator=generator, device=generator.device
-        )
-        self.seeds = dict(zip(SEED_ORDER, seeds.tolist()))
-        self.result = LocalResult()
+        if parent is None:
+            seeds = torch.randint(
+                0, 2**62, (len(SEED_ORDER),), generator=generator, device=generator.device
+            )
+            self.seeds = dict(zip(SEED_ORDER, seeds.tolist()))
+            self.result = LocalResult(errors=[[] for _ in range(self.K)])
+        else:
+            self.seeds, self.result = parent.seeds, parent.result
+
+    def part(self, members: list[int]) -> _Measurer:
+        """The same measurer over some of its members."""
+        return _Measurer(self.pack, None, members, parent=self)
 
     def generators(self, metric: str) -> tuple[torch.Generator, torch.Generator]:
         """(sample generator on the CPU, probe generator on the pack's device) for a metric."""
@@ -269,25 +287,109 @@ class _Measurer:
     def _alive(self, t: Tensor) -> Tensor:
         return t[torch.as_tensor(self.alive, device=t.device)]
 
-    def column(self, name: str, values: Tensor) -> None:
-        out: list[float | None] = [None] * self.K
-        cast = float if values.is_floating_point() else int
-        for k, v in zip(self.alive, values.tolist()):
-            out[k] = cast(v)
-        self.result.columns[name] = out
+    def column(self, name: str, values: Tensor | list) -> None:
+        """One value per measured member; other members keep what they have (None at first)."""
+        out = self.result.columns.setdefault(name, [None] * self.K)
+        if isinstance(values, Tensor):
+            cast = float if values.is_floating_point() else int
+            values = [cast(v) for v in values.tolist()]
+        for k, v in zip(self.alive, values):
+            out[k] = v
 
     def table(self, name: str, rows: list[dict]) -> None:
-        self.result.tables[name] = rows
+        self.result.tables.setdefault(name, []).extend(rows)
+
+    def fail(self, name: str, spec: object, error: str) -> None:
+        """The metric failed on these members: None in its columns, the error recorded."""
+        for c in metric_columns(name, spec):
+            self.column(c, [None] * len(self.alive))
+        for k in self.alive:
+            self.result.errors[k].append(f"{name}: {error}")
 
     def batch_size(self, requested: int) -> int:
         return requested or self.pack.variants[0].optim.batch_size
 
+    def probe_chunk(self, chunk: int, n: int) -> int:
+        """Probes per call of a Hessian-vector-product metric on ``n`` examples: ``chunk``, or
+        on a CUDA device fewer when ``chunk`` products for every member would not fit in
+        :data:`MEMORY_HEADROOM` of the free memory (``landscape.pack.hvp_bytes``; at least 1,
+        and :func:`run_guarded` halves it again if the estimate was short)."""
+        if self.device.type != "cuda":
+            return chunk
+        free, _ = torch.cuda.mem_get_info(self.device)
+        data = self.pack.data
+        v = self.pack.variants[0]
+        per = hvp_bytes(v, tuple(data.x_train.shape[1:]), data.num_classes, n)
+        return max(1, min(chunk, int(MEMORY_HEADROOM * free // (per * len(self.alive)))))
+
+
+# Share of the free device memory a metric plans to use (the estimates are rough).
+MEMORY_HEADROOM = 0.7
+
+# Settings that bound how much a metric computes at once, never what it computes: halved when
+# the metric runs out of device memory (down to 1), before its members are split.
+CHUNK_FIELDS = ("chunk", "fisher_chunk")
+
+
+def smaller_chunks(spec: object) -> object | None:
+    """``spec`` with every chunk setting halved, or None when all are already 1."""
+    changes = {
+        f: max(1, getattr(spec, f) // 2)
+        for f in CHUNK_FIELDS
+        if hasattr(spec, f) and getattr(spec, f) > 1
+    }
+    return dataclasses.replace(spec, **changes) if changes else None
+
+
+def run_guarded(
+    m: _Measurer, name: str, spec: object, step: Callable[..., None], log: Callable[[str], None]
+) -> None:
+    """One metric on the measurer's members, never raising: out of device memory it runs again
+    with halved chunks, then on each half of its members, down to one member with chunks of
+    one; any other error (or running out of memory even then) leaves None in the metric's
+    columns and the error in ``errors``. Training is never repeated for it."""
+    try:
+        step(m, spec, *m.generators(name))
+        return
+    except torch.OutOfMemoryError as exc:
+        error = f"OutOfMemoryError: {str(exc).splitlines()[0] if str(exc) else 'out of memory'}"
+    except Exception as exc:  # noqa: BLE001 - failure is data: the error goes into the row
+        log(f"metric {name} failed on members {m.alive}: {type(exc).__name__}: {exc}")
+        m.fail(name, spec, f"{type(exc).__name__}: {exc}")
+        return
+    _free_device_memory(m.device)
+    smaller = smaller_chunks(spec)
+    if smaller is not None:
+        log(f"metric {name} ran out of device memory; again with chunks {_chunks(smaller)}")
+        run_guarded(m, name, smaller, step, log)
+    elif len(m.alive) > 1:
+        half = len(m.alive) // 2
+        log(f"metric {name} ran out of device memory; again on {half} members at a time")
+        for members in (m.alive[:half], m.alive[half:]):
+            run_guarded(m.part(members), name, spec, step, log)
+    else:
+        m.fail(name, spec, error)
+
+
+def _chunks(spec: object) -> dict[str, int]:
+    return {f: getattr(spec, f) for f in CHUNK_FIELDS if hasattr(spec, f)}
+
+
+def _free_device_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
 
 def measure_local(
-    pack: TrainedPack, specs: LocalMetricSpecs, generator: torch.Generator
+    pack: TrainedPack,
+    specs: LocalMetricSpecs,
+    generator: torch.Generator,
+    log: Callable[[str], None] = lambda msg: None,
 ) -> LocalResult:
     """Every enabled local metric of ``specs`` on the pack's checkpoint (eval mode unless the
-    metric trains). Diverged members (``pack.alive`` False) are skipped and get None."""
+    metric trains). Diverged members (``pack.alive`` False) are skipped and get None. A metric
+    that fails leaves None in its columns and its error in ``errors`` (:func:`run_guarded`);
+    the others still run."""
     m = _Measurer(pack, generator)
     steps = {
         "hessian_trace": _trace,
@@ -304,7 +406,7 @@ def measure_local(
             if not m.alive:
                 _all_dead(m, name, spec)
             else:
-                steps[name](m, spec, *m.generators(name))
+                run_guarded(m, name, spec, steps[name], log)
     return m.result
 
 
@@ -319,7 +421,7 @@ def _trace(
         y,
         n_probes=s.n_probes,
         tol=s.tol,
-        chunk=s.chunk,
+        chunk=m.probe_chunk(s.chunk, x.shape[1]),
         min_probes=s.min_probes,
         generator=probe_g,
         hvp=s.hvp,

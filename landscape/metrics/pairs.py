@@ -149,9 +149,17 @@ class BezierSpec:
     )  # where training error is read (Yang et al.)
     n_samples: int = 2048  # training examples the curve is evaluated on, half from each member
     pairs_per_stack: int = 16  # curves trained together (memory bound)
+    # curves per replicate group, the first pairs in seed order; 0: every measured pair.
+    # Yang et al. trained one curve per cell (their taxonomy preset sets 1); the other pairs'
+    # ``mc`` is NaN, while CKA, distances and barriers still cover every pair.
+    max_pairs: int = 0
 
     def __post_init__(self) -> None:
         _positive("metrics.bezier.epochs", self.epochs)
+        if not (isinstance(self.max_pairs, int) and self.max_pairs >= 0):
+            raise ConfigError(
+                f"metrics.bezier.max_pairs must be an integer >= 0 (0: every pair), got {self.max_pairs!r}"
+            )
         if self.batch_size < 2:
             raise ConfigError(f"metrics.bezier.batch_size must be >= 2, got {self.batch_size}")
         _positive("metrics.bezier.lr", self.lr)
@@ -449,6 +457,8 @@ def _bezier(
             weight_decay=spec.weight_decay,
             chunk=specs.chunk,
             batch_size=specs.batch_size,
+            precision=pack.variants[0].train.precision,
+            cuda_graphs=pack.variants[0].train.cuda_graphs,
         )
         mc.append(res.mc)
         rows += _path_rows(sa, sb, "bezier", res.ts, res.curve_loss, res.curve_accuracy)
@@ -514,7 +524,12 @@ def measure_pairs(
             a, b, "interpolation", res.alphas, res.curve_loss, res.curve_accuracy
         )
     if specs.bezier.enabled:
-        cols["mc"], rows = _bezier(pack, A, B, a, b, specs, generator)
+        curved = _curved_pairs(pack, pairs, specs.bezier.max_pairs)
+        idx = torch.tensor(curved, dtype=torch.long, device=device)
+        mc, rows = _bezier(pack, A.select(idx), B.select(idx), a[idx], b[idx], specs, generator)
+        cols["mc"] = torch.full((len(pairs),), float("nan"), device=mc.device).index_copy(
+            0, idx.to(mc.device), mc
+        )
         out.surfaces += rows
     values = {k: v.tolist() for k, v in cols.items()}
     for p, (ma, mb) in enumerate(pairs):
@@ -522,6 +537,25 @@ def measure_pairs(
             {"member_a": ma, "member_b": mb, **{k: float(v[p]) for k, v in values.items()}}
         )
     return out
+
+
+def _curved_pairs(pack: TrainedPack, pairs: list[tuple[int, int]], per_group: int) -> list[int]:
+    """Positions in ``pairs`` that get a Bezier curve: the first ``per_group`` pairs of each
+    replicate group in seed order (every pair when ``per_group`` is 0)."""
+    if per_group == 0:
+        return list(range(len(pairs)))
+    seeds = [v.seed for v in pack.variants]
+    by_group: dict[str, list[int]] = {}
+    for i, (ma, _) in enumerate(pairs):
+        by_group.setdefault(pack.variants[ma].group_id, []).append(i)
+    keep = [
+        i
+        for members in by_group.values()
+        for i in sorted(members, key=lambda i: sorted((seeds[pairs[i][0]], seeds[pairs[i][1]])))[
+            :per_group
+        ]
+    ]
+    return sorted(keep)
 
 
 def _surface_rows(

@@ -203,3 +203,45 @@ def test_a_blown_up_pair_reads_nan_and_leaves_the_other_pairs_unchanged():
     healthy = run(a, b, xs, 2)  # the same draws of t, pair 0 healthy
     torch.testing.assert_close(both.curve_loss[1], healthy.curve_loss[1])
     torch.testing.assert_close(both.mc[1], healthy.mc[1])
+
+
+def _curve_pairs(device: str):
+    net, stack = init_stack(lambda: MLP(6, 3, 16, 2, True), [0, 1, 2, 3], device)
+    x = torch.randn(2, 32, 6, generator=torch.Generator().manual_seed(0)).to(device)
+    y = torch.randint(0, 3, (2, 32), generator=torch.Generator().manual_seed(1)).to(device)
+    return net, stack.select([0, 1]), stack.select([2, 3]), (lambda gen: (x, y))
+
+
+def test_bf16_curve_step_is_the_fp32_step_to_bf16_rounding():
+    """One curve step under bf16 autocast against the same step in fp32, from the same point on
+    the same batch and t: the update is lr x a gradient computed with bf16 operands (8-bit
+    mantissa, relative rounding ~4e-3 per product, a few products deep), so the two updates
+    agree to a few percent of the update's norm; one step, so nothing compounds it."""
+    net, a, b, draw = _curve_pairs("cpu")
+    start = {n: (a.params[n] + b.params[n]) / 2 for n in a.params}
+    fp32, _ = train_bezier(net, a, b, draw, 1, torch.Generator().manual_seed(3), lr=0.5)
+    bf16, loss = train_bezier(
+        net, a, b, draw, 1, torch.Generator().manual_seed(3), lr=0.5, precision="bf16"
+    )
+    assert torch.isfinite(loss).all()
+    d32 = torch.cat([(fp32[n] - start[n]).flatten() for n in start])
+    d16 = torch.cat([(bf16[n] - start[n]).flatten() for n in start])
+    assert d32.norm() > 0
+    assert (d16 - d32).norm() <= 0.05 * d32.norm()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_graph_replayed_curve_steps_equal_eager_steps():
+    """Six curve steps (three eager warm-ups, the recording, two replays) against six eager
+    steps: a replay launches the kernels the eager step launched on the same inputs, so the
+    control points agree to float32 rounding of identical arithmetic (an MLP: plain matrix
+    products, no algorithm search that could pick other kernels)."""
+    net, a, b, draw = _curve_pairs("cuda")
+    eager, le = train_bezier(
+        net, a, b, draw, 6, torch.Generator().manual_seed(3), cuda_graphs=False
+    )
+    graph, lg = train_bezier(net, a, b, draw, 6, torch.Generator().manual_seed(3), cuda_graphs=True)
+    assert torch.allclose(le, lg, atol=1e-6)
+    for n in eager:
+        assert torch.allclose(eager[n], graph[n], atol=1e-6), n

@@ -2,6 +2,7 @@
 paired with its own copy measures as identical, settings fail loudly."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -85,6 +86,23 @@ def test_measure_pairs_rows_and_an_identical_pair(trained):
     assert set(out.surfaces[0]) == {"member_a", "member_b", "kind", "alpha", "loss", "accuracy"}
 
 
+def test_bezier_max_pairs_curves_the_first_pair_of_each_group_only(trained):
+    """bezier.max_pairs = 1 (Yang et al.: one curve per cell): the first pair in seed order gets
+    a curve, the others NaN mc; every other column is measured for every pair exactly as
+    without the cap (their draws come before the curves')."""
+    pack, _ = trained
+    capped = dataclasses.replace(FAST, bezier=dataclasses.replace(FAST.bezier, max_pairs=1))
+    full = measure_pairs(pack, [[0, 1, 2, 3]], FAST, torch.Generator().manual_seed(0))
+    out = measure_pairs(pack, [[0, 1, 2, 3]], capped, torch.Generator().manual_seed(0))
+    assert [math.isnan(r["mc"]) for r in out.rows] == [False, True, True]
+    for got, want in zip(out.rows, full.rows):
+        assert {k: v for k, v in got.items() if k != "mc"} == {
+            k: v for k, v in want.items() if k != "mc"
+        }
+    curves = {(s["member_a"], s["member_b"]) for s in out.surfaces if s["kind"] == "bezier"}
+    assert curves == {(0, 1)}
+
+
 def test_disabled_metrics_leave_no_columns(trained):
     pack, _ = trained
     specs = dataclasses.replace(
@@ -141,6 +159,7 @@ def test_seeded(trained):
         (lambda: CKASpec(representations=("pixels",)), "cka.representations"),
         (lambda: BezierSpec(ts=(0.0, 0.5)), "bezier.ts"),
         (lambda: BezierSpec(momentum=1.0), "bezier.momentum"),
+        (lambda: BezierSpec(max_pairs=-1), "bezier.max_pairs"),
         (lambda: SurfaceSpec(one_dim="filter"), "surface.one_dim"),
         (lambda: SurfaceSpec(points_2d=1), "points_2d"),
         (lambda: BarrierSpec(n_alphas=1), "barrier.n_alphas"),

@@ -1,0 +1,60 @@
+"""``train.pack_step=auto`` picks what the benchmarks measured fastest, decided at the
+thresholds: resolving the mode reads only the device's kind and the model's FLOPs, so a CUDA
+device object is enough (nothing runs on it)."""
+
+import pytest
+import torch
+
+from landscape.models import model_forward_flops
+from landscape.train import LOOP_FLOPS, step_mode
+from landscape.variant import ModelSpec, OptimSpec, TrainSpec, Variant
+
+CIFAR = ((3, 32, 32), 10)
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+def _resnet(width: int, batch: int = 128, pack_step: str = "auto") -> Variant:
+    return Variant(
+        model=ModelSpec("resnet18", width=width, batch_norm=True),
+        optim=OptimSpec(batch_size=batch),
+        train=TrainSpec(pack_step=pack_step),
+    )
+
+
+@pytest.mark.parametrize(
+    ("width", "device", "expected"),
+    [
+        (4, CUDA, "packed"),  # H200: packed 3,400 model-steps/s, vmap 2,000
+        (16, CUDA, "packed"),  # packed 1,308, vmap 583
+        (32, CUDA, "packed"),  # packed 718, loop 394
+        (64, CUDA, "loop"),  # loop 277, packed 237
+        (128, CUDA, "loop"),
+        (4, CPU, "packed"),
+        (128, CPU, "packed"),
+    ],
+)
+def test_auto_follows_the_measured_table(width, device, expected):
+    assert step_mode(_resnet(width), *CIFAR, device) == expected
+
+
+def test_the_gpu_threshold_is_one_members_forward_flops_per_batch():
+    """Just under LOOP_FLOPS forward FLOPs per member batch is packed, at it loop: the batch
+    size that crosses it for a width-32 ResNet18 decides, not the width alone."""
+    per_example = model_forward_flops(ModelSpec("resnet18", width=32, batch_norm=True), *CIFAR)
+    at = int(-(-LOOP_FLOPS // per_example))  # the smallest batch at or past the threshold
+    assert step_mode(_resnet(32, batch=at - 1), *CIFAR, CUDA) == "packed"
+    assert step_mode(_resnet(32, batch=at), *CIFAR, CUDA) == "loop"
+
+
+def test_an_explicit_mode_is_kept():
+    for mode in ("vmap", "loop", "packed"):
+        assert step_mode(_resnet(64, pack_step=mode), *CIFAR, CUDA) == mode
+
+
+def test_a_model_the_packed_layout_cannot_hold_falls_back_to_vmap(monkeypatch):
+    import landscape.train as train
+
+    monkeypatch.setattr(train, "_packable", lambda *a: False)
+    v = _resnet(8)
+    assert step_mode(v, *CIFAR, CUDA) == "vmap"
+    assert step_mode(v, *CIFAR, CPU) == "vmap"
