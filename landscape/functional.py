@@ -10,6 +10,8 @@ callers ``torch.func.vmap`` it over the member dimension. Conventions every metr
   (use ``Tensor.expand`` when members share inputs: label noise makes labels per member).
 - the loss is mean cross-entropy with no weight-decay term.
 - evaluation is in eval mode (BatchNorm uses running statistics) unless ``train=True``.
+- precision follows the stack: float32 (bf16 under autocast, losses in float32), or float64
+  throughout for a stack made float64 (``{n: p.double() ...}``; equivalence tests use it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
 Params = dict[str, Tensor]
+
+
+def loss_precision(t: Tensor) -> Tensor:
+    """``t`` in the precision a loss is computed in: float32 for bf16 or float16 (autocast)
+    activations, float64 kept as float64 (a float64 stack is float64 end to end)."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 @dataclass
@@ -56,10 +64,16 @@ class Stack:
             {n: b.detach().clone() for n, b in self.buffers.items()},
         )
 
-    def to(self, device: torch.device | str) -> Stack:
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Stack:
+        """On ``device``; with ``dtype``, floating-point tensors in it too (counters such as
+        BatchNorm's ``num_batches_tracked`` keep their integer type)."""
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, dtype if dtype is not None and t.is_floating_point() else None)
+
         return Stack(
-            {n: p.to(device) for n, p in self.params.items()},
-            {n: b.to(device) for n, b in self.buffers.items()},
+            {n: move(p) for n, p in self.params.items()},
+            {n: move(b) for n, b in self.buffers.items()},
         )
 
     @staticmethod
@@ -104,7 +118,7 @@ class FunctionalNet:
         self, params: Params, buffers: Params, x: Tensor, y: Tensor, train: bool = False
     ) -> Tensor:
         """Mean cross-entropy of one member (no weight-decay term)."""
-        return F.cross_entropy(self.logits(params, buffers, x, train).float(), y)
+        return F.cross_entropy(loss_precision(self.logits(params, buffers, x, train)), y)
 
     def loss_fn(self, buffers: Params, x: Tensor, y: Tensor) -> Callable[[Params], Tensor]:
         """``params -> loss`` for one member with buffers and data closed over (eval mode)."""

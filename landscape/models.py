@@ -6,7 +6,7 @@ variants are entries in ``MODELS``. Every model runs under ``torch.func.function
 ``vmap`` over stacked parameters and buffers, in train mode too (BatchNorm running
 statistics update in place on the stacked buffers): no in-place activations, no ops that
 vmap cannot batch. BatchNorm runs in float32 even under bf16 autocast (see
-:class:`BatchNorm2d`).
+:class:`BatchNorm2d`); a model made float64 runs in float64 throughout.
 """
 
 from __future__ import annotations
@@ -40,12 +40,14 @@ def native_norm() -> Iterator[None]:
 
 
 class _Float32Norm:
-    """Mixin: normalise in float32 and hand back the input's dtype. vmap + bf16 autocast +
-    BatchNorm fails in the backward pass on CUDA ("Expected running_mean to have type
-    BFloat16 but got Float"); float32 inside the stacked model avoids it."""
+    """Mixin: normalise low-precision (bf16, float16) activations in float32 and hand back
+    the input's dtype. vmap + bf16 autocast + BatchNorm fails in the backward pass on CUDA
+    ("Expected running_mean to have type BFloat16 but got Float"); float32 inside the
+    stacked model avoids it. float32 and float64 activations are normalised as they are (a
+    float64 model has float64 statistics)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if _NATIVE_NORM.get():
+        if _NATIVE_NORM.get() or x.dtype in (torch.float32, torch.float64):
             return super().forward(x)  # type: ignore[misc]
         return super().forward(x.float()).to(x.dtype)  # type: ignore[misc]
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from landscape.functional import FunctionalNet, Params
+from landscape.functional import FunctionalNet, Params, loss_precision
 
 __all__ = ["PackedNet", "channels_last_images", "member_losses", "pack_inputs"]
 
@@ -44,8 +44,8 @@ def _linear(self: nn.Linear, x: Tensor) -> Tensor:
     w = self.weight  # (K, out, in)
     K, n_out, n_in = w.shape
     h = torch.einsum("nki,koi->nko", x.reshape(x.shape[0], K, n_in), w)
-    if self.bias is not None:
-        h = h + self.bias
+    if self.bias is not None:  # in h's dtype, as nn.Linear under autocast (a float32 bias
+        h = h + self.bias.to(h.dtype)  # would promote a bf16 activation to float32)
     return h.reshape(x.shape[0], K * n_out)
 
 
@@ -82,8 +82,10 @@ def pack_inputs(x: Tensor) -> Tensor:
 
 
 def member_losses(logits: Tensor, y: Tensor) -> Tensor:
-    """Each member's mean cross-entropy (in float32): logits (N, K, classes), y (K, N) -> (K,)."""
-    return F.cross_entropy(logits.float().permute(0, 2, 1), y.T, reduction="none").mean(0)
+    """Each member's mean cross-entropy (in float32, or float64 for float64 logits):
+    logits (N, K, classes), y (K, N) -> (K,)."""
+    losses = F.cross_entropy(loss_precision(logits).permute(0, 2, 1), y.T, reduction="none")
+    return losses.mean(0)
 
 
 class PackedNet:

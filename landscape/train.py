@@ -33,7 +33,7 @@ from torch.utils._pytree import tree_flatten
 from landscape.augment import augment_batch
 from landscape.cudagraph import CudaGraphed
 from landscape.data import Dataset, member_view, subset_size
-from landscape.functional import FunctionalNet, Params, Stack, init_stack
+from landscape.functional import FunctionalNet, Params, Stack, init_stack, loss_precision
 from landscape.models import build_model, model_forward_flops, native_norm
 from landscape.optim import MemberHypers, apply_update, base_lr, init_state, lr_factor
 from landscape.pack import PackData, TrainedPack, pack_key
@@ -97,7 +97,7 @@ def _member_train_loss(net: FunctionalNet) -> Callable[..., tuple[Tensor, tuple[
         logits = net.logits(
             params, buffers, x, train=True
         )  # (B, C); BN running stats update in place
-        value = F.cross_entropy(logits.float(), y)
+        value = F.cross_entropy(loss_precision(logits), y)
         return value, (value.detach(), (logits.argmax(-1) == y).float().mean())
 
     return loss
@@ -354,11 +354,12 @@ def evaluate(
     With ``idx`` (K, N), x is a shared set (M, ...) and member k's examples are x[idx[k]],
     gathered one chunk at a time (never K copies of a training set at once)."""
     K, N = y.shape
-    total_loss = torch.zeros(K, device=y.device)
-    total_correct = torch.zeros(K, device=y.device)
+    dtype = loss_precision(next(iter(stack.params.values()))).dtype  # float32 or float64
+    total_loss = torch.zeros(K, device=y.device, dtype=dtype)
+    total_correct = torch.zeros(K, device=y.device, dtype=dtype)
 
     def member(params: Params, buffers: Params, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
-        logits = net.logits(params, buffers, xb).float()
+        logits = loss_precision(net.logits(params, buffers, xb))
         return F.cross_entropy(logits, yb, reduction="sum"), (logits.argmax(-1) == yb).float().sum()
 
     batched = vmap(member)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from landscape.functional import FunctionalNet, Params
+from landscape.functional import FunctionalNet, Params, loss_precision
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -55,7 +55,7 @@ class BatchStatNet:
     def _hook(self, name: str):
         def record(module: nn.Module, args: tuple[Tensor, ...]) -> None:
             if self._sink is not None:
-                x = args[0].float()  # (B, C) or (B, C, *spatial)
+                x = loss_precision(args[0])  # (B, C) or (B, C, *spatial)
                 dims = [0, *range(2, x.dim())]
                 self._sink[name] = (x.mean(dims), x.var(dims, correction=1))
 

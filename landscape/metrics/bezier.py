@@ -31,7 +31,7 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from landscape.cudagraph import CudaGraphed
-from landscape.functional import FunctionalNet, Params, Stack
+from landscape.functional import FunctionalNet, Params, Stack, loss_precision
 from landscape.metrics.batchnorm import batch_stat_net
 from landscape.metrics.surfaces import evaluate_combinations, stack_basis
 from landscape.optim import MemberHypers, apply_update, init_state
@@ -76,8 +76,8 @@ def _curve_loss(net: FunctionalNet, weight_decay: float) -> Callable[..., tuple[
         c: Params, a: Params, b: Params, buffers: Params, x: Tensor, y: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor]:
         params = {n: (1 - t) ** 2 * a[n] + 2 * t * (1 - t) * c[n] + t**2 * b[n] for n in c}
-        ce = F.cross_entropy(stat_net.logits(params, buffers, x).float(), y)
-        l2 = sum(p.float().square().sum() for p in params.values())
+        ce = F.cross_entropy(loss_precision(stat_net.logits(params, buffers, x)), y)
+        l2 = sum(loss_precision(p).square().sum() for p in params.values())
         return ce + 0.5 * weight_decay * l2, ce
 
     return loss

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from landscape.functional import FunctionalNet, Params, Stack
+from landscape.functional import FunctionalNet, Params, Stack, loss_precision
 
 REPRESENTATIONS = ("logits", "softmax", "features")
 
@@ -182,13 +182,13 @@ def representations(
     for start in range(0, x.shape[0], batch_size):
         xb = x[start : start + batch_size]
         if "logits" in out or "softmax" in out:
-            logits = net.logits(params, buffers, xb).float()
+            logits = loss_precision(net.logits(params, buffers, xb))
             if "logits" in out:
                 out["logits"].append(logits)
             if "softmax" in out:
                 out["softmax"].append(logits.softmax(-1))
         if "features" in out:
-            out["features"].append(net.features(params, buffers, xb).float().flatten(1))
+            out["features"].append(loss_precision(net.features(params, buffers, xb)).flatten(1))
     return {k: torch.cat(v) for k, v in out.items()}
 
 

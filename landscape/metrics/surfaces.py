@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import vmap
 
-from landscape.functional import FunctionalNet, Params, Stack
+from landscape.functional import FunctionalNet, Params, Stack, loss_precision
 from landscape.metrics.batchnorm import recompute_bn_stats
 
 ONE_DIM_MODES = ("zero", "weights")
@@ -46,10 +46,11 @@ def _point_metrics(net, basis_p, basis_b, coeffs, x, y, bn_x, batch_size):
     buffers = _combine(basis_b, coeffs)
     if bn_x is not None:
         buffers = recompute_bn_stats(net, params, buffers, bn_x)
-    loss = x.new_zeros((), dtype=torch.float32)
-    correct = x.new_zeros((), dtype=torch.float32)
+    dtype = loss_precision(next(iter(params.values()))).dtype  # float32, or float64 models
+    loss = x.new_zeros((), dtype=dtype)
+    correct = x.new_zeros((), dtype=dtype)
     for start in range(0, y.shape[0], batch_size):
-        logits = net.logits(params, buffers, x[start : start + batch_size]).float()
+        logits = loss_precision(net.logits(params, buffers, x[start : start + batch_size]))
         yb = y[start : start + batch_size]
         loss = loss + F.cross_entropy(logits, yb, reduction="sum")
         correct = correct + (logits.argmax(-1) == yb).float().sum()

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -8,6 +9,13 @@ from landscape.measure import MetricsSpec
 from landscape.metrics.local import HessianTraceSpec
 from landscape.run import run_pack
 from landscape.train import train_pack
+from tests.landscape.step_modes import (
+    RESNET,
+    max_diff,
+    relative_diff,
+    stacks_by_mode,
+    step_gradients,
+)
 
 FAST = MetricsSpec(hessian_trace=HessianTraceSpec(n_probes=10, n_samples=32))
 
@@ -148,69 +156,69 @@ def test_subset_and_label_noise_per_member(tiny_variant):
     assert int((clean != data.y_train[1]).sum()) == 24  # exactly half the labels changed
 
 
-RESNET = (ModelSpec("resnet18", width=2, batch_norm=True), (3, 32, 32))
+MODELS = [
+    (ModelSpec("mlp", width=8, depth=2, batch_norm=True), (6,)),
+    (ModelSpec("mlp", width=8, depth=2), (1, 4, 4)),  # images flattened per member
+    (ModelSpec("cnn", width=4, batch_norm=True), (1, 8, 8)),
+    RESNET,
+    (ModelSpec("resnet18", width=2, batch_norm=True, skip=False), (3, 16, 16)),
+    (ModelSpec("vgg9", width=2, batch_norm=True), (3, 16, 16)),
+]
+MODEL_IDS = ["mlp-bn", "mlp-images", "cnn-bn", "resnet18", "resnet18-noskip", "vgg9-bn"]
 
 
-def stacks_by_mode(
-    device: str,
-    modes=("vmap", "loop"),
-    model=RESNET,
-    steps: int = 3,
-    channels_last: bool = False,
-    precision: str = "fp32",
-    streams: int = 1,
-):
-    """A pack of 3 trained ``steps`` steps on the same batches with each StepFn mode; and a
-    function that builds the same pack fresh (its initialisation)."""
-    from landscape.functional import init_stack
-    from landscape.models import build_model
-    from landscape.train import StepFn, new_optim_state, train_step
+@pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
+def test_step_modes_train_the_same_pack_in_float64(model):
+    """The ways of running a pack's members (vmap, loop, packed) compute the same training
+    step: five SGD steps (momentum, weight decay, BatchNorm statistics) of a float64 pack.
 
-    spec, shape = model
-    K, B = 3, 8
-    stacks = {}
-    for mode in modes:
-        net, stack = init_stack(lambda: build_model(spec, shape, 10), range(K), device)
-        optim = OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=B)
-        opt = new_optim_state([optim] * K, stack)
-        step_fn = StepFn(net, mode=mode, channels_last=channels_last, streams=streams)
-        g = torch.Generator().manual_seed(0)
-        for _ in range(steps):
-            x = torch.randn(K, B, *shape, generator=g).to(device)
-            y = torch.randint(10, (K, B), generator=g).to(device)
-            lr = torch.full((K,), 0.05, device=device)
-            train_step(step_fn, stack, opt, x, y, lr, precision)
-        stacks[mode] = stack
-    return stacks, lambda: init_stack(lambda: build_model(spec, shape, 10), range(K), device)
+    float64, not float32: in float32 these tiny ReLU nets amplify the modes' different
+    summation orders (ResNet18: 1e-7 after one step, 3e-2 after three on an Intel Xeon), so
+    a multi-step float32 comparison tests the CPU's kernels. In float64 the modes differ by
+    at most 1.5e-14 after five steps (measured with 1 and 2 threads and with
+    ATEN_CPU_CAPABILITY=default/avx2/avx512 on an AMD EPYC); 1e-10 leaves four orders of
+    magnitude, while a wrong step moves parameters by ~1e-2."""
+    stacks, fresh = stacks_by_mode("cpu", ("vmap", "loop", "packed"), model, steps=5)
+    for mode in ("loop", "packed"):
+        assert max_diff(stacks["vmap"].params, stacks[mode].params) < 1e-10, mode
+        assert max_diff(stacks["vmap"].buffers, stacks[mode].buffers) < 1e-10, mode
+    # the steps moved the parameters (the comparison is not between two initialisations)
+    assert max_diff(stacks["vmap"].params, fresh()[1].params) > 1e-2
 
 
-def test_loop_step_equals_vmap_step():
-    """The ways of running a pack's members compute the same training step."""
-    stacks, fresh = stacks_by_mode("cpu")
-    assert _max_diff(stacks["vmap"].params, stacks["loop"].params) < 1e-5
-    assert _max_diff(stacks["vmap"].buffers, stacks["loop"].buffers) < 1e-5
-    # the step moved the parameters (the comparison is not between two initialisations)
-    assert _max_diff(stacks["loop"].params, fresh()[1].params) > 1e-3
+@pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
+def test_step_modes_give_the_same_float32_gradients(model):
+    """The float32 path the sweeps run: one step's gradients of every mode against vmap's,
+    from the same initialisation and batch (nothing compounds), and the BatchNorm statistics
+    that step updated. Measured: at most 2.3e-6 relative (||g - g_vmap|| / ||g_vmap|| over
+    all parameters; 1-2 threads, ATEN_CPU_CAPABILITY=default/avx2/avx512), so 1e-4 is a
+    margin of 40 for other CPUs' summation orders; a wrong gradient is off by O(1)."""
+    got = step_gradients("cpu", ("vmap", "loop", "packed"), model)
+    grads, buffers, loss = got["vmap"]
+    for mode in ("loop", "packed"):
+        assert relative_diff(got[mode][0], grads) < 1e-4, mode
+        assert max_diff(got[mode][1], buffers) < 1e-5, mode
+        torch.testing.assert_close(got[mode][2], loss, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize(
-    "model,steps",
-    [
-        ((ModelSpec("mlp", width=8, depth=2, batch_norm=True), (6,)), 3),
-        ((ModelSpec("mlp", width=8, depth=2), (1, 4, 4)), 3),  # images flattened per member
-        ((ModelSpec("cnn", width=4, batch_norm=True), (1, 8, 8)), 3),
-        ((ModelSpec("resnet18", width=2, batch_norm=True), (3, 16, 16)), 3),
-        # without skips a few units sit at ReLU's kink: rounding flips them after 2 steps
-        ((ModelSpec("resnet18", width=2, batch_norm=True, skip=False), (3, 16, 16)), 2),
-        ((ModelSpec("vgg9", width=2, batch_norm=True), (3, 16, 16)), 3),
-    ],
-    ids=["mlp-bn", "mlp-images", "cnn-bn", "resnet18", "resnet18-noskip", "vgg9-bn"],
-)
-def test_packed_layout_step_equals_vmap_step(model, steps):
-    stacks, fresh = stacks_by_mode("cpu", ("vmap", "packed"), model, steps)
-    assert _max_diff(stacks["vmap"].params, stacks["packed"].params) < 1e-5
-    assert _max_diff(stacks["vmap"].buffers, stacks["packed"].buffers) < 1e-5
-    assert _max_diff(stacks["packed"].params, fresh()[1].params) > 1e-3
+def test_packed_bf16_batchnorm_step_agrees_with_vmap_on_cpu():
+    """CPU twin of the GPU test of bf16 BatchNorm in the packed layout (bf16 autocast runs
+    on a CPU too): one step's bf16 gradients of the packed layout (BatchNorm on bf16
+    activations) and vmap (BatchNorm cast to float32 and back) against the float32
+    gradients. bf16 rounding moves this tiny net's gradients a lot (~70% relative, through
+    BatchNorm's cancellations at batch 8), so the two bf16 layouts are compared on a scale
+    that rounding sets: they must agree with each other far better than either agrees with
+    float32. Measured: 0.03 of that distance (AMD EPYC); the limit is 0.25. A cast in the
+    wrong place shows at the scale of the distance itself (the packed linear layer once added
+    a float32 bias to a bf16 activation, promoting it: MLP gradients then differed by 100%)."""
+    for model in (RESNET, MODELS[0]):
+        bf16 = step_gradients("cpu", ("vmap", "packed"), model, precision="bf16")
+        fp32 = step_gradients("cpu", ("vmap",), model)["vmap"][0]
+        vmap, packed = bf16["vmap"][0], bf16["packed"][0]
+        assert all(torch.isfinite(g).all() for g in packed.values())
+        rounding = relative_diff(vmap, fp32)
+        assert relative_diff(packed, vmap) < 0.25 * rounding, model[0].name
+        assert relative_diff(bf16["packed"][1], bf16["vmap"][1]) < 1e-2  # BatchNorm statistics
 
 
 def test_packed_layout_refuses_a_layer_it_cannot_pack():
@@ -244,3 +252,40 @@ def test_device_step_count_follows_the_host_count_and_dates_divergence():
         assert opt.step == n and int(opt.step_t) == n
     assert opt.diverged_step.tolist() == [-1, 3]
     assert opt.alive.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("pack_step", ["vmap", "loop", "packed"])
+def test_a_diverging_member_is_quarantined_in_bf16(tiny_variant, pack_step):
+    """CPU twin of test_cuda.py's divergence checks (bf16 autocast, a BatchNorm ResNet):
+    a member with lr = 1e30 (finite, as OptimSpec requires) is dated at step 2, when the
+    first update's 1e30 x gradient overflows its activations; from then on it is zero, and
+    the live members are as in the same pack whose member 1 trains calmly. Same pack shape,
+    so the same kernels on the live members' numbers: equal to 1e-6 (measured: exactly
+    equal), where a NaN reaching a neighbour would show as NaN."""
+    model = ModelSpec("resnet18", width=2, batch_norm=True)
+    train = TrainSpec(epochs=1, precision="bf16", pack_step=pack_step)
+    data = DataSpec("digits", subset=128, label_noise=0.1)
+    knobs = [(0, 0.05, 0.0), (1, 1e30, 5e-4), (2, 0.1, 1e-3)]
+    variants = [
+        tiny_variant(
+            model=model,
+            data=data,
+            optim=OptimSpec(lr=lr, weight_decay=wd, batch_size=32, momentum=0.9),
+            train=train,
+            seed=seed,
+        )
+        for seed, lr, wd in knobs
+    ]
+    calm = [variants[0], dataclasses.replace(variants[1], optim=variants[0].optim), variants[2]]
+    dataset = load_dataset(data)
+    with_bad, without = train_pack(variants, dataset), train_pack(calm, dataset)
+    assert with_bad.diverged_step == [None, 2, None] and without.diverged_step == [None] * 3
+    assert with_bad.pack.alive.tolist() == [True, False, True]
+    assert all(p[1].eq(0).all() for p in with_bad.pack.final.params.values())
+    assert math.isnan(with_bad.final_metrics["train_loss"][1])
+    for k in (0, 2):
+        a, b = with_bad.pack.final.member(k), without.pack.final.member(k)
+        assert max_diff(a.params, b.params) < 1e-6, k
+        assert max_diff(a.buffers, b.buffers) < 1e-6, k
+        assert with_bad.final_metrics["train_loss"][k] == without.final_metrics["train_loss"][k]
+    assert max_diff(with_bad.pack.final.params, with_bad.pack.init.params) > 1e-2
