@@ -206,6 +206,7 @@ def measure_cell(args, sweep: dict, metrics: dict, width: int, batch: int) -> di
         pairs_s=round(pairs.seconds, 2),
         pairs_peak_gb=round(pairs.peak_gb, 2),
         pairs=len(out.tables.get("pairs", [])),
+        pairs_errors=next((e for e in out.columns.get("metric_errors", []) if e), None),
     )
 
     # Bezier: one curve (bezier.max_pairs) per cell, its step timed after the graph is recorded

@@ -5,7 +5,8 @@
 # All steps take up to 24 minutes on an H100 (each step's time limit), more than one device call
 # may run: name steps to split them over calls (in priority order):
 #
-#     bash benchmarks/run_gpu.sh OUT_DIR tests layouts hessian   # at most 9.7 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR tests taxonomy          # at most 9.2 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR layouts hessian         # at most 7.2 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR streams surfaces        # at most 5 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR profile                 # at most 4 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR packing                 # at most 5.5 minutes
@@ -14,7 +15,7 @@
 # Needs torch with CUDA, torchvision, numpy and scikit-learn (no Ray, no Hydra): landscape/ is
 # imported from this checkout. Each step has a time limit, so one slow step cannot eat the rest.
 set -u
-all="tests layouts hessian streams packing surfaces profile"
+all="tests taxonomy layouts hessian streams packing surfaces profile"
 out=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR [STEP ...] (steps: $all)}
 shift
 steps=${*:-$all}
@@ -28,8 +29,11 @@ for step in $steps; do
     echo "== $step"
     case $step in
     tests)
-        timeout 150 "$py" -m pytest -q -m gpu tests/landscape/test_cuda.py 2>&1 | tail -15 |
+        timeout 150 "$py" -m pytest -q -m gpu tests/landscape 2>&1 | tail -15 |
             tee "$out/gpu_tests.txt" ;;
+    taxonomy)  # the flagship preset's cells end to end, its projection and the concurrency test
+        timeout 400 "$py" benchmarks/bench_taxonomy.py --budget-s 280 --concurrency \
+            --out "$out/bench_taxonomy.json" 2>&1 | tee "$out/bench_taxonomy.log" | tail -4 ;;
     layouts)
         timeout 150 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
             --widths 4 8 16 --pack-sizes 32 64 --step-modes vmap packed --modes graph \

@@ -152,25 +152,26 @@ LOOP_FLOPS = 7e10
 def step_mode(
     variant: Variant, input_shape: tuple[int, ...], num_classes: int, device: torch.device
 ) -> str:
-    """``train.pack_step`` resolved. ``auto`` picks what ``bench_packing.py`` measured fastest:
+    """``train.pack_step`` resolved. ``auto`` picks what ``bench_packing.py`` measured fastest
+    among the modes that keep a diverging member to itself:
 
     - on a CPU, ``packed`` (1.3-1.6x vmap's speed on this project's CPU) when the model's
       layers allow it, else ``vmap``;
     - on a CUDA device, ``loop`` when one member's batch is at least :data:`LOOP_FLOPS`
-      forward FLOPs (its kernels fill the GPU alone), else ``packed`` where the layers allow
-      it, else ``vmap``. Measured on an H200 (CIFAR ResNet18, batch 128, bf16, CUDA graphs,
-      model-steps/s, vmap / packed / loop): width 4 2,000 / 3,400 / -; width 16 583 / 1,308 /
-      -; width 32 - / 718 / 394; width 64 - / 237 / 277.
+      forward FLOPs (its kernels fill the GPU alone), else ``vmap``. Measured on an H200
+      (CIFAR ResNet18, batch 128, bf16, CUDA graphs, model-steps/s, vmap / packed / loop):
+      width 4 2,000 / 3,400 / -; width 16 583 / 1,308 / -; width 32 - / 718 / 394; width 64
+      - / 237 / 277. ``packed`` is faster below the threshold but is not picked: on the same
+      H200 a member diverging in a bf16 packed (NHWC) pack made its healthy pack-mates
+      non-finite in the same step (``tests/landscape/test_cuda.py``), so their rows would
+      read ``diverged``; ask for it with ``train.pack_step=packed`` (``benchmarks/NOTES.md``).
     """
     if variant.train.pack_step != "auto":
         return variant.train.pack_step
-    packable = _packable(variant.model, tuple(input_shape), num_classes)
     if device.type != "cuda":
-        return "packed" if packable else "vmap"
+        return "packed" if _packable(variant.model, tuple(input_shape), num_classes) else "vmap"
     flops = model_forward_flops(variant.model, tuple(input_shape), num_classes)
-    if flops * variant.optim.batch_size >= LOOP_FLOPS:
-        return "loop"
-    return "packed" if packable else "vmap"
+    return "loop" if flops * variant.optim.batch_size >= LOOP_FLOPS else "vmap"
 
 
 @functools.lru_cache(maxsize=256)

@@ -42,6 +42,14 @@ _max_diff = max_diff
 # CPU twin, test_train.py::test_a_diverging_member_is_quarantined_in_bf16, checks this).
 DIVERGING_LR = 1e30
 
+# Seen on an H200 (torch 2.11, 2026-12-04): in a bf16 pack in the packed layout (NHWC grouped
+# convolutions), member 1's overflow made member 0 non-finite in the same step, so both were
+# dated diverged at step 2. ``auto`` does not pick ``packed`` on a GPU until this passes.
+PACKED_LEAK = pytest.mark.xfail(
+    reason="packed bf16 layout on CUDA: a diverging member's inf reached a pack-mate (H200)",
+    strict=False,
+)
+
 
 def _variants(
     tiny_variant, optim: str, precision: str, model: ModelSpec, pack_step="auto", streams=1
@@ -73,7 +81,14 @@ def _variants(
         ("adam", "fp32", ModelSpec("mlp", width=16, depth=2, batch_norm=True), "auto", 1),
         ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "loop", 1),
         ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "loop", 2),
-        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "packed", 1),
+        pytest.param(
+            "sgd",
+            "bf16",
+            ModelSpec("resnet18", width=2, batch_norm=True),
+            "packed",
+            1,
+            marks=PACKED_LEAK,
+        ),
     ],
     ids=[
         "sgd-cnn-fp32",
@@ -218,14 +233,15 @@ def test_packed_step_runs_bf16_batchnorm():
         assert relative_diff(bf16["packed"][1], bf16["vmap"][1]) < 1e-2
 
 
-def test_diverging_member_leaves_the_others_as_in_a_pack_without_it(tiny_variant):
+@pytest.mark.parametrize("pack_step", ["auto", pytest.param("packed", marks=PACKED_LEAK)])
+def test_diverging_member_leaves_the_others_as_in_a_pack_without_it(tiny_variant, pack_step):
     """bf16 grouped convolutions on a GPU: a member whose parameters blow up is zeroed the
     same step, so its NaNs never meet the others in a kernel. Compared with the same pack
     (same shapes, so the same kernels) whose member 1 trains calmly: the live members'
     arithmetic is the same, so they agree to rounding (deterministic cuDNN algorithms), not
     to rounding compounded over two bf16 epochs as a pack of another size would."""
     model = ModelSpec("resnet18", width=2, batch_norm=True)
-    variants = _variants(tiny_variant, "sgd", "bf16", model)
+    variants = _variants(tiny_variant, "sgd", "bf16", model, pack_step)
     calm = [variants[0], dataclasses.replace(variants[1], optim=variants[0].optim), variants[2]]
     dataset = load_dataset(variants[0].data)
     deterministic = torch.backends.cudnn.deterministic

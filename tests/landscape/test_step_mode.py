@@ -24,9 +24,11 @@ def _resnet(width: int, batch: int = 128, pack_step: str = "auto") -> Variant:
 @pytest.mark.parametrize(
     ("width", "device", "expected"),
     [
-        (4, CUDA, "packed"),  # H200: packed 3,400 model-steps/s, vmap 2,000
-        (16, CUDA, "packed"),  # packed 1,308, vmap 583
-        (32, CUDA, "packed"),  # packed 718, loop 394
+        # H200: packed 3,400 model-steps/s, vmap 2,000; packed is not picked on a GPU (a
+        # diverging member reached its pack-mates there, see landscape.train.step_mode)
+        (4, CUDA, "vmap"),
+        (16, CUDA, "vmap"),
+        (32, CUDA, "vmap"),  # vmap below the threshold; loop 394 against packed 718
         (64, CUDA, "loop"),  # loop 277, packed 237
         (128, CUDA, "loop"),
         (4, CPU, "packed"),
@@ -38,11 +40,11 @@ def test_auto_follows_the_measured_table(width, device, expected):
 
 
 def test_the_gpu_threshold_is_one_members_forward_flops_per_batch():
-    """Just under LOOP_FLOPS forward FLOPs per member batch is packed, at it loop: the batch
+    """Just under LOOP_FLOPS forward FLOPs per member batch is vmap, at it loop: the batch
     size that crosses it for a width-32 ResNet18 decides, not the width alone."""
     per_example = model_forward_flops(ModelSpec("resnet18", width=32, batch_norm=True), *CIFAR)
     at = int(-(-LOOP_FLOPS // per_example))  # the smallest batch at or past the threshold
-    assert step_mode(_resnet(32, batch=at - 1), *CIFAR, CUDA) == "packed"
+    assert step_mode(_resnet(32, batch=at - 1), *CIFAR, CUDA) == "vmap"
     assert step_mode(_resnet(32, batch=at), *CIFAR, CUDA) == "loop"
 
 
@@ -55,6 +57,4 @@ def test_a_model_the_packed_layout_cannot_hold_falls_back_to_vmap(monkeypatch):
     import landscape.train as train
 
     monkeypatch.setattr(train, "_packable", lambda *a: False)
-    v = _resnet(8)
-    assert step_mode(v, *CIFAR, CUDA) == "vmap"
-    assert step_mode(v, *CIFAR, CPU) == "vmap"
+    assert step_mode(_resnet(8), *CIFAR, CPU) == "vmap"
