@@ -31,7 +31,15 @@ from landscape.data import check_files, subset_size
 from landscape.measure import MetricsSpec
 from landscape.variant import ConfigError, DataSpec, Variant, build_spec, canonical_json
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+def _conf_dir() -> Path:
+    """The config tree: ``conf/`` at the top of a checkout (and of an editable install), else
+    the copy a built wheel carries inside the package (``sweeps/conf``)."""
+    checkout = Path(__file__).resolve().parents[1] / "conf"
+    return checkout if checkout.is_dir() else Path(__file__).resolve().parent / "conf"
+
+
+CONF_DIR = _conf_dir()
 VARIANT_SECTIONS = ("model", "data", "optim", "train")
 
 # Training-set sizes of the torchvision data sets (used to validate batch sizes before anything runs).

@@ -49,6 +49,7 @@ STRING_COLUMNS = {
     "status",
     "kind",
 }
+DISTRIBUTION = "landscape-sweeps"  # the name pip knows this project by
 ID_COLUMNS = ("variant_id", "variant_a", "variant_b")  # a row belongs to every variant it names
 FINISHED = ("ok", "diverged")
 PACKAGES = (
@@ -520,4 +521,4 @@ def code_version() -> str:
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return metadata.version("landscape")
+        return metadata.version(DISTRIBUTION)
