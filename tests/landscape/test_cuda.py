@@ -22,6 +22,7 @@ from landscape.metrics.hessian import batched_hvp, hessian_trace, member_shapes,
 from landscape.models import build_model
 from landscape.train import train_pack
 from tests.landscape.step_modes import (
+    RESNET,
     max_diff,
     relative_diff,
     stacks_by_mode,
@@ -273,3 +274,36 @@ def test_diverging_member_leaves_the_others_as_in_a_pack_without_it(tiny_variant
         assert _max_diff(a.buffers, b.buffers) < 1e-6
     assert math.isnan(with_bad.final_metrics["train_loss"][1])
     assert all(p[1].eq(0).all() for p in with_bad.pack.final.params.values())
+
+
+@pytest.mark.parametrize("mode", ["vmap", "packed"])
+def test_a_graph_replayed_bf16_step_differs_from_eager_by_rounding_only(mode):
+    """One replayed step against one eager step from the same state: three eager steps on
+    two copies of a pack (identical), then the fourth eagerly on one and replayed from a
+    CUDA graph on the other. bf16 rounding moves this tiny BatchNorm net a lot (its bf16
+    and fp32 gradients differ by tens of percent), so a kernel that cuDNN picks differently
+    while capturing can move the replayed step visibly; what it may not do is compute
+    another step. The replayed-vs-eager difference must stay well inside the distance
+    between the same four steps in bf16 and in fp32 (the scale bf16 rounding sets)."""
+    from landscape.train import GraphedTrainStep, StepFn, new_optim_state, train_step
+    from tests.landscape.step_modes import K, batches, fresh_stack
+
+    def run(precision: str, graphed: bool):
+        net, stack = fresh_stack("cuda", dtype=torch.float32)
+        opt = new_optim_state([OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4)] * K, stack)
+        step_fn = StepFn(net, mode=mode, channels_last=True)
+        lr = torch.full((K,), 0.05, device="cuda")
+        replay = GraphedTrainStep(step_fn, stack, opt, precision, warmup=3) if graphed else None
+        for x, y in batches("cuda", RESNET, 4, torch.float32):
+            if replay is not None:
+                replay(x, y, lr)
+            else:
+                train_step(step_fn, stack, opt, x, y, lr, precision)
+        if replay is not None:
+            assert replay.graphed.graphs and not replay.graphed.failed  # step 4 was replayed
+        return stack.params
+
+    eager, replayed, fp32 = run("bf16", False), run("bf16", True), run("fp32", False)
+    ratio = relative_diff(replayed, eager) / relative_diff(eager, fp32)
+    print(f"{mode}: replayed vs eager bf16 step = {ratio:.3g} of the bf16-fp32 distance")
+    assert ratio < 0.5
