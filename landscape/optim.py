@@ -34,6 +34,15 @@ from torch import Tensor
 from landscape.functional import Params
 from landscape.variant import ConfigError, OptimSpec
 
+# A member with a parameter this large (in magnitude) after an update has diverged, like one
+# with a non-finite parameter. Trained weights stay within O(100); far beyond, the next step
+# overflows float32/bf16 activations (BatchNorm's squared deviations pass 3.4e38 from ~1e19)
+# inside kernels shared with the other members, and on a GPU a grouped convolution carries the
+# resulting NaN into their gradients: on an H200, a bf16 ResNet18 member with lr = 1e30
+# (finite parameters of ~1e28 after one step) killed all three members of its pack at step 2.
+# Caught here, the member is zeroed before its parameters reach a kernel.
+DIVERGED_ABOVE = 1e8
+
 
 @dataclass
 class MemberHypers:
@@ -243,7 +252,8 @@ def apply_update(
     """One in-place update of every member; returns the (K,) bool of members still alive.
 
     ``lr`` is the (K,) learning rate for this step (schedule applied). A member whose
-    (K,) ``alive`` entry is False, or whose updated parameters are not all finite, is dead:
+    (K,) ``alive`` entry is False, or whose updated parameters are not all finite and below
+    :data:`DIVERGED_ABOVE` in magnitude, is dead:
     its parameters and optimiser state are set to zero and stay there. Zero, not the last
     values: batched kernels (a grouped convolution on a GPU may compute several members in
     one tile) can carry a member's NaN or inf into its neighbours, and zeros carry nothing.
@@ -260,7 +270,7 @@ def apply_update(
         lr_p = lr_p * state.lr_row
     h = _Local(lr_p, hypers.momentum.to(dtype)[:, None], hypers.weight_decay.to(dtype)[:, None])
     new_p, new = rule(spec, p, state.flatten(grads).to(dtype), state.flat, h, step)
-    finite = alive.bool() & new_p.isfinite().all(1)
+    finite = alive.bool() & (new_p.abs().amax(1) < DIVERGED_ABOVE)  # False for NaN and inf too
     keep = finite[:, None]
     for slot in slots:
         state.flat[slot].copy_(torch.where(keep, new[slot], 0))

@@ -7,9 +7,9 @@ per-member hyperparameters; on a GPU the step is replayed from a CUDA graph. Eac
 its own seed (initialisation and data order), learning rate, momentum, weight decay and
 label noise, so a pack of K ends where K solo runs would (tests check this).
 
-A member whose loss turns NaN or inf, or whose update makes a parameter non-finite, is
-marked diverged at that step; from then on its parameters, optimiser state and BatchNorm
-statistics are zero (so no NaN of it can reach the others through a batched kernel) and its
+A member whose loss turns NaN or inf, or whose update makes a parameter non-finite (or
+larger than :data:`landscape.optim.DIVERGED_ABOVE`), is marked diverged at that step; from
+then on its parameters, optimiser state and BatchNorm statistics are zero (so no NaN of it can reach the others through a batched kernel) and its
 losses and accuracies read NaN. The others go on unchanged. No host sync in the hot loop:
 divergence is tracked with tensor ops and read once per epoch.
 """
@@ -301,7 +301,7 @@ def _device_step(
     with autocast(x.device, precision):
         grads, loss, acc = step_fn(stack.params, stack.buffers, x, y)
     step.add_(1)
-    # dead from this step on: a non-finite loss, or parameters the update made non-finite
+    # dead from this step on: a non-finite loss, or parameters the update made non-finite/huge
     alive = apply_update(
         opt.spec, stack.params, grads, opt.state, opt.hypers, lr, step,
         opt.alive & torch.isfinite(loss),

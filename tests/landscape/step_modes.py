@@ -43,7 +43,7 @@ def fresh_stack(device, model=RESNET, dtype=torch.float64):
     return net, stack.to(device, dtype)
 
 
-def _batches(device, model, steps, dtype):
+def batches(device, model, steps, dtype):
     shape = model[1]
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -68,7 +68,7 @@ def stacks_by_mode(
         opt = new_optim_state([OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4)] * K, stack)
         step_fn = StepFn(net, mode=mode, channels_last=channels_last, streams=streams)
         lr = torch.full((K,), 0.05, device=device)
-        for x, y in _batches(device, model, steps, dtype):
+        for x, y in batches(device, model, steps, dtype):
             train_step(step_fn, stack, opt, x, y, lr, "fp32")
         stacks[mode] = stack
     return stacks, lambda: fresh_stack(device, model, dtype)
@@ -84,7 +84,7 @@ def step_gradients(
     """One training step's gradients {mode: grads} of the fresh float32 pack on one batch,
     under ``precision`` (bf16: autocast), and the BatchNorm statistics that step left."""
     out = {}
-    x, y = next(_batches(device, model, 1, torch.float32))
+    x, y = next(batches(device, model, 1, torch.float32))
     for mode in modes:
         net, stack = fresh_stack(device, model, torch.float32)
         step_fn = StepFn(net, mode=mode, channels_last=channels_last)

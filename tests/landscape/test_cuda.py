@@ -22,6 +22,7 @@ from landscape.metrics.hessian import batched_hvp, hessian_trace, member_shapes,
 from landscape.models import build_model
 from landscape.train import train_pack
 from tests.landscape.step_modes import (
+    RESNET,
     max_diff,
     relative_diff,
     stacks_by_mode,
@@ -37,18 +38,10 @@ pytestmark = [
 _max_diff = max_diff
 
 # A finite learning rate (OptimSpec refuses inf) that makes member 1 diverge at once: the
-# first update scales its gradient by 1e30, so at the second step its activations (and
-# BatchNorm's squared deviations) overflow float32 and bf16, and it is dated at step 2 (the
-# CPU twin, test_train.py::test_a_diverging_member_is_quarantined_in_bf16, checks this).
+# first update scales its gradient by 1e30, past landscape.optim.DIVERGED_ABOVE, so it is
+# zeroed at step 1 before its parameters reach a kernel (the CPU twin,
+# test_train.py::test_a_diverging_member_is_quarantined_in_bf16, checks this).
 DIVERGING_LR = 1e30
-
-# Seen on an H200 (torch 2.11, 2026-12-04): in a bf16 pack in the packed layout (NHWC grouped
-# convolutions), member 1's overflow made member 0 non-finite in the same step, so both were
-# dated diverged at step 2. ``auto`` does not pick ``packed`` on a GPU until this passes.
-PACKED_LEAK = pytest.mark.xfail(
-    reason="packed bf16 layout on CUDA: a diverging member's inf reached a pack-mate (H200)",
-    strict=False,
-)
 
 
 def _variants(
@@ -73,21 +66,30 @@ def _variants(
     ]
 
 
+RESNET18 = ModelSpec("resnet18", width=2, batch_norm=True)
+PACKED_BF16_REPLAY = (
+    "open (issue 15): on an H200 a graph-replayed packed bf16 step differs from the eager one "
+    "(cuDNN deterministic, 0.14 in the parameters after the first replayed step), while "
+    "vmap and loop in bf16 and packed in fp32 replay exactly; not yet explained"
+)
+
+
 @pytest.mark.parametrize(
     "optim,precision,model,pack_step,streams",
     [
-        ("sgd", "fp32", ModelSpec("cnn", width=4, batch_norm=True), "auto", 1),
-        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "auto", 1),
-        ("adam", "fp32", ModelSpec("mlp", width=16, depth=2, batch_norm=True), "auto", 1),
-        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "loop", 1),
-        ("sgd", "bf16", ModelSpec("resnet18", width=2, batch_norm=True), "loop", 2),
+        ("sgd", "fp32", ModelSpec("cnn", width=4, batch_norm=True), "vmap", 1),
+        ("sgd", "bf16", RESNET18, "vmap", 1),
+        ("adam", "fp32", ModelSpec("mlp", width=16, depth=2, batch_norm=True), "vmap", 1),
+        ("sgd", "bf16", RESNET18, "loop", 1),
+        ("sgd", "bf16", RESNET18, "loop", 2),
+        ("sgd", "fp32", RESNET18, "packed", 1),
         pytest.param(
             "sgd",
             "bf16",
-            ModelSpec("resnet18", width=2, batch_norm=True),
+            RESNET18,
             "packed",
             1,
-            marks=PACKED_LEAK,
+            marks=pytest.mark.xfail(reason=PACKED_BF16_REPLAY, strict=False),
         ),
     ],
     ids=[
@@ -96,21 +98,35 @@ def _variants(
         "adam-mlp-fp32",
         "loop-bf16",
         "loop-2-streams-bf16",
+        "packed-fp32",
         "packed-bf16",
     ],
 )
 def test_graph_replay_equals_eager_steps(tiny_variant, optim, precision, model, pack_step, streams):
+    """Two epochs (16 steps) of a pack with a diverging member, eager and replayed from a CUDA
+    graph. Not a comparison across kernels: the replay runs the recorded kernels on the same
+    numbers (cuDNN deterministic, so no atomics reorder a sum), so the two agree to rounding
+    (measured on an H200: exactly for the ResNet18 in vmap, loop and packed (fp32) layouts
+    and the MLP, 1.2e-7 for the fp32 CNN).
+    1e-5 only absorbs a library that picks another algorithm while capturing; that in bf16
+    compounds over the steps, so a failure here means the replay computes something else
+    (or, in bf16, that a kernel changed: check one replayed step)."""
     eager_variants = _variants(tiny_variant, optim, precision, model, pack_step, streams)
     graph_variants = [
         dataclasses.replace(v, train=dataclasses.replace(v.train, cuda_graphs=True))
         for v in eager_variants
     ]
     dataset = load_dataset(eager_variants[0].data)
-    eager = train_pack(eager_variants, dataset, "cuda")
-    graphed = train_pack(graph_variants, dataset, "cuda")
+    deterministic = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    try:
+        eager = train_pack(eager_variants, dataset, "cuda")
+        graphed = train_pack(graph_variants, dataset, "cuda")
+    finally:
+        torch.backends.cudnn.deterministic = deterministic
     assert eager.diverged_step == graphed.diverged_step
-    assert eager.diverged_step[1] is not None and eager.diverged_step[0] is None
-    for k in (0, 2):  # the diverged member holds NaNs; the live ones must agree
+    assert eager.diverged_step == [None, 1, None]
+    for k in (0, 2):  # the diverged member is zero; the live ones must agree
         e, g = eager.pack.final.member(k), graphed.pack.final.member(k)
         assert _max_diff(e.params, g.params) < 1e-5
         assert _max_diff(e.buffers, g.buffers) < 1e-5
@@ -233,15 +249,14 @@ def test_packed_step_runs_bf16_batchnorm():
         assert relative_diff(bf16["packed"][1], bf16["vmap"][1]) < 1e-2
 
 
-@pytest.mark.parametrize("pack_step", ["auto", pytest.param("packed", marks=PACKED_LEAK)])
-def test_diverging_member_leaves_the_others_as_in_a_pack_without_it(tiny_variant, pack_step):
+def test_diverging_member_leaves_the_others_as_in_a_pack_without_it(tiny_variant):
     """bf16 grouped convolutions on a GPU: a member whose parameters blow up is zeroed the
     same step, so its NaNs never meet the others in a kernel. Compared with the same pack
     (same shapes, so the same kernels) whose member 1 trains calmly: the live members'
     arithmetic is the same, so they agree to rounding (deterministic cuDNN algorithms), not
     to rounding compounded over two bf16 epochs as a pack of another size would."""
     model = ModelSpec("resnet18", width=2, batch_norm=True)
-    variants = _variants(tiny_variant, "sgd", "bf16", model, pack_step)
+    variants = _variants(tiny_variant, "sgd", "bf16", model)
     calm = [variants[0], dataclasses.replace(variants[1], optim=variants[0].optim), variants[2]]
     dataset = load_dataset(variants[0].data)
     deterministic = torch.backends.cudnn.deterministic
@@ -251,7 +266,7 @@ def test_diverging_member_leaves_the_others_as_in_a_pack_without_it(tiny_variant
         without = train_pack(calm, dataset, "cuda")
     finally:
         torch.backends.cudnn.deterministic = deterministic
-    assert with_bad.diverged_step == [None, 2, None] and without.diverged_step == [None] * 3
+    assert with_bad.diverged_step == [None, 1, None] and without.diverged_step == [None] * 3
     for k in (0, 2):
         a, b = with_bad.pack.final.member(k), without.pack.final.member(k)
         assert all(torch.isfinite(p).all() for p in a.params.values())
@@ -259,3 +274,36 @@ def test_diverging_member_leaves_the_others_as_in_a_pack_without_it(tiny_variant
         assert _max_diff(a.buffers, b.buffers) < 1e-6
     assert math.isnan(with_bad.final_metrics["train_loss"][1])
     assert all(p[1].eq(0).all() for p in with_bad.pack.final.params.values())
+
+
+@pytest.mark.parametrize("mode", ["vmap", "packed"])
+def test_a_graph_replayed_bf16_step_differs_from_eager_by_rounding_only(mode):
+    """One replayed step against one eager step from the same state: three eager steps on
+    two copies of a pack (identical), then the fourth eagerly on one and replayed from a
+    CUDA graph on the other. bf16 rounding moves this tiny BatchNorm net a lot (its bf16
+    and fp32 gradients differ by tens of percent), so a kernel that cuDNN picks differently
+    while capturing can move the replayed step visibly; what it may not do is compute
+    another step. The replayed-vs-eager difference must stay well inside the distance
+    between the same four steps in bf16 and in fp32 (the scale bf16 rounding sets)."""
+    from landscape.train import GraphedTrainStep, StepFn, new_optim_state, train_step
+    from tests.landscape.step_modes import K, batches, fresh_stack
+
+    def run(precision: str, graphed: bool):
+        net, stack = fresh_stack("cuda", dtype=torch.float32)
+        opt = new_optim_state([OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4)] * K, stack)
+        step_fn = StepFn(net, mode=mode, channels_last=True)
+        lr = torch.full((K,), 0.05, device="cuda")
+        replay = GraphedTrainStep(step_fn, stack, opt, precision, warmup=3) if graphed else None
+        for x, y in batches("cuda", RESNET, 4, torch.float32):
+            if replay is not None:
+                replay(x, y, lr)
+            else:
+                train_step(step_fn, stack, opt, x, y, lr, precision)
+        if replay is not None:
+            assert replay.graphed.graphs and not replay.graphed.failed  # step 4 was replayed
+        return stack.params
+
+    eager, replayed, fp32 = run("bf16", False), run("bf16", True), run("fp32", False)
+    ratio = relative_diff(replayed, eager) / relative_diff(eager, fp32)
+    print(f"{mode}: replayed vs eager bf16 step = {ratio:.3g} of the bf16-fp32 distance")
+    assert ratio < 0.5

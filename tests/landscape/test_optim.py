@@ -135,11 +135,14 @@ def test_dead_members_are_zeroed_and_the_others_move_on(spec, torch_cls, torch_k
             assert torch.equal(t[1], torch.zeros_like(t[1]))
 
 
-def test_an_update_that_makes_parameters_non_finite_kills_the_member():
+@pytest.mark.parametrize("huge_lr", [math.inf, 1e30], ids=["non-finite", "huge"])
+def test_an_update_that_makes_parameters_non_finite_or_huge_kills_the_member(huge_lr):
+    """lr = 1e30 leaves finite parameters of ~1e29, past DIVERGED_ABOVE: dead at once, so
+    they never reach a kernel shared with the other members."""
     spec = OptimSpec(name="sgd", momentum=0.9)
     params = _stacked_params()
     hypers = MemberHypers.from_specs([spec] * K, "cpu")
-    lr = torch.tensor([0.1, math.inf, 0.1])
+    lr = torch.tensor([0.1, huge_lr, 0.1])
     still = apply_update(
         spec,
         params,

@@ -51,15 +51,15 @@ def quadratic_pack(mats: list[torch.Tensor]) -> tuple[dict, tuple]:
 
 
 def tiny_mlp(
-    members: int = 2, width: int = 5, n: int = 16
+    members: int = 2, width: int = 5, n: int = 16, dtype: torch.dtype = torch.float32
 ) -> tuple[FunctionalNet, Stack, torch.Tensor, torch.Tensor]:
-    """An MLP 4 -> 5 -> 3 (43 parameters: 4*5+5 + 5*3+3) and per-member data."""
+    """An MLP 4 -> 5 -> 3 (43 parameters: 4*5+5 + 5*3+3) and per-member data, in ``dtype``."""
     net, stack = init_stack(
         lambda: MLP(4, 3, width, 1, batch_norm=False), list(range(members)), "cpu"
     )
     x = torch.randn(members, n, 4, generator=gen(2))
     y = torch.randint(0, 3, (members, n), generator=gen(3))
-    return net, stack, x, y
+    return net, stack.to("cpu", dtype), x.to(dtype), y
 
 
 def exact_hessian(
@@ -292,8 +292,11 @@ def test_a_nan_member_gives_nan_and_leaves_the_others_alone(hvp: str) -> None:
 @pytest.mark.parametrize("mode", ["loop", "packed"])
 def test_every_hvp_mode_equals_vmapped_hvp(mode: str) -> None:
     """Members in turn, or all members in the packed layout by double backward, give the
-    trace, eigenvalues and density the vmapped forward-over-reverse products give."""
-    net, stack, x, y = tiny_mlp(members=3)
+    trace, eigenvalues and density the vmapped forward-over-reverse products give. In
+    float64: 30 Lanczos/power iterations amplify the modes' float32 rounding to 0.66 of a
+    1e-4 tolerance (measured), which another CPU's kernels could pass; in float64 the modes
+    agree to ~1e-13 relative, so 1e-9 holds on any CPU and a wrong product is off by O(1)."""
+    net, stack, x, y = tiny_mlp(members=3, dtype=torch.float64)
     out = {}
     for m in ("vmap", mode):
         kw = {"generator": gen(3), "hvp": m}
@@ -303,7 +306,36 @@ def test_every_hvp_mode_equals_vmapped_hvp(mode: str) -> None:
             hessian_density(net, stack, x, y, n_iter=8, n_grid=50, **kw).density,
         )
     for a, b in zip(out["vmap"], out[mode]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["vmap", "loop", "packed"])
+def test_hessian_of_a_batchnorm_cnn_in_float64_matches_the_exact_hessian(mode: str) -> None:
+    """BatchNorm models run in float64 end to end (eval mode: running statistics), so their
+    Hessian can be checked exactly: the top eigenvalue from every product mode equals the
+    largest-magnitude eigenvalue of the full Hessian (torch.func.hessian), and the Hutchinson
+    trace with P probes sits within its standard error of the exact trace."""
+    spec = ModelSpec("cnn", width=2, batch_norm=True)
+    net, stack = init_stack(lambda: build_model(spec, (1, 6, 6), 3), [0, 1], "cpu")
+    stack = stack.to("cpu", torch.float64)
+    stack.buffers = {  # running statistics away from (0, 1), as after training
+        n: (b + 0.3 if "mean" in n else b * 1.5) if b.is_floating_point() else b
+        for n, b in stack.buffers.items()
+    }
+    x = torch.randn(2, 12, 1, 6, 6, generator=gen(2), dtype=torch.float64)
+    y = torch.randint(0, 3, (2, 12), generator=gen(3))
+    top = hessian_eigenvalues(
+        net, stack, x, y, k=1, max_iter=3000, tol=1e-12, generator=gen(), hvp=mode
+    )
+    trace = hessian_trace(net, stack, x, y, n_probes=400, tol=0.0, generator=gen(), hvp=mode)
+    for member in range(2):
+        h = exact_hessian(net, stack, x, y, member)
+        assert h.dtype == torch.float64
+        exact = torch.linalg.eigvalsh(h)
+        want = exact[exact.abs().argmax()]
+        torch.testing.assert_close(top.values[member, 0], want, rtol=1e-6, atol=0)
+        err = abs(trace.estimate[member].item() - h.trace().item())
+        assert err < 4 * trace.stderr[member].item()
 
 
 @pytest.mark.parametrize(
