@@ -124,6 +124,42 @@ class FunctionalNet:
         """``params -> loss`` for one member with buffers and data closed over (eval mode)."""
         return lambda params: self.loss(params, buffers, x, y)
 
+    def widest_activation(self, input_shape: tuple[int, ...]) -> int:
+        """Elements of the largest module output for ONE example (counted on the meta device,
+        once per input shape): what bounds how many examples and parameter sets one batched
+        call may hold before a kernel's tensor outgrows 32-bit indexing (:data:`INDEX_LIMIT`)."""
+        cache = self.__dict__.setdefault("_widest", {})
+        if input_shape not in cache:
+            widest = 0
+
+            def hook(_module, _inputs, out) -> None:
+                nonlocal widest
+                if isinstance(out, Tensor):
+                    widest = max(widest, out.numel())
+
+            handles = [m.register_forward_hook(hook) for m in self.module.modules()]
+            try:
+                with torch.no_grad():
+                    self.module.eval()(torch.empty(1, *input_shape, device="meta"))
+            finally:
+                for h in handles:
+                    h.remove()
+            cache[input_shape] = max(widest, 1)
+        return cache[input_shape]
+
+
+# Elements one tensor of a batched call may hold: CUDA kernels index with 32-bit math and
+# refuse (or split) larger ones, which vmap over pairs and grid points reaches at width 128.
+INDEX_LIMIT = 2**31 - 1
+
+
+def examples_per_call(
+    net: FunctionalNet, input_shape: tuple[int, ...], sets: int, want: int
+) -> int:
+    """``want`` examples per forward pass, or fewer (at least 1) so that ``sets`` parameter
+    sets batched together keep their widest activation under :data:`INDEX_LIMIT`."""
+    return max(1, min(want, INDEX_LIMIT // (sets * net.widest_activation(tuple(input_shape)))))
+
 
 def init_stack(
     build: Callable[[], nn.Module], seeds: Sequence[int], device: torch.device | str

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from landscape.functional import FunctionalNet, Params, Stack, loss_precision
+from landscape.functional import FunctionalNet, Params, Stack, examples_per_call, loss_precision
 
 REPRESENTATIONS = ("logits", "softmax", "features")
 
@@ -222,6 +222,7 @@ def pair_cka(
     Returns ``{f"linear_{kind}": (P,)}`` (biased linear CKA), plus ``unbiased_{kind}`` (the
     minibatch estimator, when ``unbiased_batch_size`` is set) and ``rbf_{kind}`` (biased RBF
     CKA, when ``rbf_threshold`` is set), for every representation kind."""
+    batch_size = examples_per_call(net, tuple(x.shape[2:]), a.members, batch_size)
     rep = vmap(lambda p, bf, xs: representations(net, p, bf, xs, kinds, batch_size))
     ra, rb = rep(a.params, a.buffers, x), rep(b.params, b.buffers, x)
     out = {}

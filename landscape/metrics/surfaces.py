@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.func import vmap
 
-from landscape.functional import FunctionalNet, Params, Stack, loss_precision
+from landscape.functional import (
+    INDEX_LIMIT,
+    FunctionalNet,
+    Params,
+    Stack,
+    examples_per_call,
+    loss_precision,
+)
 from landscape.metrics.batchnorm import recompute_bn_stats
 
 ONE_DIM_MODES = ("zero", "weights")
@@ -76,19 +83,23 @@ def evaluate_combinations(
     point are combined like its parameters (give directions zero buffers); with ``bn_x``
     (P, m, B, *input) BatchNorm statistics are recomputed at every point from those
     training batches (:func:`recompute_bn_stats`). ``chunk`` bounds the parameter sets
-    evaluated at once (over all P); ``batch_size`` the examples per forward pass.
+    evaluated at once (over all P); ``batch_size`` the examples per forward pass, fewer when
+    the sets of one call would outgrow 32-bit indexing (``examples_per_call``).
     Returns loss (P, G) and accuracy (P, G) as fractions in [0, 1].
     """
     P, N = y.shape
     if coeffs.dim() == 2:
         coeffs = coeffs.expand(P, *coeffs.shape)
     G = coeffs.shape[1]
+    step = max(1, chunk // P)
+    batch_size = examples_per_call(net, tuple(x.shape[2:]), P * step, batch_size)
+    if batch_size == 1:  # one example per set is still too wide: fewer sets per call
+        step = max(1, INDEX_LIMIT // (P * net.widest_activation(tuple(x.shape[2:]))))
     per_point = vmap(
         lambda bp, bb, c, xs, ys, bx: _point_metrics(net, bp, bb, c, xs, ys, bx, batch_size),
         in_dims=(None, None, 0, None, None, None),
     )
     per_model = vmap(per_point, in_dims=(0, 0, 0, 0, 0, 0 if bn_x is not None else None))
-    step = max(1, chunk // P)
     losses, corrects = [], []
     for start in range(0, G, step):
         c = coeffs[:, start : start + step].to(x.device)
