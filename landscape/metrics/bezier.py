@@ -22,6 +22,7 @@ its gradient with respect to w_c is wd 2t(1-t) phi(t).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -67,17 +68,47 @@ def yang_mc(errors: Tensor) -> Tensor:
     return mid - errors.gather(-1, u).squeeze(-1)
 
 
-def _curve_loss(net: FunctionalNet, weight_decay: float) -> Callable[..., tuple[Tensor, Tensor]]:
+class FlatLayout:
+    """An architecture's parameters laid end to end: {name: (P, *shape)} <-> one (P, N) tensor.
+
+    The curve's arithmetic on the flat vector is a handful of kernels (the point phi(t), its
+    squared norm, the update) where per-tensor arithmetic is a handful per parameter tensor
+    (about 60 in a ResNet18): the curve step is launch-bound, so this is most of its cost."""
+
+    def __init__(self, like: Params):
+        self.names = list(like)
+        self.shapes = [tuple(like[n].shape[1:]) for n in self.names]
+        self.sizes = [math.prod(s) for s in self.shapes]
+
+    def pack(self, params: Params) -> Tensor:
+        """(P, N): every tensor flattened, in order (a copy)."""
+        return torch.cat([params[n].flatten(1) for n in self.names], 1)
+
+    def views(self, flat: Tensor) -> Params:
+        """{name: (..., *shape)} views into ``flat`` (..., N): no copy, writes go through."""
+        lead, out, start = flat.shape[:-1], {}, 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            out[name] = flat[..., start : start + size].view(*lead, *shape)
+            start += size
+        return out
+
+
+def _curve_loss(
+    net: FunctionalNet, weight_decay: float, layout: FlatLayout
+) -> Callable[..., tuple[Tensor, Tensor]]:
     """One pair's training objective at t and, as the auxiliary output, its cross-entropy:
-    cross-entropy + 0.5 wd ||phi(t)||^2 (Garipov et al.'s curve regulariser)."""
+    cross-entropy + 0.5 wd ||phi(t)||^2 (Garipov et al.'s curve regulariser). The control
+    point and the endpoints come flat (``FlatLayout``): phi(t) is computed on the flat vector
+    and handed to the network as views."""
     stat_net = batch_stat_net(net)  # train mode: BatchNorm normalises with batch statistics
 
     def loss(
-        c: Params, a: Params, b: Params, buffers: Params, x: Tensor, y: Tensor, t: Tensor
+        c: Tensor, a: Tensor, b: Tensor, buffers: Params, x: Tensor, y: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor]:
-        params = {n: (1 - t) ** 2 * a[n] + 2 * t * (1 - t) * c[n] + t**2 * b[n] for n in c}
-        ce = F.cross_entropy(loss_precision(stat_net.logits(params, buffers, x)), y)
-        l2 = sum(loss_precision(p).square().sum() for p in params.values())
+        phi = (1 - t) ** 2 * a + 2 * t * (1 - t) * c + t**2 * b  # (N,)
+        logits = stat_net.logits(layout.views(phi), buffers, x)
+        ce = F.cross_entropy(loss_precision(logits), y)
+        l2 = loss_precision(phi).square().sum()
         return ce + 0.5 * weight_decay * l2, ce
 
     return loss
@@ -109,13 +140,18 @@ class CurveStep:
         cuda_graphs: bool = True,
     ):
         device = next(iter(control.values())).device
-        self.control, self.a, self.b, self.hypers = control, a, b, hypers
+        layout = FlatLayout(control)
+        self.flat = {"control": layout.pack(control)}  # (P, N), trained in place
+        self.control = layout.views(self.flat["control"])  # {name: (P, *shape)} views of it
+        self.ends = (layout.pack(a.params), layout.pack(b.params))
+        self.buffers, self.hypers = a.buffers, hypers
         self.spec = OptimSpec(name="sgd")  # the rule; lr and momentum are per pair, in hypers
-        self.state = init_state(self.spec, control)
-        P = next(iter(control.values())).shape[0]
+        self.state = init_state(self.spec, self.flat)
+        P = self.flat["control"].shape[0]
         self.alive = torch.ones(P, dtype=torch.bool, device=device)
         self.step_t = torch.zeros((), dtype=torch.long, device=device)
-        self.grad_fn = vmap(grad_and_value(_curve_loss(net, weight_decay), has_aux=True))
+        loss = _curve_loss(net, weight_decay, layout)
+        self.grad_fn = vmap(grad_and_value(loss, has_aux=True))
         self.precision = precision
         self.graphed = (
             CudaGraphed(self._device_step, warmup=3, max_graphs=1)
@@ -126,12 +162,10 @@ class CurveStep:
     def _device_step(self, x: Tensor, y: Tensor, t: Tensor, lr: Tensor) -> Tensor:
         """x (P, B, *input), y (P, B), t (P,), lr (P,) -> cross-entropy (P,)."""
         with autocast(x.device, self.precision):
-            grads, (_, loss) = self.grad_fn(
-                self.control, self.a.params, self.b.params, self.a.buffers, x, y, t
-            )
+            grads, (_, loss) = self.grad_fn(self.flat["control"], *self.ends, self.buffers, x, y, t)
         self.step_t.add_(1)
         alive = apply_update(
-            self.spec, self.control, grads, self.state, self.hypers, lr, self.step_t,
+            self.spec, self.flat, {"control": grads}, self.state, self.hypers, lr, self.step_t,
             self.alive & torch.isfinite(loss),
         )  # fmt: skip
         self.alive.copy_(alive)
@@ -179,6 +213,7 @@ def train_bezier(
         net, c, a, b, hypers, weight_decay=weight_decay, precision=precision,
         cuda_graphs=cuda_graphs,
     )  # fmt: skip
+    c = curve_step.control
     loss = torch.full((P,), float("nan"), device=device)
     for step in range(steps):
         x, y = draw_batch(generator)
