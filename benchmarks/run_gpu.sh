@@ -5,7 +5,7 @@
 # All steps take up to 24 minutes on an H100 (each step's time limit), more than one device call
 # may run: name steps to split them over calls (in priority order):
 #
-#     bash benchmarks/run_gpu.sh OUT_DIR tests taxonomy          # at most 9.2 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR tests taxonomy          # at most 8 minutes (5.5 on an H200)
 #     bash benchmarks/run_gpu.sh OUT_DIR layouts hessian         # at most 7.2 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR streams surfaces        # at most 5 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR profile                 # at most 4 minutes
@@ -32,7 +32,7 @@ for step in $steps; do
         timeout 150 "$py" -m pytest -q -m gpu tests/landscape 2>&1 | tail -15 |
             tee "$out/gpu_tests.txt" ;;
     taxonomy)  # the flagship preset's cells end to end, its projection and the concurrency test
-        timeout 400 "$py" benchmarks/bench_taxonomy.py --budget-s 280 --concurrency \
+        timeout 330 "$py" benchmarks/bench_taxonomy.py --budget-s 240 --concurrency \
             --out "$out/bench_taxonomy.json" 2>&1 | tee "$out/bench_taxonomy.log" | tail -4 ;;
     layouts)
         timeout 150 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
