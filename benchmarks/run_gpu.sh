@@ -6,7 +6,7 @@
 # may run: name steps to split them over calls (in priority order):
 #
 #     bash benchmarks/run_gpu.sh OUT_DIR tests taxonomy          # at most 8 minutes (5.5 on an H200)
-#     bash benchmarks/run_gpu.sh OUT_DIR layouts hessian         # at most 7.2 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR concurrency layouts hessian   # at most 10.5 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR streams surfaces        # at most 5 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR profile                 # at most 4 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR packing                 # at most 5.5 minutes
@@ -15,7 +15,7 @@
 # Needs torch with CUDA, torchvision, numpy and scikit-learn (no Ray, no Hydra): landscape/ is
 # imported from this checkout. Each step has a time limit, so one slow step cannot eat the rest.
 set -u
-all="tests taxonomy layouts hessian streams packing surfaces profile"
+all="tests taxonomy concurrency layouts hessian streams packing surfaces profile"
 out=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR [STEP ...] (steps: $all)}
 shift
 steps=${*:-$all}
@@ -34,6 +34,8 @@ for step in $steps; do
     taxonomy)  # the flagship preset's cells end to end, its projection and the concurrency test
         timeout 330 "$py" benchmarks/bench_taxonomy.py --budget-s 240 --concurrency \
             --out "$out/bench_taxonomy.json" 2>&1 | tee "$out/bench_taxonomy.log" | tail -4 ;;
+    concurrency)  # 4 and 13 width-8 packs: one process on streams, processes, processes + MPS
+        timeout 200 "$py" benchmarks/bench_concurrency.py --out "$out/bench_concurrency.json" ;;
     layouts)
         timeout 150 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
             --widths 4 8 16 --pack-sizes 32 64 --step-modes vmap packed --modes graph \
