@@ -6,7 +6,8 @@
 # may run: name steps to split them over calls (in priority order):
 #
 #     bash benchmarks/run_gpu.sh OUT_DIR tests taxonomy          # at most 8 minutes (5.5 on an H200)
-#     bash benchmarks/run_gpu.sh OUT_DIR concurrency layouts hessian   # at most 10.5 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR concurrency layouts     # at most 6 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR hessian                 # at most 4.7 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR streams surfaces        # at most 5 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR profile                 # at most 4 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR packing                 # at most 5.5 minutes
