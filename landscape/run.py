@@ -64,15 +64,23 @@ class PackRows:
 
 # how the numbers are computed, not which: left out of metrics_id (as NOT_IDENTITY of variant ids)
 METRICS_NOT_IDENTITY = ("hessian_trace.hvp", "hessian_eigen.hvp", "spectrum.hvp")
+# metric settings added after results existed, with the value that measures what was measured
+# before them: at that value a setting is left out of metrics_id (as ADDED_KNOBS of variant ids)
+ADDED_METRIC_SETTINGS = {"bezier.max_pairs": 0}
 
 
 def metrics_id(metrics: MetricsSpec) -> str:
     """Hash of the metric settings a row was measured with, :data:`METRICS_NOT_IDENTITY` left
-    out: changing only those keeps a results directory's rows current."""
+    out, and :data:`ADDED_METRIC_SETTINGS` at their old behaviour's value: changing only those
+    keeps a results directory's rows current."""
     spec = dataclasses.asdict(metrics)
     for key in METRICS_NOT_IDENTITY:
         group, name = key.split(".")
         spec[group].pop(name)
+    for key, default in ADDED_METRIC_SETTINGS.items():
+        group, name = key.split(".")
+        if spec[group][name] == default:
+            spec[group].pop(name)
     return short_hash(spec, n=8)
 
 

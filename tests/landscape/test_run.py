@@ -145,3 +145,19 @@ def test_metrics_id_ignores_how_hessian_products_are_computed() -> None:
     )
     what = MetricsSpec(hessian_trace=dataclasses.replace(base.hessian_trace, n_probes=99))
     assert metrics_id(how) == metrics_id(base) != metrics_id(what)
+
+
+def test_a_metric_setting_added_later_keeps_old_ids_at_its_old_behaviour() -> None:
+    """bezier.max_pairs = 0 (every pair, as before the setting existed) hashes as a spec
+    without the key, so results measured before it stay current; 1 is another id."""
+    from landscape.metrics.pairs import BezierSpec
+    from landscape.variant import short_hash
+
+    base = MetricsSpec()
+    old = dataclasses.asdict(base)
+    for key in ("hessian_trace", "hessian_eigen", "spectrum"):
+        old[key].pop("hvp")
+    old["bezier"].pop("max_pairs")
+    assert metrics_id(base) == short_hash(old, n=8)
+    one = MetricsSpec(bezier=BezierSpec(enabled=False, max_pairs=1))
+    assert metrics_id(one) != metrics_id(base)
