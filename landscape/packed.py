@@ -11,7 +11,11 @@ autograd on the stacked parameters (members are independent, so the gradient of 
 their losses is each member's own gradient): no vmap at all.
 
 It computes what :class:`landscape.functional.FunctionalNet` under vmap computes (tests
-compare them). Supported layers: ``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm1d/2d`` and
+compare them: in float64 over several steps, and one float32 step's gradients). Under bf16
+autocast the two round differently in one place only: BatchNorm normalises bf16 activations
+here (float32 statistics and parameters) and float32 copies of them under vmap. One step's
+bf16 gradients of the two agree to ~3% of their distance from the float32 gradients
+(ResNet18 width 2, CPU and H200); five steps apart, bf16 rounding alone compounds to 0.24. Supported layers: ``nn.Conv2d``, ``nn.Linear``, ``nn.BatchNorm1d/2d`` and
 layers without parameters that act per channel; a model with another parametrised layer is
 refused when the packed template is built.
 """

@@ -45,6 +45,8 @@ def test_several_batches_equal_torch_cumulative_average():
 
 
 def test_pure_and_vmappable_over_members():
+    """Recomputed BatchNorm statistics, vmapped over members against one member at a time: one
+    forward pass, nothing compounds."""
     net, stack = init_stack(lambda: MLP(6, 3, 5, 2, True), [0, 1, 2], "cpu")
     before = {n: b.clone() for n, b in stack.buffers.items()}
     x = _x(3, 2, 8, 6, seed=2)

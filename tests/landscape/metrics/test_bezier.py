@@ -183,6 +183,10 @@ def test_ts_must_span_the_curve():
 
 
 def test_a_blown_up_pair_reads_nan_and_leaves_the_other_pairs_unchanged():
+    """A pair whose curve training turns NaN at step 1 is quarantined: the other pair's curve
+    equals its curve in a pack of the same shape whose pair 0 is healthy. Same shapes, so the
+    same kernels on the other pair's numbers: equal to float32 rounding, measured exactly equal
+    (measured with 1 and 2 threads and ATEN_CPU_CAPABILITY=default/avx2/avx512)."""
     net, stack = init_stack(lambda: MLP(2, 2, 8, 1, False), [0, 1, 2, 3], "cpu")
     a, b = stack.select([0, 1]), stack.select([2, 3])
     x, y = _xor(64)

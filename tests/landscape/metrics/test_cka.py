@@ -143,6 +143,7 @@ def test_asymmetric_gram_fails_even_when_the_other_is_fine():
 
 
 def test_leading_dims_equal_a_loop():
+    """Batched CKA against a loop: float64 throughout, so 1e-12 relative holds on any CPU."""
     x, y = (
         torch.stack([_x(32, 4, s) for s in range(3)]),
         torch.stack([_x(32, 5, 10 + s) for s in range(3)]),
