@@ -2,6 +2,7 @@
 command composes a config from it, away from the checkout."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +28,16 @@ def test_the_listed_packages_are_the_tree():
 
 
 def test_a_wheel_installs_and_runs_without_the_checkout(tmp_path):
-    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    wheels, target, src = tmp_path / "wheels", tmp_path / "site", tmp_path / "src"
+    # built from a copy, so the build leaves nothing (build/, *.egg-info) in the checkout
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "build")
+    for name in ("landscape", "sweeps", "analysis", "conf"):
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
     subprocess.run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(ROOT)],
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(src)],
         check=True,
         cwd=tmp_path,
         capture_output=True,
