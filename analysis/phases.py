@@ -335,6 +335,15 @@ def _resolve_loss(cells: pd.DataFrame, thr: PhaseThresholds, num_classes: int | 
     return chance, None, f"{why}, placed by the {line}"
 
 
+def small_loss_threshold(
+    cells: pd.DataFrame, thresholds: PhaseThresholds | None = None, num_classes: int | None = None
+) -> tuple[float | None, str]:
+    """Step 1 alone: the training loss at or below which a cell counts as fitted, and its
+    source (None when the loss cannot tell: not measured, or one regime and no class count)."""
+    loss, _, source = _resolve_loss(cells, thresholds or PhaseThresholds(), num_classes)
+    return loss, source
+
+
 def _resolve_hessian(cells: pd.DataFrame, thr: PhaseThresholds):
     """(metric, log10 threshold, half gap in decades or None for a stated line, source)."""
     metric = _present(cells, thr.hessian, HESSIAN_METRICS)
