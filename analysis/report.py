@@ -360,6 +360,7 @@ def claims_section(results: Results, out: Path) -> Section:
     table.to_csv(out / "claims.csv", index=False)
     shown = table[
         ["statement", "reference", "knob", "measure", "low", "high", "trend", "z", "verdict"]
+        + ["note"]  # what a claim about minima left out (unfitted cells) and why
     ]
     section.add_html(
         "<p>Within each setting of the other knobs: Kendall's tau of the seed means against "
