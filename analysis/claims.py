@@ -24,7 +24,15 @@ The rule, stated so it can be argued with (defaults in :class:`Rule`):
    one sample per cell everywhere there is no spread to measure by: z is NaN. A zero pooled
    variance (every seed agreeing, e.g. all diverging at one end and none at the other) gives
    an infinite z of the difference's sign.
-5. **reproduced** when ``direction * trend >= rule.min_trend`` and
+5. A claim about minima (``fitted_only``: the Hessian, sharpness and roughness claims)
+   compares fitted models only: Keskar et al. and Li et al. compare trained minima, and an
+   unfitted model's curvature says nothing about the minimum it did not reach. Cells (one
+   setting of every knob but the seed) whose mean training loss is above the phase
+   classifier's small-loss threshold (step 1 of :mod:`analysis.phases`, decided by the loss
+   alone, never by the Hessian the claim is about) are left out, and the verdict's note says
+   how many. If no group keeps two values of the knob, the verdict is **inconclusive** and
+   the note says why.
+6. **reproduced** when ``direction * trend >= rule.min_trend`` and
    ``direction * z >= rule.min_z``; **contradicted** when both hold with the opposite sign;
    otherwise **inconclusive** (the seeds cannot tell the effect from noise, or the trend is
    not monotone).
@@ -63,6 +71,8 @@ class Claim:
     knob: str
     measure: str
     direction: int  # +1: the measure grows with the knob; -1: it falls
+    # compare fitted models only (a claim about minima; rule step 5)
+    fitted_only: bool = False
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -73,6 +83,7 @@ CLAIMS: tuple[Claim, ...] = (
         "optim.batch_size",
         "hessian_trace",
         +1,
+        fitted_only=True,
     ),
     Claim(
         "small_batch_flatter_top_eig",
@@ -81,6 +92,7 @@ CLAIMS: tuple[Claim, ...] = (
         "optim.batch_size",
         "hessian_top_eig",
         +1,
+        fitted_only=True,
     ),
     Claim(
         "skips_flatter_top_eig",
@@ -89,6 +101,7 @@ CLAIMS: tuple[Claim, ...] = (
         "model.skip",
         "hessian_top_eig",
         -1,
+        fitted_only=True,
     ),
     Claim(
         "skips_flatter_trace",
@@ -97,6 +110,7 @@ CLAIMS: tuple[Claim, ...] = (
         "model.skip",
         "hessian_trace",
         -1,
+        fitted_only=True,
     ),
     Claim(
         "skips_smoother_surface",
@@ -105,6 +119,7 @@ CLAIMS: tuple[Claim, ...] = (
         "model.skip",
         "roughness",
         -1,
+        fitted_only=True,
     ),
     Claim(
         "noise_lowers_test_acc",
@@ -192,6 +207,7 @@ class Verdict:
     verdict: str
     statement: str
     reference: str
+    note: str = ""  # what was left out and why (fitted_only claims)
 
 
 def _samples(results: Results, claim: Claim) -> pd.DataFrame | None:
@@ -241,6 +257,33 @@ def _diverged(results: Results, first_epoch: bool) -> pd.Series | None:
     return (diverged & (step <= end)).astype(float)
 
 
+def _fitted_only(results: Results, claim: Claim, frame: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """``frame`` restricted to the cells whose mean training loss is small (rule step 5),
+    and a note on what was left out."""
+    from analysis.cells import aggregate_runs
+    from analysis.phases import small_loss_threshold
+
+    others = frame.attrs["others"]
+    keys = [claim.knob, *others]
+    if "train_loss" not in results.runs:
+        return frame, "training loss not measured: every model compared"
+    cells = aggregate_runs(results.runs, keys)
+    cells = cells[cells["n_ok"] > 0] if "n_ok" in cells else cells
+    line, source = small_loss_threshold(cells, None, results.num_classes())
+    if line is None:
+        return frame, f"fitted models not told apart ({source}): every model compared"
+    fitted = pd.to_numeric(cells["train_loss"], errors="coerce") <= line
+    if fitted.all():
+        return frame, ""
+    kept = frame.merge(cells.loc[fitted, keys], on=keys, how="inner")
+    kept.attrs["others"] = others
+    out = int((~fitted).sum())
+    note = (
+        f"{out} of {len(cells)} cells not fitted (mean train_loss > {line:.3g}; {source}): left out"
+    )
+    return kept, note
+
+
 def _knob_order(values: pd.Series) -> np.ndarray:
     """Numbers for a knob's values (booleans as 0/1), so Kendall's tau can rank them."""
     return values.astype(float).to_numpy()
@@ -254,6 +297,9 @@ def evaluate(results: Results, claim: Claim, rule: Rule | None = None) -> Verdic
     frame = _samples(results, claim)
     if frame is None:
         return None
+    note = ""
+    if claim.fitted_only:
+        frame, note = _fitted_only(results, claim, frame)
     others = frame.attrs["others"]
     groups = frame.groupby(others, dropna=False) if others else [(None, frame)]
     trends, ends, lows, highs = [], [], [], []
@@ -273,7 +319,10 @@ def evaluate(results: Results, claim: Claim, rule: Rule | None = None) -> Verdic
         lows.append(lo["mean"])
         highs.append(hi["mean"])
     if not ends:
-        return None
+        if not note:
+            return None
+        why = f"{note}; no group keeps two fitted values of {claim.knob}"
+        return _verdict(results, claim, len(frame), "inconclusive", why)
     trend = float(np.nanmean(trends)) if np.isfinite(trends).any() else float("nan")
     total = float(sum(d for d, _ in ends))
     dof = sum(f for _, f in cells)
@@ -290,21 +339,37 @@ def evaluate(results: Results, claim: Claim, rule: Rule | None = None) -> Verdic
         verdict = "contradicted"
     else:
         verdict = "inconclusive"
+    return _verdict(results, claim, len(frame), verdict, note, len(ends), trend, z, lows, highs)
+
+
+def _verdict(
+    results: Results,
+    claim: Claim,
+    samples: int,
+    verdict: str,
+    note: str,
+    groups: int = 0,
+    trend: float = math.nan,
+    z: float = math.nan,
+    lows: Sequence[float] = (),
+    highs: Sequence[float] = (),
+) -> Verdict:
     return Verdict(
         claim=claim.name,
         sweep=results.name,
         knob=claim.knob,
         measure=claim.measure,
         direction=claim.direction,
-        groups=len(ends),
-        samples=len(frame),
+        groups=groups,
+        samples=samples,
         trend=trend,
         z=z,
-        low=float(np.mean(lows)),
-        high=float(np.mean(highs)),
+        low=float(np.mean(lows)) if len(lows) else math.nan,
+        high=float(np.mean(highs)) if len(highs) else math.nan,
         verdict=verdict,
         statement=claim.statement,
         reference=claim.reference,
+        note=note,
     )
 
 
@@ -357,7 +422,9 @@ def markdown(table: pd.DataFrame) -> str:
         lines.append(
             f"| {row.statement} ({row.reference}) | {row.sweep} | `{row.knob}` | "
             f"`{row.measure}` | {expected} | {_number(row.low)} -> {_number(row.high)} | "
-            f"{_number(row.trend)} | {_number(row.z)} | **{row.verdict}** |"
+            f"{_number(row.trend)} | {_number(row.z)} | **{row.verdict}**"
+            + (f" ({row.note})" if row.note else "")
+            + " |"
         )
     return "\n".join(lines)
 

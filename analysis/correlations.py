@@ -134,6 +134,30 @@ def correlation_table(
     )
 
 
+def small_sample_warnings(
+    table: pd.DataFrame, cells: pd.DataFrame, keys: Sequence[str]
+) -> list[str]:
+    """Warnings for taus that are +-1 (or nearly so) by construction: over 2 cells Kendall's
+    tau can only be -1 or 1, over 3 cells only -1, -1/3, 1/3 or 1; and a knob with 2 values
+    gives groups of 2 cells, so its granulated tau[knob] is a mean of +-1s."""
+    out = []
+    if len(table) and "n" in table:
+        n = int(table["n"].min())
+        if n <= 3:
+            values = "-1 or +1" if n == 2 else "-1, -1/3, 1/3 or 1"
+            out.append(
+                f"Some taus come from only {n} cells: Kendall's tau over {n} cells can only be "
+                f"{values}, whatever the measures; read them as signs, not strengths."
+            )
+    for knob in keys:
+        if knob in cells and cells[knob].nunique(dropna=True) == 2 and f"tau[{knob}]" in table:
+            out.append(
+                f"{knob} takes 2 values, so tau[{knob}] averages taus over pairs of cells, each "
+                "-1 or +1 by construction."
+            )
+    return out
+
+
 def plot_correlations(table: pd.DataFrame) -> plt.Figure | None:
     """Bar plot of overall tau and Psi per measure, one panel per target; ``None`` if empty."""
     if table.empty:

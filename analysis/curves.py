@@ -4,7 +4,9 @@ Curves are joined to their runs by ``variant_id`` so they can be grouped by any 
 default the overlay is across the learning rate when the sweep varies it (so the curves
 of different learning rates can be compared, as SCIENCE.md asks), else across the
 temperature axis. Each line is the mean over every finished variant with that value, with
-a band of one standard deviation.
+a band of one standard deviation; on a log axis the band is clipped at the smallest value
+drawn (a mean minus one sd below zero has no place there). Legends sit beside the panels,
+off the data.
 """
 
 from __future__ import annotations
@@ -55,22 +57,27 @@ def plot_training_curves(
     ]
     if data.empty or not panels:
         return None
-    palette = sns.color_palette("viridis", n_colors=len(data[by].cat.categories))
+    levels = list(data[by].cat.categories)
+    palette = dict(zip(levels, sns.color_palette("viridis", n_colors=len(levels))))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, col in zip(axes.flat, panels):
-        sns.lineplot(
-            data=data,
-            x="epoch",
-            y=col,
-            hue=by,
-            palette=palette,
-            errorbar="sd",
-            ax=ax,
-            legend=ax is axes.flat[0],
-        )
-        if col.endswith("loss") and (data[col] > 0).all():
+        log = col.endswith("loss") and bool((data[col].dropna() > 0).all())
+        for level, part in data.groupby(by, observed=True):
+            stats = part.groupby("epoch")[col].agg(["mean", "std"]).sort_index()
+            ax.plot(stats.index, stats["mean"], color=palette[level], label=level)
+            low, high = (
+                stats["mean"] - stats["std"].fillna(0),
+                stats["mean"] + stats["std"].fillna(0),
+            )
+            if log:  # a band below zero has no place on a log axis: clip it to the data
+                low = low.clip(lower=float(data[col].min()))
+            ax.fill_between(stats.index, low, high, color=palette[level], alpha=0.2, lw=0)
+        if log:
             ax.set_yscale("log")
-        ax.set_title(col.replace("_", " "))
+        unit = " (nats)" if col.endswith("loss") else " (fraction)"
+        ax.set(xlabel="epoch", ylabel=col + unit, title=col.replace("_", " "))
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, names, title=by, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.suptitle(f"training curves across {by} (mean and sd over the other knobs and seeds)")
     fig.tight_layout()
     return fig
@@ -90,9 +97,9 @@ def plot_lr_range(
     if (table["loss"] > 0).all() and table["loss"].max() / table["loss"].min() > 20:
         ax.set_yscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("training loss (nats)")
     ax.set_title("LR range test")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return fig
 
 
@@ -105,3 +112,23 @@ def variant_labels(runs: pd.DataFrame, keys: Sequence[str]) -> dict[str, str]:
             f"{c.split('.')[-1]}={format_value(row[c])}" for c in cols
         )
     return out
+
+
+def variant_order(runs: pd.DataFrame, keys: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """``variant_id -> (cell rank, seed rank)``: cells sorted numerically by the cell keys in
+    order (temperature, load, extra axes), seeds within a cell by value. Figures that draw a
+    few models spread their choice over the cell ranks (:mod:`analysis.surfaces`)."""
+    cols = [k for k in keys if k in runs]
+    frame = runs.drop_duplicates("variant_id", keep="last").reset_index(drop=True)
+    ranks = {c: {v: i for i, v in enumerate(sort_values(frame[c]))} for c in cols}
+    cell = [
+        tuple(ranks[c].get(v, -1) for c, v in zip(cols, row))
+        for row in frame[cols].itertuples(index=False)
+    ]
+    cell_rank = {c: i for i, c in enumerate(sorted(set(cell)))}
+    seeds = frame["seed"] if "seed" in frame else pd.Series(0, index=frame.index)
+    seed_rank = {v: i for i, v in enumerate(sort_values(seeds))}
+    return {
+        vid: (cell_rank[c], seed_rank.get(s, 0))
+        for vid, c, s in zip(frame["variant_id"], cell, seeds)
+    }

@@ -37,6 +37,35 @@ LOG_METRICS = frozenset(
 )
 
 
+# Units of stored columns, for colour bars: the store keeps mc and the error barrier in
+# percentage points of training error, losses and the loss barrier in nats (natural-log
+# cross-entropy), accuracies as fractions.
+UNITS = {
+    "mc": "percentage points",
+    "barrier_error": "percentage points",
+    "barrier_loss": "nats",
+    "train_loss": "nats",
+    "test_loss": "nats",
+    "mli_max_bump": "nats",
+    "train_acc": "fraction",
+    "test_acc": "fraction",
+    "gen_gap": "fraction",
+}
+
+
+def metric_label(metric: str, log: bool = False) -> str:
+    """A colour-bar label: ``mc (percentage points)``, ``log10 train_loss (nats)``."""
+    name = f"log10 {metric}" if log else metric
+    unit = UNITS.get(metric)
+    return f"{name} ({unit})" if unit else name
+
+
+def text_colour(rgba: Any) -> str:
+    """Dark text on light cells and white on dark ones (seaborn's annotation rule: relative
+    luminance above 0.408 is light)."""
+    return ".15" if sns.utils.relative_luminance(rgba) > 0.408 else "w"
+
+
 def sort_values(values: Iterable[Any]) -> list[Any]:
     """Distinct values sorted numerically where they are numbers, then as text."""
 
@@ -174,15 +203,15 @@ def metric_heatmap(
         values = table.to_numpy(dtype=float)
         values = values[np.isfinite(values)]
         log = metric in LOG_METRICS and len(values) > 0 and bool((values > 0).all())
-    label = metric
+    label = metric_label(metric, log=bool(log))
     if log:
         table = np.log10(table.where(table > 0))
-        label = f"log10 {metric}"
     if ax is None:
         size = (max(5.0, 1.6 + 0.8 * table.shape[1]), max(4.0, 1.2 + 0.6 * table.shape[0]))
         _, ax = plt.subplots(figsize=size)
     cmap = cmap or ("RdBu" if center is not None else "viridis")
-    return draw_grid(table, ax, title=title or label, cmap=cmap, center=center, cbar_label=label)
+    name = f"log10 {metric}" if log else metric
+    return draw_grid(table, ax, title=title or name, cmap=cmap, center=center, cbar_label=label)
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:

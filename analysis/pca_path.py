@@ -4,7 +4,8 @@ The ``path`` table (``Results.pca_path``) has the snapshots w_t projected onto t
 principal directions of (w_t - w_final): variant_id, step, alpha, beta, ending at (0, 0).
 The ``surfaces`` rows of kind ``pca`` are the training loss on that plane around the final
 point. Li et al. draw the path over the contours: it runs across the contours early and
-then along a valley, and the two directions usually explain most of the path's variance.
+then along a valley, and the two directions usually explain most of the path's variance:
+each axis says how much (``explained_alpha``, ``explained_beta``), as Li et al.'s do.
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ def _contour(ax: plt.Axes, plane: pd.DataFrame) -> None:
     filled = ax.contourf(a, b, z, levels=20, cmap="viridis")
     ax.contour(a, b, z, levels=10, colors="white", linewidths=0.5)
     ax.figure.colorbar(filled, ax=ax, label=label)
+
+
+def _axis_label(line: pd.DataFrame, coord: str, nth: str) -> str:
+    """``1st PCA direction (91% of the path's variance)`` when the path table carries the
+    share (``explained_alpha`` / ``explained_beta``; older results do not)."""
+    col = f"explained_{coord}"
+    share = pd.to_numeric(line[col], errors="coerce").dropna() if col in line else pd.Series()
+    label = f"{nth} PCA direction"
+    return f"{label} ({100 * share.iloc[0]:.0f}% of the path's variance)" if len(share) else label
 
 
 def plot_pca_path(
@@ -77,7 +87,7 @@ def plot_pca_path(
                 bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.8, "lw": 0},
             )
         ax.plot([0], [0], marker="*", color="red", ms=11, mec="white")
-        ax.set(xlabel="1st PCA direction", ylabel="2nd PCA direction")
+        ax.set(xlabel=_axis_label(line, "alpha", "1st"), ylabel=_axis_label(line, "beta", "2nd"))
         ax.set_title((labels or {}).get(vid, vid), fontsize=9)
     note = f" ({len(chosen)} of {len(order)})" if len(order) > len(chosen) else ""
     fig.suptitle(f"optimiser path on its PCA plane, over the training loss{note}", fontsize=10)

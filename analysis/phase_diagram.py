@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.heatmap import draw_grid, format_value, grid
+from analysis.heatmap import draw_grid, format_value, grid, metric_label, text_colour
 
 # (column, title, log10?, diverging around 0?)
 PANELS = (
@@ -127,8 +127,9 @@ def plot_phase_diagram(
         title=title or "test accuracy and phases",
         cmap="viridis",
         annot=False,
-        cbar_label="test accuracy",
+        cbar_label=metric_label("test_acc"),
     )
+    mesh = ax.collections[0]  # seaborn's QuadMesh: the colour of each cell
     for (r, c), value in np.ndenumerate(acc.to_numpy(dtype=float)):
         if np.isfinite(value) and acc.size <= 196:
             ax.text(
@@ -138,7 +139,7 @@ def plot_phase_diagram(
                 ha="center",
                 va="center",
                 fontsize=7,
-                color="white",
+                color=text_colour(mesh.to_rgba(value)),
             )
     overlay_phases(ax, cells, x, y)
     return ax
@@ -167,13 +168,22 @@ def plot_phase_panels(cells: pd.DataFrame, x: str, y: str, title: str = "") -> p
         table = grid(cells, col, x, y)
         if log:
             table = np.log10(table.where(table > 0))
+        unit = metric_label(col, log)
         if diverging:
             lim = float(np.nanmax(np.abs(table.to_numpy(dtype=float)))) or 1.0
             draw_grid(
-                table, ax, title=name, cmap="RdBu", center=0.0, annot=False, vmin=-lim, vmax=lim
+                table,
+                ax,
+                title=name,
+                cmap="RdBu",
+                center=0.0,
+                annot=False,
+                vmin=-lim,
+                vmax=lim,
+                cbar_label=unit,
             )
         else:
-            draw_grid(table, ax, title=name, cmap="viridis", annot=False)
+            draw_grid(table, ax, title=name, cmap="viridis", annot=False, cbar_label=unit)
         if "phase" in cells:
             overlay_phases(ax, cells, x, y, names=False)
     for ax in list(axes.flat)[len(panels) :]:

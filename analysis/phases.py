@@ -1,6 +1,7 @@
 """Phase classifier: Yang et al.'s taxonomy (2021) as an explicit, stated rule.
 
-The taxonomy (SCIENCE.md, "Phases") reads four signals per cell of the grid:
+The taxonomy (Yang et al. 2021, "Taxonomizing local versus global structure in neural network
+loss landscapes", NeurIPS; their figure 1 and section 3) reads four signals per cell of the grid:
 
 =====  =============  =================  ==================  =====
 phase  training loss  Hessian            mode connectivity   CKA
@@ -12,43 +13,60 @@ IV-A   small          small              near 0              low
 IV-B   small          small              near 0              high
 =====  =============  =================  ==================  =====
 
-Published code drew these boundaries by eye. Here each word is a threshold with a
-principled default (all in :class:`PhaseThresholds`, resolved per sweep by
-:func:`resolve_thresholds`):
+Published code drew these boundaries by eye on heatmaps. Here each word is a threshold with a
+stated default (all in :class:`PhaseThresholds`, resolved per sweep by
+:func:`resolve_thresholds`), and each default's provenance is given with it:
 
-1. **Training loss small**: cell mean ``train_loss <= loss_fraction * ln(C)``. ``ln C`` is
-   the loss of the uniform predictor over ``C`` classes (chance), so the default 0.1 says
-   "fitted to a tenth of chance-level loss". ``C`` comes from the data set; without it,
-   a two-means (Otsu) split of log10 training loss across the sweep is used.
-2. **Hessian large**: relative to the sweep's own distribution, on log10 of the cell mean
-   of ``hessian_trace`` (falling back to ``hessian_top_eig``). Default: Otsu's split
-   (the threshold that maximises the between-class variance of the two sides, i.e. 1-D
-   two-means), which lands in the gap between a sharp and a flat regime. If the two sides'
-   means are less than ``hessian_min_decades`` apart the sweep has one regime only and
-   the Hessian is not used to split (the reason says so). ``median`` is the alternative.
-3. **Local regime** (``local_rule``): ``agree`` (default) needs loss and Hessian to agree:
-   small loss and small Hessian -> fitted (III/IV), high loss and large Hessian ->
-   unfitted (I/II), disagreement -> ``mixed`` (not in the table, so not forced into it).
-   ``loss`` or ``hessian`` let one signal decide. A missing signal defers to the other.
-4. **mc near 0**: ``|mc| <= k * SE`` with ``SE = s / sqrt(n_pairs)`` for the cell's pair
-   count and ``s`` the seed-to-seed standard deviation of mc pooled over every cell with
-   two or more pairs (``k = mc_k = 3``: a cell is called off zero only when three standard
-   errors away, so few of a large grid's cells flip by chance). Pairs of one group share
-   models, so this SE is optimistic; k = 3 leaves room for that. With one pair per cell
-   (two seeds) ``s`` is the pooled seed-to-seed standard deviation of the training error
-   (mc is a difference of training errors along the curve, so its seed noise is of that
-   size). The store keeps mc in percentage points and accuracies as fractions, so the
-   proxy is ``100 * s(train_acc)``. ``mc_floor`` is a lower bound on the band.
-   Fitted cells: ``mc < -band`` -> III, else IV (a positive mc beyond the band means the
-   curve beats its endpoints: connected). Unfitted cells: the sign of mc decides, ``< 0``
-   -> I, ``>= 0`` -> II (the table has no "near 0" row for high loss).
+1. **Training loss small**: relative to the sweep's own cells, as the Hessian is. Default
+   (``loss_split=otsu``): Otsu's two-means split of log10 of the cell mean ``train_loss``.
+   Provenance: with weight decay and no augmentation, CIFAR-10 models that are not fitted
+   (train accuracy well below 100%) reach losses of a few hundredths while fitted ones sit
+   near 1e-3, so no fixed line in loss units separates them on every task; a log scale,
+   because losses span decades. Guard: if the two sides' means are less than
+   ``loss_min_decades`` (0.5) apart, the sweep has one loss regime; it is then placed as a
+   whole by the chance line ``loss_fraction * ln C`` (``ln C`` is the loss of the uniform
+   predictor over ``C`` classes; the default 0.1 says "a tenth of chance"), or, without a
+   class count, the loss is not used. ``loss_split=chance`` applies that line to every cell
+   (this module's rule before the scale-free split).
+2. **Hessian large**: the same split on log10 of the cell mean of ``hessian_trace`` (falling
+   back to ``hessian_top_eig``). Otsu's threshold maximises the between-class variance of the
+   two sides, so it lands in the gap between a sharp and a flat regime; if the sides' means
+   are less than ``hessian_min_decades`` apart the sweep has one regime and the Hessian is
+   not used (the reason says so). ``median`` is the alternative.
+3. **Local regime** (``local_rule``): where loss and Hessian agree, fitted (III/IV) or
+   unfitted (I/II). Where they disagree, the default ``nearest`` puts the cell in the regime
+   it sits deeper in: each signal's *margin* is the distance of the cell's log10 value from
+   its split in units of half the distance between that signal's two sides' means (a cell
+   at its side's mean scores about 1), and the larger margin decides; this is the nearest
+   regime centre when each signal is scaled by its own regime separation (two-means in the
+   plane of the two standardised signals). A stated line (a given threshold, or the chance
+   line of a one-regime loss) has no margin and outranks a split: within one loss regime a
+   Hessian split is a temperature effect, not fitted against unfitted. Two stated lines
+   that disagree, or equal margins, give ``mixed``. ``agree`` calls every disagreement
+   ``mixed``; ``loss`` or ``hessian`` let one signal decide. A missing signal defers to
+   the other.
+4. **mc near 0**: ``|mc| <= k * s / sqrt(n_pairs)`` (``k = mc_k = 3``: a cell is called
+   off zero only when three standard errors away, so few of a large grid's cells flip by
+   chance; pairs of one group share models, so this standard error is optimistic and k = 3
+   leaves room for that). ``s`` is the seed-to-seed spread of *comparable* cells, never of
+   the whole sweep (unfitted cells spread by points, fitted ones by hundredths): the cell's
+   own seed pairs when it has at least ``mc_min_pairs`` (10: five seeds, Yang's protocol) of
+   them (``mc_std``), otherwise ``mc_std`` pooled over the cells of the same local regime
+   (fitted cells for the III/IV decision). A spread from fewer pairs is itself too noisy to
+   set a band: from 3 pairs (2 degrees of freedom) about one cell in five would get a band
+   under half the true one. With one pair per cell (two seeds) the seed-to-seed spread of the training
+   error pooled over the same regime stands in (mc is a difference of training errors along
+   the curve, so its seed noise is of that size; the store keeps mc in percentage points and
+   accuracies as fractions, so the proxy is ``100 * s(train_acc)``). ``mc_floor`` is a lower
+   bound on the band. Fitted cells: ``mc < -band`` -> III, else IV (a positive mc beyond the
+   band means the curve beats its endpoints: connected). Unfitted cells: the sign of mc
+   decides, ``< 0`` -> I, ``>= 0`` -> II (the table has no "near 0" row for high loss).
 5. **CKA high** (IV-A vs IV-B): ``cka_linear_softmax`` (Yang's plotted value; falling back to
    logits, then features) at or above Otsu's split of the CKA values of the phase-IV
    candidates (fitted cells with mc not below the band): the other phases' CKA says nothing
    about where IV-A and IV-B part. If the two sides' means are closer than ``cka_min_gap``
-   or than ``mc_k`` standard errors of a cell mean (pooled seed-pair spread of CKA), the
-   candidates are one regime and stay ``IV`` (the reason says so). The loss fallback of
-   step 1 (no class count) has the same guard, ``loss_min_decades``.
+   or than ``mc_k`` standard errors of a cell mean (the candidates' pooled seed-pair spread
+   of CKA), the candidates are one regime and stay ``IV`` (the reason says so).
 
 Cells without a finished run are ``diverged`` (any diverged seed) or ``failed``. When
 pairs were not measured the phase is the coarse ``I/II`` or ``III/IV``; without CKA, ``IV``.
@@ -72,9 +90,11 @@ PHASE_ORDER = PHASES + COARSE + OTHER
 HESSIAN_METRICS = ("hessian_trace", "hessian_top_eig")
 CKA_METRICS = ("cka_linear_softmax", "cka_linear_logits", "cka_linear_features")
 SPLITS = ("otsu", "median")
+LOSS_SPLITS = ("otsu", "chance")
 # mc is stored in training-error percentage points, accuracies as fractions.
 MC_PER_ACCURACY = 100.0
-LOCAL_RULES = ("agree", "loss", "hessian")
+LOCAL_RULES = ("nearest", "agree", "loss", "hessian")
+REGIMES = ("fitted", "unfitted")
 
 
 def _knob(default: object, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -86,11 +106,20 @@ def _knob(default: object, help: str, choices: tuple[str, ...] | None = None) ->
 class PhaseThresholds:
     """Settings of the phase rule; ``None`` means "derive from the sweep" (module docstring)."""
 
+    loss_split: str = _knob(
+        "otsu",
+        "small training loss: Otsu split of log10 train_loss across the sweep, or the chance "
+        "line loss_fraction * ln(num_classes) for every cell",
+        LOSS_SPLITS,
+    )
     loss_fraction: float = _knob(
-        0.1, "small training loss: train_loss <= loss_fraction * ln(num_classes)"
+        0.1, "chance line: train_loss <= loss_fraction * ln(num_classes) (one loss regime)"
     )
     num_classes: int | None = _knob(None, "number of classes C (default: from the data set)")
-    train_loss: float | None = _knob(None, "absolute small-loss threshold; overrides loss_fraction")
+    train_loss: float | None = _knob(None, "absolute small-loss threshold; overrides the split")
+    loss_min_decades: float = _knob(
+        0.5, "log10 train_loss Otsu sides closer than this: one loss regime"
+    )
     hessian: str = _knob(
         "hessian_trace", "Hessian metric (falls back to the other when absent)", HESSIAN_METRICS
     )
@@ -104,9 +133,15 @@ class PhaseThresholds:
         0.5, "Otsu sides closer than this many decades: one regime, Hessian unused"
     )
     local_rule: str = _knob(
-        "agree", "which local signal decides: both must agree, or loss, or hessian", LOCAL_RULES
+        "nearest",
+        "loss vs Hessian disagreement: the larger margin decides (nearest), mixed (agree), "
+        "or one signal decides",
+        LOCAL_RULES,
     )
     mc_k: float = _knob(3.0, "mc near 0: |mc| <= mc_k standard errors of the cell mean")
+    mc_min_pairs: int = _knob(
+        10, "a cell with this many seed pairs uses its own mc spread (else its regime's pooled)"
+    )
     mc_band: float | None = _knob(None, "absolute half-width of the mc near-0 band; overrides mc_k")
     mc_floor: float = _knob(0.0, "lower bound on the mc band half-width")
     cka: str = _knob(
@@ -119,15 +154,13 @@ class PhaseThresholds:
     cka_min_gap: float = _knob(
         0.05, "CKA Otsu sides closer than this (and than mc_k pooled SEs): one regime, phase IV"
     )
-    loss_min_decades: float = _knob(
-        0.5, "without a class count: log10 train_loss Otsu sides closer than this: loss unused"
-    )
 
     def __post_init__(self) -> None:
         fin = math.isfinite
         _check(0 < self.loss_fraction <= 1, "loss_fraction", self.loss_fraction, "in (0, 1]")
         _check(fin(self.mc_k) and self.mc_k > 0, "mc_k", self.mc_k, "finite and > 0")
         _check(fin(self.mc_floor) and self.mc_floor >= 0, "mc_floor", self.mc_floor, "finite, >= 0")
+        _check(self.mc_min_pairs >= 2, "mc_min_pairs", self.mc_min_pairs, ">= 2")
         for name in ("hessian_min_decades", "loss_min_decades", "cka_min_gap"):
             value = getattr(self, name)
             _check(fin(value) and value >= 0, name, value, "finite and >= 0")
@@ -137,6 +170,9 @@ class PhaseThresholds:
         _check(self.cka in CKA_METRICS, "cka", self.cka, f"one of {CKA_METRICS}")
         _check(
             self.hessian_split in SPLITS, "hessian_split", self.hessian_split, f"one of {SPLITS}"
+        )
+        _check(
+            self.loss_split in LOSS_SPLITS, "loss_split", self.loss_split, f"one of {LOSS_SPLITS}"
         )
         _check(self.cka_split in SPLITS, "cka_split", self.cka_split, f"one of {SPLITS}")
         _check(
@@ -160,18 +196,27 @@ def _check(ok: bool, name: str, value: object, allowed: str) -> None:
 
 @dataclass(frozen=True)
 class ResolvedThresholds:
-    """The numbers one sweep's cells were classified with, and where each came from."""
+    """The numbers one sweep's cells were classified with, and where each came from.
+
+    ``*_half_gap`` is half the distance (in decades) between the two sides' means of a
+    split, the unit of a cell's margin (module docstring, step 3); None for a stated line.
+    ``mc_sd`` maps each local regime to the pooled seed-to-seed spread of mc (percentage
+    points) that cells with fewer than ``mc_min_pairs`` pairs use, ``mc_source`` to where
+    it came from.
+    """
 
     train_loss: float | None
     train_loss_source: str
     hessian_metric: str | None
     hessian_log10: float | None  # threshold on log10 of the Hessian metric; None: not used
     hessian_source: str
-    mc_sd: float | None  # seed-to-seed standard deviation of mc behind the noise band
-    mc_source: str
+    mc_sd: dict[str, float | None]
+    mc_source: dict[str, str]
     cka_metric: str | None
     cka_threshold: float | None
     cka_source: str
+    loss_half_gap: float | None = None
+    hessian_half_gap: float | None = None
 
     def describe(self) -> list[tuple[str, str]]:
         """(signal, rule) rows for a summary table."""
@@ -192,10 +237,16 @@ class ResolvedThresholds:
                 else "not used"
             )
             rows.append(("Hessian large", f"{rule} ({self.hessian_source})"))
-        if self.mc_sd is not None:
-            rows.append(
-                ("mc near 0", f"|mc| <= band, seed-to-seed s = {self.mc_sd:.3g} ({self.mc_source})")
-            )
+        for regime in REGIMES:
+            if regime in self.mc_source:
+                sd = self.mc_sd.get(regime)
+                spread = "no spread" if sd is None else f"s = {sd:.3g} points"
+                rows.append(
+                    (
+                        f"mc near 0 ({regime} cells)",
+                        f"|mc| <= band; {spread} ({self.mc_source[regime]})",
+                    )
+                )
         if self.cka_threshold is not None:
             rows.append(
                 ("CKA high", f"{self.cka_metric} >= {self.cka_threshold:.3g} ({self.cka_source})")
@@ -234,6 +285,11 @@ def _finite(cells: pd.DataFrame, col: str) -> np.ndarray:
     return v[np.isfinite(v)]
 
 
+def _positive_log10(cells: pd.DataFrame, col: str) -> np.ndarray:
+    values = _finite(cells, col)
+    return np.log10(values[values > 0])
+
+
 def _present(cells: pd.DataFrame, preferred: str, options: tuple[str, ...]) -> str | None:
     order = [preferred, *[o for o in options if o != preferred]]
     return next((c for c in order if len(_finite(cells, c))), None)
@@ -246,38 +302,67 @@ def _split(values: np.ndarray, how: str) -> float | None:
     return None if split is None else float(split[0])
 
 
+def _half_gap(values: np.ndarray, threshold: float) -> float | None:
+    """Half the distance between the means of the values above and at-or-below ``threshold``."""
+    lo, hi = values[values <= threshold], values[values > threshold]
+    return float(hi.mean() - lo.mean()) / 2 if len(lo) and len(hi) else None
+
+
 def _resolve_loss(cells: pd.DataFrame, thr: PhaseThresholds, num_classes: int | None):
+    """(threshold, half gap in decades or None for a stated line, source)."""
     if thr.train_loss is not None:
-        return thr.train_loss, "given"
+        return thr.train_loss, None, "given"
     c = thr.num_classes or num_classes
-    if c is not None:
-        return thr.loss_fraction * math.log(c), f"{thr.loss_fraction:g} x ln({c}) classes"
-    loss = _finite(cells, "train_loss")
-    split = otsu_split(np.log10(loss[loss > 0])) if len(loss) else None
-    if split is None:
-        return None, "no training loss"
-    if split[1] < thr.loss_min_decades:
-        why = f"one regime: log10 train_loss Otsu sides {split[1]:.2g} < {thr.loss_min_decades:g} decades apart"
-        return None, f"{why} (number of classes unknown): loss unused"
-    return float(10 ** split[0]), "Otsu split of log10 train_loss (number of classes unknown)"
+    chance = None if c is None else thr.loss_fraction * math.log(c)
+    line = f"chance line {thr.loss_fraction:g} x ln({c}) classes"
+    if thr.loss_split == "chance" and chance is not None:
+        return chance, None, line
+    logs = _positive_log10(cells, "train_loss")
+    split = otsu_split(logs)
+    if split is None and not len(logs):
+        return None, None, "no training loss"
+    if split is not None and split[1] >= thr.loss_min_decades:
+        half = _half_gap(logs, split[0])
+        return (
+            float(10 ** split[0]),
+            half,
+            f"Otsu split of log10, sides {split[1]:.2g} decades apart",
+        )
+    gap = 0.0 if split is None else split[1]
+    why = f"one regime: Otsu sides {gap:.2g} < {thr.loss_min_decades:g} decades apart"
+    if chance is None:
+        return None, None, f"{why}, number of classes unknown: loss unused"
+    return chance, None, f"{why}, placed by the {line}"
+
+
+def small_loss_threshold(
+    cells: pd.DataFrame, thresholds: PhaseThresholds | None = None, num_classes: int | None = None
+) -> tuple[float | None, str]:
+    """Step 1 alone: the training loss at or below which a cell counts as fitted, and its
+    source (None when the loss cannot tell: not measured, or one regime and no class count)."""
+    loss, _, source = _resolve_loss(cells, thresholds or PhaseThresholds(), num_classes)
+    return loss, source
 
 
 def _resolve_hessian(cells: pd.DataFrame, thr: PhaseThresholds):
+    """(metric, log10 threshold, half gap in decades or None for a stated line, source)."""
     metric = _present(cells, thr.hessian, HESSIAN_METRICS)
     if metric is None:
-        return None, None, "not measured"
+        return None, None, None, "not measured"
     if thr.hessian_threshold is not None:
-        return metric, math.log10(thr.hessian_threshold), "given"
-    values = _finite(cells, metric)
-    logs = np.log10(values[values > 0])
+        return metric, math.log10(thr.hessian_threshold), None, "given"
+    logs = _positive_log10(cells, metric)
     if thr.hessian_split == "median":
-        return metric, _split(logs, "median"), "median of the sweep's log10 values"
+        cut = _split(logs, "median")
+        half = None if cut is None else _half_gap(logs, cut)
+        return metric, cut, half, "median of the sweep's log10 values"
     split = otsu_split(logs)
     if split is None or split[1] < thr.hessian_min_decades:
         gap = 0.0 if split is None else split[1]
         why = f"one regime: Otsu sides {gap:.2g} < {thr.hessian_min_decades:g} decades apart"
-        return metric, None, why
-    return metric, float(split[0]), f"Otsu split, sides {split[1]:.2g} decades apart"
+        return metric, None, None, why
+    half = _half_gap(logs, split[0])
+    return metric, float(split[0]), half, f"Otsu split, sides {split[1]:.2g} decades apart"
 
 
 def _pooled_sd(cells: pd.DataFrame, col: str) -> float | None:
@@ -290,22 +375,32 @@ def _pooled_sd(cells: pd.DataFrame, col: str) -> float | None:
     return float(np.sqrt(((n[ok] - 1) * s[ok] ** 2).sum() / dof)) if dof > 0 else None
 
 
-def _resolve_mc(cells: pd.DataFrame, thr: PhaseThresholds):
+def _resolve_mc(cells: pd.DataFrame, regimes: pd.Series, thr: PhaseThresholds):
+    """Per local regime, the pooled seed-to-seed spread of mc and its source.
+
+    Pooled over the cells of one regime only: unfitted cells spread by points and fitted ones
+    by hundredths, so a band pooled over both would hide the fitted cells' barriers.
+    """
+    sds: dict[str, float | None] = {}
+    sources: dict[str, str] = {}
     if not len(_finite(cells, "mc")):
-        return None, "not measured"
-    if thr.mc_band is not None:
-        return thr.mc_band, "given band"
-    sd = _pooled_sd(cells, "mc")
-    if sd is not None:
-        return (
-            sd,
-            f"pooled over seed pairs, band = max({thr.mc_k:g} s / sqrt(pairs), {thr.mc_floor:g})",
-        )
-    sd = _pooled_sd(cells, "train_acc")
-    if sd is not None:
-        sd = MC_PER_ACCURACY * sd
-        return sd, "proxy: pooled seed-to-seed s of training error in % (one pair per cell)"
-    return thr.mc_floor, "no seed spread available: band = mc_floor"
+        return sds, sources
+    for regime in REGIMES:
+        same = cells[regimes == regime]
+        if not len(same):
+            continue
+        where = f"the {len(same)} {regime} cells"
+        if thr.mc_band is not None:
+            sds[regime], sources[regime] = None, f"given band {thr.mc_band:g}"
+        elif (sd := _pooled_sd(same, "mc")) is not None:
+            own = f"a cell's own pairs when >= {thr.mc_min_pairs}"
+            sds[regime], sources[regime] = sd, f"{own}, else seed pairs pooled over {where}"
+        elif (sd := _pooled_sd(same, "train_acc")) is not None:
+            sds[regime] = MC_PER_ACCURACY * sd
+            sources[regime] = f"proxy: seed spread of training error in %, pooled over {where}"
+        else:
+            sds[regime], sources[regime] = None, f"no seed spread: band = mc_floor {thr.mc_floor:g}"
+    return sds, sources
 
 
 def _resolve_cka(cells: pd.DataFrame, thr: PhaseThresholds, candidates: pd.DataFrame):
@@ -344,12 +439,17 @@ def resolve_thresholds(
     """Turn :class:`PhaseThresholds` into numbers for these cells (see module docstring)."""
     thr = thresholds or PhaseThresholds()
     ok = cells[cells["n_ok"] > 0] if "n_ok" in cells else cells
-    loss, loss_src = _resolve_loss(ok, thr, num_classes)
-    h_metric, h_log, h_src = _resolve_hessian(ok, thr)
-    mc_sd, mc_src = _resolve_mc(ok, thr)
+    loss, loss_half, loss_src = _resolve_loss(ok, thr, num_classes)
+    h_metric, h_log, h_half, h_src = _resolve_hessian(ok, thr)
     res = ResolvedThresholds(
-        loss, loss_src, h_metric, h_log, h_src, mc_sd, mc_src, None, None, "not measured"
+        loss, loss_src, h_metric, h_log, h_src, {}, {}, None, None, "not measured",
+        loss_half_gap=loss_half, hessian_half_gap=h_half,
+    )  # fmt: skip
+    regimes = pd.Series(
+        [_local_regime(row, res, thr.local_rule)[0] for _, row in ok.iterrows()], index=ok.index
     )
+    mc_sd, mc_src = _resolve_mc(ok, regimes, thr)
+    res = dataclasses.replace(res, mc_sd=mc_sd, mc_source=mc_src)
     candidates = ok[[_is_iv_candidate(row, res, thr) for _, row in ok.iterrows()]]
     c_metric, c_thr, c_src = _resolve_cka(ok, thr, candidates)
     return dataclasses.replace(res, cka_metric=c_metric, cka_threshold=c_thr, cka_source=c_src)
@@ -359,7 +459,7 @@ def _is_iv_candidate(row: pd.Series, res: ResolvedThresholds, thr: PhaseThreshol
     """Fitted with mc within its band: a cell the CKA decides between IV-A and IV-B."""
     regime, _ = _local_regime(row, res, thr.local_rule)
     mc = _value(row, "mc")
-    return regime == "fitted" and mc is not None and mc >= -_mc_band(row, res, thr)
+    return regime == "fitted" and mc is not None and mc >= -_mc_band(row, res, thr, regime)[0]
 
 
 def _value(row: pd.Series, col: str | None) -> float | None:
@@ -369,42 +469,109 @@ def _value(row: pd.Series, col: str | None) -> float | None:
     return float(v) if pd.notna(v) and np.isfinite(v) else None
 
 
+@dataclass(frozen=True)
+class _Vote:
+    """One local signal's reading of a cell: small (fitted side) or not, and its margin."""
+
+    name: str
+    small: bool
+    margin: float | None  # distance from the split in half gaps; None: a stated line
+    reason: str
+
+
+def _vote(
+    name: str, text: str, log_value: float, log_cut: float, cut: str, half: float | None, words
+) -> _Vote:
+    """``text`` (the value) against ``cut`` (the threshold), both also given in log10."""
+    small = log_value <= log_cut
+    margin = abs(log_value - log_cut) / half if half else None
+    why = words[0] if small else words[1]
+    if margin is not None:
+        why += f", margin {margin:.2g}"
+    return _Vote(name, small, margin, f"{text} {'<=' if small else '>'} {cut} ({why})")
+
+
+def _votes(row: pd.Series, res: ResolvedThresholds) -> list[_Vote]:
+    votes = []
+    loss = _value(row, "train_loss")
+    if loss is not None and loss > 0 and res.train_loss is not None:
+        votes.append(
+            _vote(
+                "loss",
+                f"train_loss {loss:.3g}",
+                math.log10(loss),
+                math.log10(res.train_loss),
+                f"{res.train_loss:.3g}",
+                res.loss_half_gap,
+                ("small", "high"),
+            )
+        )
+    h = _value(row, res.hessian_metric)
+    if h is not None and h > 0 and res.hessian_log10 is not None:
+        votes.append(
+            _vote(
+                "hessian",
+                f"log10 {res.hessian_metric} {math.log10(h):.3g}",
+                math.log10(h),
+                res.hessian_log10,
+                f"{res.hessian_log10:.3g}",
+                res.hessian_half_gap,
+                ("small", "large"),
+            )
+        )
+    return votes
+
+
+def _settle(votes: list[_Vote], rule: str) -> tuple[_Vote | None, str]:
+    """The vote that decides when loss and Hessian disagree (None: mixed), and why."""
+    if rule == "agree":
+        return None, "loss and Hessian disagree"
+    a, b = votes
+    if a.margin is None and b.margin is None:
+        return None, "loss and Hessian disagree, both stated lines"
+    if a.margin is None or b.margin is None:
+        line = a if a.margin is None else b
+        return line, f"loss and Hessian disagree: the {line.name}'s stated line decides"
+    if a.margin == b.margin:
+        return None, "loss and Hessian disagree by equal margins"
+    win, lose = (a, b) if a.margin > b.margin else (b, a)
+    why = f"loss and Hessian disagree: the {win.name} margin {win.margin:.2g} > {lose.margin:.2g} decides"
+    return win, why
+
+
 def _local_regime(
     row: pd.Series, res: ResolvedThresholds, rule: str
 ) -> tuple[str | None, list[str]]:
     """'fitted', 'unfitted', 'mixed' or None (no signal), and the reasons."""
-    reasons, votes = [], {}
-    loss = _value(row, "train_loss")
-    if loss is not None and res.train_loss is not None:
-        small = loss <= res.train_loss
-        votes["loss"] = small
-        reasons.append(
-            f"train_loss {loss:.3g} {'<=' if small else '>'} {res.train_loss:.3g} ({'small' if small else 'high'})"
-        )
-    h = _value(row, res.hessian_metric)
-    if h is not None and h > 0 and res.hessian_log10 is not None:
-        small = math.log10(h) <= res.hessian_log10
-        votes["hessian"] = small
-        cmp = "<=" if small else ">"
-        reasons.append(
-            f"log10 {res.hessian_metric} {math.log10(h):.3g} {cmp} {res.hessian_log10:.3g} ({'small' if small else 'large'})"
-        )
+    votes = _votes(row, res)
+    reasons = [v.reason for v in votes]
     if not votes:
-        return None, reasons or ["no training loss or Hessian"]
-    if rule in votes:
-        fitted = votes[rule]
-    elif len(set(votes.values())) > 1:
-        return "mixed", [*reasons, "loss and Hessian disagree"]
-    else:
-        fitted = next(iter(votes.values()))
-    return ("fitted" if fitted else "unfitted"), reasons
+        return None, ["no training loss or Hessian"]
+    chosen = next((v for v in votes if v.name == rule), None)
+    if chosen is None and len({v.small for v in votes}) > 1:
+        chosen, why = _settle(votes, rule)
+        reasons.append(why)
+        if chosen is None:
+            return "mixed", reasons
+    chosen = chosen or votes[0]
+    return ("fitted" if chosen.small else "unfitted"), reasons
 
 
-def _mc_band(row: pd.Series, res: ResolvedThresholds, thr: PhaseThresholds) -> float:
+def _mc_band(
+    row: pd.Series, res: ResolvedThresholds, thr: PhaseThresholds, regime: str | None
+) -> tuple[float, str]:
+    """Half-width of the cell's mc near-0 band and whose spread it used."""
     if thr.mc_band is not None:
-        return thr.mc_band
+        return thr.mc_band, "given"
     n = _value(row, "mc_n") or 1.0
-    return max(thr.mc_k * (res.mc_sd or 0.0) / math.sqrt(n), thr.mc_floor)
+    own = _value(row, "mc_std")
+    if own is not None and n >= thr.mc_min_pairs:
+        sd, whose = own, f"own {n:g} pairs"
+    else:
+        sd, whose = res.mc_sd.get(regime or ""), f"pooled over {regime} cells"
+    if sd is None:
+        return thr.mc_floor, "mc_floor"
+    return max(thr.mc_k * sd / math.sqrt(n), thr.mc_floor), whose
 
 
 def classify_cell(row: pd.Series, res: ResolvedThresholds, thr: PhaseThresholds) -> tuple[str, str]:
@@ -420,9 +587,9 @@ def classify_cell(row: pd.Series, res: ResolvedThresholds, thr: PhaseThresholds)
         return ("III/IV" if regime == "fitted" else "I/II"), "; ".join(
             [*reasons, "mc not measured"]
         )
-    band = _mc_band(row, res, thr)
+    band, whose = _mc_band(row, res, thr, regime)
     where = "below" if mc < -band else "above" if mc > band else "within"
-    reasons.append(f"mc {mc:.3g} {where} +-{band:.2g}")
+    reasons.append(f"mc {mc:.3g} {where} +-{band:.2g} ({whose})")
     if regime == "unfitted":
         return ("I" if mc < 0 else "II"), "; ".join(reasons)
     if mc < -band:
@@ -458,7 +625,7 @@ def classify_phases(
 
 def threshold_options() -> list[tuple[str, type, object, str, tuple[str, ...] | None]]:
     """(name, type, default, help, choices) of every :class:`PhaseThresholds` field, for a CLI."""
-    types = {"num_classes": int}
+    types = {"num_classes": int, "mc_min_pairs": int}
     out = []
     for f in fields(PhaseThresholds):
         kind = types.get(f.name, str if isinstance(f.default, str) else float)

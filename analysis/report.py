@@ -39,8 +39,18 @@ import pandas as pd  # noqa: E402
 
 from analysis.cells import aggregate_cells  # noqa: E402
 from analysis.claims import evaluate_all  # noqa: E402
-from analysis.correlations import correlation_table, plot_correlations  # noqa: E402
-from analysis.curves import curve_axis, plot_lr_range, plot_training_curves, variant_labels  # noqa: E402
+from analysis.correlations import (  # noqa: E402
+    correlation_table,
+    plot_correlations,
+    small_sample_warnings,
+)
+from analysis.curves import (  # noqa: E402
+    curve_axis,
+    plot_lr_range,
+    plot_training_curves,
+    variant_labels,
+    variant_order,
+)
 from analysis.heatmap import LOG_METRICS, metric_heatmap, save_figure  # noqa: E402
 from analysis.lca import plot_lca  # noqa: E402
 from analysis.load import Results, ResultsError, load_results  # noqa: E402
@@ -230,9 +240,13 @@ def correlations_section(cells: pd.DataFrame, keys: list[str], out: Path) -> Sec
         return section
     table.to_csv(out / "correlations.csv", index=False)
     (out / "correlations.html").write_text(_table_html(table))
+    warnings = "".join(
+        f"<p class='warning'>Warning: {html.escape(w)}</p>"
+        for w in small_sample_warnings(table, cells, keys)
+    )
     section.add_html(
         "<p>tau: over all cells; tau[knob]: mean tau within groups where only that knob "
-        "varies; Psi: mean over knobs. Also correlations.csv.</p>" + _table_html(table)
+        "varies; Psi: mean over knobs. Also correlations.csv.</p>" + warnings + _table_html(table)
     )
     section.add("Kendall tau per measure", plot_correlations(table), out / "correlations.png")
     return section
@@ -252,29 +266,33 @@ def curves_section(results: Results, keys: list[str], out: Path, by: str | None)
 def surfaces_section(results: Results, keys: list[str], out: Path, opts: ReportOptions) -> Section:
     section = Section("Loss surfaces and paths")
     labels, s, n = variant_labels(results.runs, keys), results.surfaces, opts.max_variants
-    section.add(
-        "1-D slices", plot_surface_1d(s, labels, log=opts.log_surfaces), out / "surface_1d.png"
-    )
+    order = variant_order(results.runs, keys)  # figures spread their models over the grid
+    fig = plot_surface_1d(s, labels, log=opts.log_surfaces, max_variants=n, order=order)
+    section.add("1-D slices", fig, out / "surface_1d.png")
     section.add(
         "2-D contours",
-        plot_surface_2d(s, labels, log=opts.log_surfaces, max_variants=n),
+        plot_surface_2d(s, labels, log=opts.log_surfaces, max_variants=n, order=order),
         out / "surface_2d.png",
     )
-    fig = plot_surface_2d(s, labels, log=opts.log_surfaces, three_d=True, max_variants=min(n, 3))
+    fig = plot_surface_2d(
+        s, labels, log=opts.log_surfaces, three_d=True, max_variants=min(n, 3), order=order
+    )
     section.add("3-D surfaces", fig, out / "surface_3d.png")
     for kind in ("mli", "interpolation", "bezier"):
-        section.add(f"{kind} path", plot_paths(s, kind, labels), out / f"path_{kind}.png")
+        fig = plot_paths(s, kind, labels, max_variants=n, order=order)
+        section.add(f"{kind} path", fig, out / f"path_{kind}.png")
     section.add("between sweep points", plot_cross(results.cross, results.runs), out / "cross.png")
     return section
 
 
 def matrices_section(results: Results, keys: list[str], out: Path, opts: ReportOptions) -> Section:
     section = Section("Stiffness and Hessian spectra")
-    labels = variant_labels(results.runs, keys)
+    labels, order = variant_labels(results.runs, keys), variant_order(results.runs, keys)
     stiffness = final_stiffness(results.stiffness)  # not the matrices over training
-    fig = plot_stiffness(stiffness, labels, max_variants=opts.max_variants)
+    fig = plot_stiffness(stiffness, labels, max_variants=opts.max_variants, order=order)
     section.add("class stiffness at the end of training", fig, out / "stiffness.png")
-    section.add("eigenvalue density", plot_spectra(results.spectra, labels), out / "spectra.png")
+    fig = plot_spectra(results.spectra, labels, order=order)
+    section.add("eigenvalue density", fig, out / "spectra.png")
     return section
 
 
@@ -342,6 +360,7 @@ def claims_section(results: Results, out: Path) -> Section:
     table.to_csv(out / "claims.csv", index=False)
     shown = table[
         ["statement", "reference", "knob", "measure", "low", "high", "trend", "z", "verdict"]
+        + ["note"]  # what a claim about minima left out (unfitted cells) and why
     ]
     section.add_html(
         "<p>Within each setting of the other knobs: Kendall's tau of the seed means against "
@@ -403,6 +422,7 @@ th, td {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }}
 th {{ background: #f3f3f3; }}
 details {{ margin: 0.5em 0; }}
 tr.invariant td {{ background: #e3f4e1; font-weight: 600; }}
+p.warning {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.3em 0.6em; }}
 </style></head>
 <body>
 {body}

@@ -19,6 +19,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 
 from analysis.curves import curve_axis
 from analysis.heatmap import format_value
@@ -73,12 +75,21 @@ def plot_stiffness_stages(
     part = rows[rows["variant_id"].isin(ids)]
     steps = _stages(sorted(part["step"].unique()), max_stages)
     n = len(steps)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 3.4), squeeze=False)
+    # One colour bar in its own narrow column: drawn inside the last panel, it squeezed it.
+    fig, axes = plt.subplots(
+        1,
+        n + 1,
+        figsize=(3.2 * n + 1, 3.4),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1.0] * n + [0.06]},
+    )
     for ax, step in zip(axes.flat, steps):
         at = part[part["step"] == step]
-        stiffness_heatmap(ax, at, value, annot_max=36, cbar=ax is axes.flat[-1])
+        stiffness_heatmap(ax, at, value, annot_max=36, cbar=False)
         epoch = f", epoch {at['epoch'].iloc[0]:.3g}" if "epoch" in at else ""
         ax.set_title(f"step {format_value(step)}{epoch}", fontsize=9)
+    bar = ScalarMappable(norm=Normalize(-1.0, 1.0), cmap="RdBu")
+    fig.colorbar(bar, cax=axes.flat[-1], label=f"{value} (cosine, -1 to 1)")
     fig.suptitle(f"class stiffness ({value}) over training: {title}", fontsize=10)
     fig.tight_layout()
     return fig

@@ -9,7 +9,10 @@
 - ``spectra``: stochastic-Lanczos eigenvalue density, log y.
 
 Every function returns ``None`` when its table or kind is absent, so a report can leave
-the figure out. At most ``max_variants`` models are drawn, the first in label order.
+the figure out. At most ``max_variants`` models (or pairs) are drawn. Given ``order`` (a
+variant's place in the sweep's grid, :func:`analysis.curves.variant_order`), they are spread
+evenly over the grid's cells in grid order, one per cell (its smallest seed), so a figure
+spans the knobs; without it, the first in label order.
 """
 
 from __future__ import annotations
@@ -48,29 +51,58 @@ def _label(path_id: str, labels: dict[str, str]) -> str:
     return " | ".join(labels.get(p, p) for p in path_id.split(" | "))
 
 
-def _chosen(ids: pd.Series, labels: dict[str, str], max_variants: int) -> tuple[list[str], str]:
+def _chosen(
+    ids: pd.Series,
+    labels: dict[str, str],
+    max_variants: int,
+    order: dict[str, tuple[int, int]] | None = None,
+) -> tuple[list[str], str]:
+    """The paths to draw and a title note; spread over the grid when ``order`` is given."""
     unique = sorted(ids.unique(), key=lambda i: _label(i, labels))
     note = f" ({max_variants} of {len(unique)})" if len(unique) > max_variants else ""
-    return unique[:max_variants], note
+    if order is None or len(unique) <= max_variants:
+        return unique[:max_variants], note
+    last = (len(order), 0)  # unknown variants after every known one
+
+    def place(pid: str) -> tuple[int, int]:
+        return order.get(pid.split(" | ")[0], last)
+
+    unique = sorted(unique, key=place)  # stable: label order within a place
+    first_of_cell = list({place(p)[0]: p for p in reversed(unique)}.values())[::-1]
+    if len(first_of_cell) >= max_variants:
+        picks = np.linspace(0, len(first_of_cell) - 1, max_variants).round().astype(int)
+        chosen = [first_of_cell[i] for i in picks]
+    else:  # fewer cells than wanted: one per cell, then the next seeds in grid order
+        chosen = first_of_cell + [p for p in unique if p not in first_of_cell]
+    return chosen[:max_variants], f" ({max_variants} of {len(unique)}, spread over the grid)"
+
+
+def _legend_outside(ax: plt.Axes, **kw) -> None:
+    """A legend to the right of ``ax``, off the data."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kw)
 
 
 def plot_surface_1d(
-    surfaces: pd.DataFrame | None, labels: dict[str, str], log: bool = False, max_variants: int = 8
+    surfaces: pd.DataFrame | None,
+    labels: dict[str, str],
+    log: bool = False,
+    max_variants: int = 8,
+    order: dict[str, tuple[int, int]] | None = None,
 ) -> plt.Figure | None:
     """Loss along one filter-normalised direction, one line per model."""
     part = _kind(surfaces, "1d")
     if part is None:
         return None
     ids = _path_id(part)
-    chosen, note = _chosen(ids, labels, max_variants)
+    chosen, note = _chosen(ids, labels, max_variants, order)
     fig, ax = plt.subplots(figsize=(6, 4))
     for pid in chosen:
         line = part[ids == pid].sort_values("alpha")
         ax.plot(line["alpha"], line["loss"], label=_label(pid, labels))
     if log:
         ax.set_yscale("log")
-    ax.set(xlabel="alpha", ylabel="training loss", title=f"1-D loss slices{note}")
-    ax.legend(fontsize=7)
+    ax.set(xlabel="alpha", ylabel="training loss (nats)", title=f"1-D loss slices{note}")
+    _legend_outside(ax, fontsize=7)
     return fig
 
 
@@ -89,16 +121,17 @@ def plot_surface_2d(
     log: bool = False,
     three_d: bool = False,
     max_variants: int = 4,
+    order: dict[str, tuple[int, int]] | None = None,
 ) -> plt.Figure | None:
     """Contours (or 3-D surfaces with ``three_d``) of loss over (alpha, beta), one panel per model."""
     part = _kind(surfaces, "2d")
     if part is None:
         return None
     ids = _path_id(part)
-    chosen, note = _chosen(ids, labels, max_variants)
+    chosen, note = _chosen(ids, labels, max_variants, order)
     kw = {"subplot_kw": {"projection": "3d"}} if three_d else {}
     fig, axes = plt.subplots(1, len(chosen), figsize=(4.6 * len(chosen), 4.2), squeeze=False, **kw)
-    zlabel = "log10 loss" if log else "loss"
+    zlabel = "log10 loss (nats)" if log else "loss (nats)"
     for ax, pid in zip(axes.flat, chosen):
         a, b, z = _surface_grid(part[ids == pid], log)
         if three_d:
@@ -118,7 +151,11 @@ def plot_surface_2d(
 
 
 def plot_paths(
-    surfaces: pd.DataFrame | None, kind: str, labels: dict[str, str], max_variants: int = 8
+    surfaces: pd.DataFrame | None,
+    kind: str,
+    labels: dict[str, str],
+    max_variants: int = 8,
+    order: dict[str, tuple[int, int]] | None = None,
 ) -> plt.Figure | None:
     """Loss and accuracy along an ``mli``, ``interpolation`` or ``bezier`` path."""
     if kind not in PATHS:
@@ -127,7 +164,7 @@ def plot_paths(
     if part is None:
         return None
     ids = _path_id(part)
-    chosen, note = _chosen(ids, labels, max_variants)
+    chosen, note = _chosen(ids, labels, max_variants, order)
     cols = [c for c in ("loss", "accuracy") if c in part and part[c].notna().any()]
     fig, axes = plt.subplots(1, len(cols), figsize=(5 * len(cols), 3.8), squeeze=False)
     x = "t" if kind == "bezier" else "alpha"
@@ -135,8 +172,8 @@ def plot_paths(
         for pid in chosen:
             line = part[ids == pid].sort_values("alpha")
             ax.plot(line["alpha"], line[col], marker=".", label=_label(pid, labels))
-        ax.set(xlabel=x, ylabel=col)
-    axes.flat[0].legend(fontsize=6)
+        ax.set(xlabel=x, ylabel={"loss": "training loss (nats)"}.get(col, "training accuracy"))
+    _legend_outside(axes.flat[-1], fontsize=6)
     titles = {
         "mli": "init to trained (MLI)",
         "interpolation": "linear interpolation between seeds",
@@ -152,12 +189,13 @@ def plot_stiffness(
     labels: dict[str, str],
     value: str = "s_cos",
     max_variants: int = 4,
+    order: dict[str, tuple[int, int]] | None = None,
 ) -> plt.Figure | None:
     """Class-stiffness matrices (mean ``value`` per class pair), colours centred at 0."""
     if stiffness is None or stiffness.empty or value not in stiffness:
         return None
     ids = stiffness["variant_id"].astype(str)
-    chosen, note = _chosen(ids, labels, max_variants)
+    chosen, note = _chosen(ids, labels, max_variants, order)
     fig, axes = plt.subplots(1, len(chosen), figsize=(4.4 * len(chosen), 3.8), squeeze=False)
     for ax, vid in zip(axes.flat, chosen):
         stiffness_heatmap(ax, stiffness[ids == vid], value, annot_max=100)
@@ -188,22 +226,34 @@ def stiffness_heatmap(
     )
 
 
+# Decades of density shown below the highest peak: the Gaussian broadening (sigma^2 = 1e-5)
+# gives tails down to 1e-20 and beyond, which say nothing and flatten every peak.
+SPECTRUM_DECADES = 6
+
+
 def plot_spectra(
-    spectra: pd.DataFrame | None, labels: dict[str, str], max_variants: int = 8
+    spectra: pd.DataFrame | None,
+    labels: dict[str, str],
+    max_variants: int = 8,
+    order: dict[str, tuple[int, int]] | None = None,
 ) -> plt.Figure | None:
-    """Hessian eigenvalue densities, log y."""
+    """Hessian eigenvalue densities, log y over :data:`SPECTRUM_DECADES` below the peak."""
     if spectra is None or spectra.empty:
         return None
     ids = spectra["variant_id"].astype(str)
-    chosen, note = _chosen(ids, labels, max_variants)
+    chosen, note = _chosen(ids, labels, max_variants, order)
     fig, ax = plt.subplots(figsize=(6.5, 4))
+    peak = 0.0
     for vid in chosen:
         line = spectra[ids == vid].sort_values("eigenvalue")
         density = line["density"].where(line["density"] > 0)
+        peak = max(peak, float(density.max()) if density.notna().any() else 0.0)
         ax.plot(line["eigenvalue"], density, label=_label(vid, labels))
     ax.set_yscale("log")
+    if peak > 0:
+        ax.set_ylim(peak * 10.0**-SPECTRUM_DECADES, peak * 2)
     ax.set(xlabel="eigenvalue", ylabel="density", title=f"Hessian spectral density{note}")
-    ax.legend(fontsize=7)
+    _legend_outside(ax, fontsize=7)
     return fig
 
 

@@ -69,7 +69,15 @@ def knob_legend(
     ax: plt.Axes, palette: dict[Any, Any], by: str, extra: Sequence[Line2D] = ()
 ) -> None:
     handles = [Line2D([], [], color=c, label=format_value(v)) for v, c in palette.items()]
-    ax.legend(handles=[*handles, *extra], title=by, fontsize=7, title_fontsize=8)
+    ax.legend(
+        handles=[*handles, *extra],
+        title=by,
+        fontsize=7,
+        title_fontsize=8,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1.0),
+        borderaxespad=0.0,
+    )  # beside the axes, off the data
 
 
 def at_end(table: pd.DataFrame) -> pd.DataFrame:
@@ -193,6 +201,8 @@ def plot_trajectory(
     set_step_axis(ax, data["step"])
     if metric in LOG_METRICS or edge:
         log_if_wide(ax, pd.concat([data[metric], data["edge"] if edge else None]))
+    if ax.get_yscale() == "log":  # standard-error bands below zero: clip them to the data
+        ax.set_ylim(bottom=float(data[metric].min()) / 1.5)
     extra = [Line2D([], [], color="grey", ls="--", label=label)] if edge else []
     knob_legend(ax, palette, by, extra)
     ax.set_ylabel(metric)

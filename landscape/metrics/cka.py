@@ -56,13 +56,17 @@ def gram_linear(x: Tensor) -> Tensor:
 
 
 def gram_rbf(x: Tensor, threshold: float = 1.0) -> Tensor:
-    """Gaussian kernel exp(-||x_i - x_j||^2 / (2 sigma^2)) with sigma = ``threshold`` times the
-    median pairwise distance (off-diagonal pairs), as in Kornblith et al.'s experiments."""
+    """Gaussian kernel exp(-||x_i - x_j||^2 / (2 sigma^2)), Kornblith et al.'s median heuristic:
+    sigma^2 = ``threshold``^2 times the median of the squared distances over all n^2 ordered
+    pairs, the diagonal's zeros included (their ``gram_rbf`` in google-research's
+    ``representation_similarity/Demo.ipynb``: ``np.median(sq_distances)``, the mean of the two
+    middle values for an even count). ``threshold`` is the "fraction of the median Euclidean
+    distance" of their paper, so sigma = threshold * sqrt(median squared distance)."""
     x = x.double()
     sq = torch.cdist(x, x).square()
-    n = x.shape[-2]
-    iu = torch.triu_indices(n, n, offset=1, device=x.device)
-    median_sq = sq[..., iu[0], iu[1]].median(-1).values
+    flat = sq.flatten(-2).sort(-1).values  # (..., n^2)
+    m = flat.shape[-1]
+    median_sq = (flat[..., (m - 1) // 2] + flat[..., m // 2]) / 2  # np.median
     return torch.exp(-sq / (2 * threshold**2 * median_sq[..., None, None]))
 
 
@@ -192,14 +196,32 @@ def representations(
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def mixup_inputs(x: Tensor, generator: torch.Generator, concentration: float = 16.0) -> Tensor:
-    """Mixup of inputs x (P, n, *input) within each model's row: example i mixed with a random
-    partner, lambda_i ~ Beta(concentration, concentration) (Yang et al.: Beta(16, 16)).
-    Lambdas come from a NumPy generator seeded by ``generator``."""
+def mixup_inputs(
+    x: Tensor, generator: torch.Generator, concentration: float = 16.0, batch_size: int = 128
+) -> Tensor:
+    """Mixup of inputs x (P, n, *input) within each model's row, as Yang et al. fed CKA:
+    the row is cut into consecutive batches of ``batch_size`` (the last may be shorter); each
+    batch draws ONE lambda ~ Beta(concentration, concentration) (Yang et al.: Beta(16, 16),
+    batches of 128) and a random permutation of itself, and example i becomes
+    lambda x_i + (1 - lambda) x_perm(i) (Zhang et al.'s mixup of a minibatch, which their code
+    applies). Lambdas come from a NumPy generator seeded by ``generator``."""
+    if batch_size < 1:
+        raise ValueError(f"mixup batch_size must be >= 1, got {batch_size}")
     P, n = x.shape[:2]
-    partner = torch.stack([torch.randperm(n, generator=generator) for _ in range(P)]).to(x.device)
+    starts = range(0, n, batch_size)
+    partner = torch.stack(
+        [
+            torch.cat(
+                [s + torch.randperm(min(batch_size, n - s), generator=generator) for s in starts]
+            )
+            for _ in range(P)
+        ]
+    ).to(x.device)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    lam = np.random.default_rng(seed).beta(concentration, concentration, size=(P, n))
+    lam_batch = np.random.default_rng(seed).beta(
+        concentration, concentration, size=(P, len(starts))
+    )
+    lam = np.repeat(lam_batch, [min(batch_size, n - s) for s in starts], axis=1)  # (P, n)
     lam = torch.as_tensor(lam, dtype=x.dtype, device=x.device).view(P, n, *([1] * (x.dim() - 2)))
     other = x.gather(1, partner.view(P, n, *([1] * (x.dim() - 2))).expand_as(x))
     return lam * x + (1 - lam) * other

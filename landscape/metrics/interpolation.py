@@ -1,10 +1,15 @@
 """Straight lines in parameter space: the linear interpolation barrier between two trained
 models, and monotonic linear interpolation from the initialisation.
 
-- Barrier (Frankle, Dziugaite, Roy, Carbin 2020, "Linear Mode Connectivity and the Lottery
-  Ticket Hypothesis", ICML): ``max_alpha f((1-alpha) w_a + alpha w_b) - [(1-alpha) f(w_a) +
-  alpha f(w_b)]`` for f the loss or the error, alpha on a grid including both endpoints
-  (so the barrier is >= 0, and 0 on a convex problem).
+- Barrier: ``max_alpha f((1-alpha) w_a + alpha w_b) - [(1-alpha) f(w_a) + alpha f(w_b)]``
+  for f the loss or the error, alpha on a grid including both endpoints (so the barrier is
+  >= 0, and 0 on a convex problem): the height above the straight line between the endpoint
+  values, as defined by Entezari, Sedghi, Saukh, Neyshabur (2022), "The Role of Permutation
+  Invariance in Linear Mode Connectivity of Neural Networks" (ICLR), section 2. Frankle,
+  Dziugaite, Roy, Carbin (2020), "Linear Mode Connectivity and the Lottery Ticket
+  Hypothesis" (ICML), section 2, who introduced the measure, subtract the endpoints' mean
+  ``(f(w_a) + f(w_b)) / 2`` instead; the two agree when the endpoints' values are equal and
+  differ by at most ``|f(w_a) - f(w_b)| / 2``.
 - MLI (Lucas, Bae, Zhang, Fort, Zemel, Grosse 2021, "Analyzing Monotonic Linear
   Interpolation in Neural Network Loss Landscapes", ICML): the loss along
   ``(1-alpha) w_0 + alpha w_T`` from the initialisation w_0 to the trained w_T.

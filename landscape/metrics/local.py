@@ -205,7 +205,8 @@ class LRRangeSpec:
     lr_max: float = 10.0
     steps: int = 200
     batch_size: int = 0  # 0: the pack's optim.batch_size
-    stop_factor: float = 4.0  # stop a member once its loss exceeds this times its best
+    # stop a member once its loss exceeds max(this x its best, ln C): lr_range module docstring
+    stop_factor: float = 4.0
 
     def __post_init__(self) -> None:
         _check(self, "lr_range", ("lr_min", "lr_max", "steps", "stop_factor"), ("batch_size",))

@@ -4,10 +4,21 @@ grows, and record the loss. Smith grows it linearly over a few epochs; we grow i
 exponentially over a few hundred steps, as fastai's ``lr_find`` does (there: 1e-7 to 10 in
 100 steps, stopping when the loss exceeds 4x its best), so that every decade gets the same
 number of steps.
+
+Smith and fastai start from the initialisation, where the best loss is near chance (``ln C``
+for ``C`` classes) and "4x the best loss" is a clear blow-up. Run on a trained model (as a
+sweep measures it), the best loss is about 0.01 and 4x that is within minibatch noise at the
+smallest rates: the test stopped after two or three steps at lr 1e-6 and said nothing. So the
+stop line is the larger of ``stop_factor`` times the best loss and a *reference* loss,
+by default the chance loss ``ln C`` (the uniform predictor's): a trained model is followed
+until the rate has undone its training (its loss is worse than a guess) or has blown up
+relative to its best, whichever comes later. From the initialisation the best loss is near
+``ln C`` and the rule is fastai's; ``reference=0`` gives fastai's rule everywhere.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +49,7 @@ def lr_range_test(
     steps: int = 200,
     batch_size: int = 64,
     stop_factor: float = 4.0,
+    reference: float | None = None,
     generator: torch.Generator,
 ) -> LRRangeCurve:
     """Loss while the learning rate grows as lr_min (lr_max / lr_min)^(t / (steps - 1)).
@@ -48,13 +60,18 @@ def lr_range_test(
     the copy updated). Each step draws ``batch_size`` positions, shared by the members,
     uniformly with replacement from each member's own training set. A member stops (NaN
     from then on, parameters frozen) once its loss is not finite or exceeds
-    ``stop_factor`` times its best so far (fastai's rule); the step that reveals it is still
-    taken (the engine's step updates before the stop is known), which changes no recorded loss.
+    ``max(stop_factor * best so far, reference)``, ``reference`` by default the chance loss
+    ``ln(data.num_classes)`` (module docstring); the step that reveals it is still taken
+    (the engine's step updates before the stop is known), which changes no recorded loss.
     """
     if not 0 < lr_min < lr_max:
         raise ValueError(f"need 0 < lr_min < lr_max, got lr_min={lr_min}, lr_max={lr_max}")
     if steps < 2:
         raise ValueError(f"steps must be >= 2, got {steps}")
+    if reference is None:
+        reference = math.log(data.num_classes)
+    if not (math.isfinite(reference) and reference >= 0):
+        raise ValueError(f"reference must be a finite loss >= 0, got {reference}")
     device = data.y_train.device
     work = stack.clone()
     lrs = lr_min * (lr_max / lr_min) ** torch.linspace(0, 1, steps, dtype=torch.float64)
@@ -79,7 +96,8 @@ def lr_range_test(
         lr = torch.full((K,), float(lrs[t]), device=device)
         loss, _ = train_step(step_fn, work, opt, x, y, lr, "fp32")  # loss before the step
         best = torch.where(running, torch.minimum(best, loss), best)
-        stopped = ~(running & torch.isfinite(loss) & (loss <= stop_factor * best))
+        line = torch.clamp(stop_factor * best, min=reference)
+        stopped = ~(running & torch.isfinite(loss) & (loss <= line))
         losses[:, t] = torch.where(stopped, float("nan"), loss)
         opt.alive = opt.alive & ~stopped  # frozen from the next step on
         if not opt.alive.any():

@@ -158,8 +158,17 @@ def pca_surface(
 
 def pca_path_rows(pca: TrajectoryPCA, member: int = 0) -> list[dict]:
     """Rows of the projected path: member, snapshot (index t), alpha, beta (None with a
-    single component)."""
+    single component), and the share of the path's variance each direction explains
+    (``explained_alpha``, ``explained_beta``; Li et al. 2018 print it on the axes)."""
+    ratio = pca.explained_variance_ratio.tolist()
+    shares = {"explained_alpha": ratio[0], "explained_beta": ratio[1] if len(ratio) > 1 else None}
     return [
-        {"member": member, "snapshot": t, "alpha": c[0], "beta": c[1] if len(c) > 1 else None}
+        {
+            "member": member,
+            "snapshot": t,
+            "alpha": c[0],
+            "beta": c[1] if len(c) > 1 else None,
+            **shares,
+        }
         for t, c in enumerate(pca.path.tolist())
     ]

@@ -334,6 +334,8 @@ def _pca(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
                     "step": step,
                     "alpha": 6 * left**2 * np.cos(theta),
                     "beta": 1.5 * left**2 * np.sin(theta),
+                    "explained_alpha": 0.9,
+                    "explained_beta": 0.08,
                 }
             )
         for a, b in itertools.product(np.linspace(-8, 8, 11), np.linspace(-2, 2, 11)):

@@ -7,7 +7,15 @@ import pandas as pd
 import pytest
 
 from analysis.cells import aggregate_cells
-from analysis.curves import curve_axis, plot_lr_range, plot_training_curves, variant_labels
+from analysis.correlations import correlation_table, small_sample_warnings
+from analysis.curves import (
+    curve_axis,
+    plot_lr_range,
+    plot_training_curves,
+    variant_labels,
+    variant_order,
+)
+from analysis.heatmap import metric_heatmap
 from analysis.load import load_results
 from analysis.phase_diagram import (
     phase_regions,
@@ -17,6 +25,7 @@ from analysis.phase_diagram import (
 )
 from analysis.phases import classify_phases
 from analysis.surfaces import (
+    SPECTRUM_DECADES,
     plot_paths,
     plot_spectra,
     plot_stiffness,
@@ -66,8 +75,10 @@ def test_curves_overlay_learning_rate_when_swept(tmp_path, results_dir):
     results = load_results(root)
     assert curve_axis(results) == "optim.lr"
     fig = plot_training_curves(results)
-    legend = fig.axes[0].get_legend()
+    (legend,) = fig.legends  # beside the panels, not over the curves
     assert [t.get_text() for t in legend.get_texts()] == ["0.01", "0.1"]
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert fig.axes[0].get_ylabel() == "train_loss (nats)"
     plt.close("all")
 
 
@@ -106,3 +117,92 @@ def test_phase_regions_are_four_connected():
 def test_unknown_path_kind_is_named():
     with pytest.raises(ValueError, match="'2d'"):
         plot_paths(None, "2d", {})
+
+
+def _colour_bar_label(fig) -> list[str]:
+    return [ax.get_ylabel() for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def test_colour_bars_name_their_units(results_dir):
+    cells = aggregate_cells(load_results(results_dir))
+    for metric, label in (
+        ("mc", "mc (percentage points)"),
+        ("barrier_loss", "barrier_loss (nats)"),
+        ("barrier_error", "barrier_error (percentage points)"),
+        ("train_loss", "log10 train_loss (nats)"),
+        ("test_acc", "test_acc (fraction)"),
+    ):
+        ax = metric_heatmap(cells, metric, *KEYS)
+        assert _colour_bar_label(ax.figure) == [label]
+    panels = plot_phase_panels(classify_phases(cells, num_classes=10), *KEYS)
+    bars = _colour_bar_label(panels)
+    assert "mc (percentage points)" in bars and "log10 train_loss (nats)" in bars
+    plt.close("all")
+
+
+def test_phase_diagram_numbers_are_dark_on_light_cells_and_white_on_dark(results_dir):
+    cells = classify_phases(aggregate_cells(load_results(results_dir)), num_classes=10)
+    ax = plot_phase_diagram(cells, *KEYS)
+    numbers = {t.get_text(): t.get_color() for t in ax.texts if t.get_fontsize() == 7}
+    best, worst = f"{cells['test_acc'].max():.2f}", f"{cells['test_acc'].min():.2f}"
+    # viridis: yellow (light) at the top of the scale, purple (dark) at the bottom
+    assert numbers[best] == ".15" and numbers[worst] == "w"
+    plt.close("all")
+
+
+def _grid_paths() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """MLI paths of a 5 batch sizes x 4 widths x 2 seeds sweep, like the demo's."""
+    runs, rows = [], []
+    for b in (16, 32, 64, 128, 256):
+        for w in (8, 16, 32, 64):
+            for seed in (0, 1):
+                vid = f"v{b}-{w}-{seed}"
+                runs.append(
+                    {"variant_id": vid, "optim.batch_size": b, "model.width": w, "seed": seed}
+                )
+                for a in (0.0, 0.5, 1.0):
+                    rows.append({"variant_id": vid, "kind": "mli", "alpha": a, "loss": 1 - a})
+    return pd.DataFrame(runs), pd.DataFrame(rows)
+
+
+def test_path_figures_honour_max_variants_spread_over_the_grid():
+    runs, surfaces = _grid_paths()
+    labels, order = variant_labels(runs, KEYS), variant_order(runs, KEYS)
+    fig = plot_paths(surfaces, "mli", labels, max_variants=4, order=order)
+    drawn = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    # 20 cells in grid order (batch size, then width); np.linspace(0, 19, 4) rounds to cells
+    # 0, 6, 13, 19; one seed each (the smallest). In string order they were all batch 128.
+    assert drawn == [
+        "batch_size=16, width=8, seed=0",
+        "batch_size=32, width=32, seed=0",
+        "batch_size=128, width=16, seed=0",
+        "batch_size=256, width=64, seed=0",
+    ]
+    assert "(4 of 40, spread over the grid)" in fig._suptitle.get_text()
+    two = plot_paths(surfaces, "mli", labels, max_variants=2, order=order)
+    assert len(two.axes[0].lines) == 2
+    plt.close("all")
+
+
+def test_spectra_show_six_decades_below_the_peak(results_dir):
+    results = load_results(results_dir)
+    fig = plot_spectra(results.spectra, variant_labels(results.runs, KEYS))
+    peak = max(line.get_ydata().max() for line in fig.axes[0].lines)
+    assert fig.axes[0].get_ylim()[0] == pytest.approx(peak * 10.0**-SPECTRUM_DECADES)
+    plt.close("all")
+
+
+def test_kendall_tau_from_two_cells_is_flagged():
+    cells = pd.DataFrame(
+        {
+            "optim.batch_size": [16, 64],
+            "model.width": [8, 8],
+            "hessian_trace": [1.0, 2.0],
+            "test_acc": [0.9, 0.8],
+        }
+    )
+    table = correlation_table(cells, KEYS)
+    assert set(table["tau"]) == {-1.0}  # two cells: -1 or +1 whatever the measure
+    warnings = small_sample_warnings(table, cells, KEYS)
+    assert warnings[0].startswith("Some taus come from only 2 cells")
+    assert any("optim.batch_size takes 2 values" in w for w in warnings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 import shutil
 import subprocess
@@ -88,6 +89,10 @@ def test_the_literature_claims_the_sweep_tests_are_reported(full_report, minimal
     assert "small_batch_flatter_trace" in set(claims["claim"])
     assert set(claims["verdict"]) <= {"reproduced", "contradicted", "inconclusive"}
     assert "Does it reproduce the literature?" in full_report.read_text()
+    # width 4's cells are all unfitted: the trace claim leaves them out and says so
+    note = claims.set_index("claim").at["small_batch_flatter_trace", "note"]
+    assert note.startswith("5 of 16 cells not fitted")
+    assert html.escape(note, quote=False) in full_report.read_text()
     # runs without local metrics test no claim about them: no section, no file
     assert "Does it reproduce the literature?" not in minimal_report.read_text()
     assert not (minimal_report.parent / "claims.csv").exists()

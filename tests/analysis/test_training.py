@@ -193,6 +193,11 @@ def test_stiffness_stages_one_panel_per_step(training_dir):
         "step 34, epoch 0.68",
         "step 200, epoch 4",
     ]
+    # every panel the same width: the colour bar has its own column, not the last panel's room
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    widths = [ax.get_position().width for ax in panels]
+    assert max(widths) == pytest.approx(min(widths), rel=1e-6)
+    assert fig.axes[-1].get_ylabel() == "s_cos (cosine, -1 to 1)"
     fig = plot_stiffness_stages(results, max_stages=3)
     assert [ax.get_title() for ax in fig.axes if ax.get_title()][::2] == [
         "step 0, epoch 0",
@@ -219,8 +224,11 @@ def test_stiffness_falls_with_distance_slower_at_larger_lr(training_dir):
 # --- PCA path, LCA, weights, reparametrisation ---------------------------------------------
 def test_pca_path_over_its_contours_with_start_and_end(training_dir):
     fig = plot_pca_path(load_results(training_dir), max_variants=2)
-    panels = [ax for ax in fig.axes if ax.get_xlabel() == "1st PCA direction"]
+    # the axes say how much of the path's variance each direction explains (planted 0.9, 0.08)
+    panels = [ax for ax in fig.axes if ax.get_xlabel().startswith("1st PCA direction")]
     assert len(panels) == 2
+    assert panels[0].get_xlabel() == "1st PCA direction (90% of the path's variance)"
+    assert panels[0].get_ylabel() == "2nd PCA direction (8% of the path's variance)"
     texts = [t.get_text() for t in panels[0].texts]
     assert texts == ["start (step 0)", "end (step 200)"]
     assert panels[0].collections  # the contours

@@ -78,6 +78,14 @@ def test_sweep_preset_values_override_the_base_config(out, data_root):
         and v.train.checkpoint == "best_train_loss"
     )
     assert yang.metrics.preset == "taxonomy" and yang.metrics.bezier.epochs == 50
+    # Yang et al.'s measurement protocol (docs/protocol.md): the Hessian on one batch of 200
+    # training samples; curve error and BatchNorm statistics over each member's whole set
+    # (half of each comes from each member: 2 x 50,000, and 781 batches of 128 = 99,968)
+    assert yang.metrics.hessian_trace.n_samples == yang.metrics.hessian_eigen.n_samples == 200
+    assert yang.metrics.bezier.n_samples == 2 * 50_000
+    bn = yang.metrics.batch_norm
+    assert 2 * 50_000 - bn.batch_size < bn.n_batches * bn.batch_size <= 2 * 50_000
+    assert (yang.metrics.cka.inputs, yang.metrics.cka.n_inputs) == ("mixup", 768)
     assert len(yang.variants) == 14 * 13 * 5
 
 

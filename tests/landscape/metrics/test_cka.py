@@ -58,12 +58,13 @@ def test_rbf_cka_equals_formula_with_median_bandwidth():
     x, y = _x(30, 5, 2), _x(30, 4, 3)
     xn = x.numpy()
     d2 = ((xn[:, None] - xn[None]) ** 2).sum(-1)
-    sigma2 = np.median(d2[np.triu_indices(30, 1)]) * 0.8**2
+    # Kornblith et al.'s code: np.median over all n^2 squared distances, diagonal included
+    sigma2 = np.median(d2) * 0.8**2
     k = np.exp(-d2 / (2 * sigma2))
     assert np.allclose(gram_rbf(x, 0.8).numpy(), k)
     yn = y.numpy()
     e2 = ((yn[:, None] - yn[None]) ** 2).sum(-1)
-    l = np.exp(-e2 / (2 * np.median(e2[np.triu_indices(30, 1)]) * 0.64))  # noqa: E741
+    l = np.exp(-e2 / (2 * np.median(e2) * 0.64))  # noqa: E741
     assert cka_from_grams(gram_rbf(x, 0.8), gram_rbf(y, 0.8)).item() == pytest.approx(
         reference_cka(k, l), rel=1e-10
     )
@@ -177,6 +178,32 @@ def test_mixup_stays_between_inputs_and_is_seeded():
     ).all()
     same = mixup_inputs(torch.ones(1, 10, 2), torch.Generator().manual_seed(1))
     assert torch.allclose(same, torch.ones(1, 10, 2))
+
+
+def test_mixup_draws_one_weight_per_batch_and_partners_within_it():
+    # Inputs 0 and 1 within each batch of 4 (x_i = 1 at even positions, 0 at odd, plus a
+    # tag i * 1e3 in a second feature): a mixed input is lam x_i + (1 - lam) x_j, so the
+    # first feature of a pair (i, j) of different parity reads lam or 1 - lam.
+    n, batch = 10, 4  # batches [0, 4), [4, 8), [8, 10)
+    x = torch.stack([torch.arange(n) % 2 == 0, torch.arange(n) * 1e3], -1).double()[None]
+    out = mixup_inputs(x.expand(3, n, 2), torch.Generator().manual_seed(2), 16.0, batch)
+    for row in out:
+        for start in range(0, n, batch):
+            block = row[start : start + batch]
+            lam_x = block[:, 1] / 1e3  # lam i + (1 - lam) partner(i), in [start, end)
+            assert (lam_x >= start - 1e-9).all() and (lam_x <= start + len(block) - 1 + 1e-9).all()
+            # one weight per batch: every example's own weight is the same lam
+            # (x_i = lam x_i + (1 - lam) x_j solved where partner differs in parity)
+            own = torch.arange(start, start + len(block)).double()
+            first = block[:, 0]
+            mixed = (first > 1e-9) & (first < 1 - 1e-9)
+            lams = torch.where(own % 2 == 0, first, 1 - first)[mixed]
+            assert len(lams) == 0 or torch.allclose(lams, lams[0].expand_as(lams))
+    # different batches draw different weights (Beta(16, 16) is continuous)
+    first = out[0, :, 0]
+    assert (
+        len(torch.unique(torch.round(torch.where(first > 0.5, first, 1 - first), decimals=9))) > 2
+    )
 
 
 def test_pair_cka_of_a_model_with_itself_is_one():

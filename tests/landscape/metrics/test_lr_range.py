@@ -148,3 +148,57 @@ def test_rejects_bad_range() -> None:
             lr_max=0.1,
             generator=gen(),
         )
+
+
+def _trained_member() -> tuple:
+    """One tiny MLP fitted by full-batch gradient descent to a learnable labelling (y the
+    argmax of a fixed linear map of x), so its training loss is far below chance (ln 3)."""
+    net, stack, _, _ = tiny_mlp(members=1)
+    g = gen(4)
+    x = torch.randn(48, 4, generator=g)
+    y = (x @ torch.randn(4, 3, generator=g)).argmax(-1)
+    idx = torch.arange(32)[None]
+    data = PackData(x, idx, y[:32][None], x[32:], y[32:], num_classes=3)
+    params, buffers = unstack(stack, 0)
+    params = {n: p.clone().requires_grad_() for n, p in params.items()}
+    opt = torch.optim.SGD(list(params.values()), lr=0.5)
+    for _ in range(150):
+        opt.zero_grad()
+        net.loss(params, buffers, x[:32], y[:32], train=True).backward()
+        opt.step()
+    trained = stack.clone()
+    for n, p in params.items():
+        trained.params[n] = p.detach()[None]
+    return net, trained, data
+
+
+def _first_stop(curve) -> int:
+    stopped = curve.loss[0].isnan().nonzero()
+    return int(stopped[0]) if len(stopped) else curve.loss.shape[1]
+
+
+def test_a_trained_model_is_followed_until_its_loss_is_worse_than_chance() -> None:
+    net, stack, data = _trained_member()
+    kwargs = {"lr_min": 1e-6, "lr_max": 1e3, "steps": 60, "batch_size": 8}
+    full = lr_range_test(  # no stop but a non-finite loss: the whole curve
+        net, stack, data, OptimSpec(), hypers(1, 0.0, 0.0), stop_factor=1e30,
+        generator=gen(6), **kwargs,
+    )  # fmt: skip
+    loss = full.loss[0]
+    assert loss[0] < 0.1 * math.log(3)  # trained: far below chance
+    # The rule, replayed on the full curve: stop at the first loss above
+    # max(4 x the best so far, ln 3), or not finite.
+    best = torch.cummin(loss, 0).values
+    over = ~torch.isfinite(loss) | (loss > torch.clamp(4 * best, min=math.log(3)))
+    expected = int(over.nonzero()[0])
+    ours = lr_range_test(
+        net, stack, data, OptimSpec(), hypers(1, 0.0, 0.0), generator=gen(6), **kwargs
+    )
+    assert _first_stop(ours) == expected
+    torch.testing.assert_close(ours.loss[0, :expected], loss[:expected])
+    # fastai's rule alone (reference 0) stops within minibatch noise, at a far smaller rate
+    fastai = lr_range_test(
+        net, stack, data, OptimSpec(), hypers(1, 0.0, 0.0), reference=0.0,
+        generator=gen(6), **kwargs,
+    )  # fmt: skip
+    assert full.lr[_first_stop(fastai)] * 100 < full.lr[expected]

@@ -117,6 +117,8 @@ def test_surface_origin_is_the_final_loss_and_the_grid_covers_the_path() -> None
         "snapshot": 1,
         "alpha": pca.path[1, 0].item(),
         "beta": pca.path[1, 1].item(),
+        "explained_alpha": pca.explained_variance_ratio[0].item(),
+        "explained_beta": pca.explained_variance_ratio[1].item(),
     }
 
 
