@@ -7,7 +7,7 @@ seconds, the sum of device kernel time, the number of kernels launched, and the 
 take the most device time. Wall time far above kernel time means the step is launch-bound (a
 CUDA graph helps); kernel time close to wall time means the kernels themselves are the cost
 (look at the top of the table). With ``--hvp MODE`` the same for one call of
-``landscape.metrics.hessian.batched_hvp`` (``--probes`` products per member on ``--samples``
+``landscape.hvp.batched_hvp`` (``--probes`` products per member on ``--samples``
 examples, eval mode, float32) instead, without its CUDA graph.
 
     python benchmarks/profile_step.py --device cuda --model resnet18 --width 4 --pack 32
@@ -24,8 +24,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from landscape.functional import init_stack, num_params
-from landscape.metrics.hessian import HVP_MODES, batched_hvp, member_shapes, net_loss
+from landscape.functional import init_stack, member_shapes, num_params
+from landscape.hvp import HVP_MODES, batched_hvp, net_loss
 from landscape.models import build_model
 from landscape.train import StepFn, new_optim_state, train_step
 from landscape.variant import ModelSpec, OptimSpec

@@ -17,8 +17,10 @@ callers ``torch.func.vmap`` it over the member dimension. Conventions every metr
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -190,3 +192,39 @@ def unstack(stack: Stack, k: int) -> tuple[Params, Params]:
 def num_params(stack: Stack) -> int:
     """Trainable parameters per member."""
     return sum(p[0].numel() for p in stack.params.values())
+
+
+# --- pytrees of stacked members: selection and flat views ------------------------------------
+
+
+def take(tree: Any, index: Tensor) -> Any:
+    """Members ``index`` of a stacked pytree (tensors, dicts, tuples, lists)."""
+    if isinstance(tree, Tensor):
+        return tree.index_select(0, index.to(tree.device))
+    if isinstance(tree, dict):
+        return {k: take(v, index) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(take(v, index) for v in tree)
+    raise TypeError(f"cannot index members of a {type(tree).__name__}")
+
+
+def members(params: Params) -> int:
+    return next(iter(params.values())).shape[0]
+
+
+def flatten(tree: Params, start: int = 0) -> Tensor:
+    """Concatenate a dict of tensors into one vector per leading index: (*lead, P)."""
+    return torch.cat([t.flatten(start) for t in tree.values()], dim=start)
+
+
+def unflatten(flat: Tensor, shapes: dict[str, torch.Size]) -> Params:
+    """Inverse of :func:`flatten` for one vector per leading index: (*lead, P) -> dict."""
+    lead = flat.shape[:-1]
+    sizes = [math.prod(s) for s in shapes.values()]
+    parts = flat.split(sizes, dim=-1)
+    return {n: part.reshape(*lead, *s) for (n, s), part in zip(shapes.items(), parts)}
+
+
+def member_shapes(params: Params) -> dict[str, torch.Size]:
+    """Shapes of one member's parameters (the stacked dim dropped)."""
+    return {n: p.shape[1:] for n, p in params.items()}

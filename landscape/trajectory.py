@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from landscape.functional import Params, Stack
-from landscape.metrics.hessian import flatten, hessian_eigenvalues, member_shapes, unflatten
+from landscape.functional import Params, Stack, flatten, member_shapes, unflatten
+from landscape.metrics.hessian import hessian_eigenvalues
 from landscape.metrics.lca import allocation_by_layer, lca_stacked
 from landscape.metrics.local import LocalMetricSpecs, measure_local
 from landscape.pack import TrainedPack

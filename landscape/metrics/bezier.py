@@ -22,7 +22,6 @@ its gradient with respect to w_c is wd 2t(1-t) phi(t).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -32,7 +31,15 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from landscape.cudagraph import CudaGraphed
-from landscape.functional import FunctionalNet, Params, Stack, loss_precision
+from landscape.functional import (
+    FunctionalNet,
+    Params,
+    Stack,
+    flatten,
+    loss_precision,
+    member_shapes,
+    unflatten,
+)
 from landscape.metrics.batchnorm import batch_stat_net
 from landscape.metrics.surfaces import evaluate_combinations, stack_basis
 from landscape.optim import MemberHypers, apply_update, init_state
@@ -68,45 +75,22 @@ def yang_mc(errors: Tensor) -> Tensor:
     return mid - errors.gather(-1, u).squeeze(-1)
 
 
-class FlatLayout:
-    """An architecture's parameters laid end to end: {name: (P, *shape)} <-> one (P, N) tensor.
-
-    The curve's arithmetic on the flat vector is a handful of kernels (the point phi(t), its
-    squared norm, the update) where per-tensor arithmetic is a handful per parameter tensor
-    (about 60 in a ResNet18): the curve step is launch-bound, so this is most of its cost."""
-
-    def __init__(self, like: Params):
-        self.names = list(like)
-        self.shapes = [tuple(like[n].shape[1:]) for n in self.names]
-        self.sizes = [math.prod(s) for s in self.shapes]
-
-    def pack(self, params: Params) -> Tensor:
-        """(P, N): every tensor flattened, in order (a copy)."""
-        return torch.cat([params[n].flatten(1) for n in self.names], 1)
-
-    def views(self, flat: Tensor) -> Params:
-        """{name: (..., *shape)} views into ``flat`` (..., N): no copy, writes go through."""
-        lead, out, start = flat.shape[:-1], {}, 0
-        for name, shape, size in zip(self.names, self.shapes, self.sizes):
-            out[name] = flat[..., start : start + size].view(*lead, *shape)
-            start += size
-        return out
-
-
 def _curve_loss(
-    net: FunctionalNet, weight_decay: float, layout: FlatLayout
+    net: FunctionalNet, weight_decay: float, shapes: dict[str, torch.Size]
 ) -> Callable[..., tuple[Tensor, Tensor]]:
     """One pair's training objective at t and, as the auxiliary output, its cross-entropy:
     cross-entropy + 0.5 wd ||phi(t)||^2 (Garipov et al.'s curve regulariser). The control
-    point and the endpoints come flat (``FlatLayout``): phi(t) is computed on the flat vector
-    and handed to the network as views."""
+    point and the endpoints come flat (``landscape.functional.flatten``, one vector of every
+    parameter): phi(t) and its norm are a handful of kernels on it, where per-tensor
+    arithmetic is a handful per parameter tensor (about 60 in a ResNet18) in a step that is
+    launch-bound; the network gets views of phi(t) (``unflatten``)."""
     stat_net = batch_stat_net(net)  # train mode: BatchNorm normalises with batch statistics
 
     def loss(
         c: Tensor, a: Tensor, b: Tensor, buffers: Params, x: Tensor, y: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor]:
         phi = (1 - t) ** 2 * a + 2 * t * (1 - t) * c + t**2 * b  # (N,)
-        logits = stat_net.logits(layout.views(phi), buffers, x)
+        logits = stat_net.logits(unflatten(phi, shapes), buffers, x)
         ce = F.cross_entropy(loss_precision(logits), y)
         l2 = loss_precision(phi).square().sum()
         return ce + 0.5 * weight_decay * l2, ce
@@ -140,17 +124,17 @@ class CurveStep:
         cuda_graphs: bool = True,
     ):
         device = next(iter(control.values())).device
-        layout = FlatLayout(control)
-        self.flat = {"control": layout.pack(control)}  # (P, N), trained in place
-        self.control = layout.views(self.flat["control"])  # {name: (P, *shape)} views of it
-        self.ends = (layout.pack(a.params), layout.pack(b.params))
+        shapes = member_shapes(control)
+        self.flat = {"control": flatten(control, 1)}  # (P, N), trained in place
+        self.control = unflatten(self.flat["control"], shapes)  # {name: (P, *shape)} views
+        self.ends = (flatten(a.params, 1), flatten(b.params, 1))
         self.buffers, self.hypers = a.buffers, hypers
         self.spec = OptimSpec(name="sgd")  # the rule; lr and momentum are per pair, in hypers
         self.state = init_state(self.spec, self.flat)
         P = self.flat["control"].shape[0]
         self.alive = torch.ones(P, dtype=torch.bool, device=device)
         self.step_t = torch.zeros((), dtype=torch.long, device=device)
-        loss = _curve_loss(net, weight_decay, layout)
+        loss = _curve_loss(net, weight_decay, shapes)
         self.grad_fn = vmap(grad_and_value(loss, has_aux=True))
         self.precision = precision
         self.graphed = (

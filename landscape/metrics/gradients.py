@@ -14,14 +14,9 @@ import torch
 from torch import Tensor
 from torch.func import grad, vmap
 
-from landscape.functional import FunctionalNet, Stack
-from landscape.metrics.hessian import (
-    flatten,
-    largest_eigenvalue,
-    minibatch_members,
-    net_loss,
-    resolve_hvp,
-)
+from landscape.functional import FunctionalNet, Stack, flatten
+from landscape.hvp import minibatch_members, net_loss, resolve_hvp
+from landscape.metrics.hessian import largest_eigenvalue
 
 
 def per_example_gradients(net: FunctionalNet, stack: Stack, x: Tensor, y: Tensor) -> Tensor:
@@ -145,7 +140,7 @@ def flatness_ratio(
     lambda_max (Jensen); a trace ratio would be exactly 1 by linearity. lambda_max, the
     largest signed eigenvalue (:func:`landscape.metrics.hessian.largest_eigenvalue`), by power
     iteration (PyHessian's 100 iterations, tol 1e-3), batched over members and batches
-    (products as ``hvp="auto"`` picks them, :func:`landscape.metrics.hessian.resolve_hvp`).
+    (products as ``hvp="auto"`` picks them, :func:`landscape.hvp.resolve_hvp`).
     Reference: the flatness essay cited in SCIENCE.md ("Flatness ratio").
     """
     K, N = y.shape

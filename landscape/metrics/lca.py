@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from landscape.functional import FunctionalNet, Params, Stack
-from landscape.metrics.hessian import LossFn
+from landscape.hvp import LossFn
 
 BY = ("tensor", "layer")
 

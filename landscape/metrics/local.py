@@ -24,13 +24,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from landscape.hvp import HVP_MODES
 from landscape.metrics.gradients import fisher_trace, flatness_ratio, gradient_stats
-from landscape.metrics.hessian import (
-    HVP_MODES,
-    hessian_density,
-    hessian_eigenvalues,
-    hessian_trace,
-)
+from landscape.metrics.hessian import hessian_density, hessian_eigenvalues, hessian_trace
 from landscape.metrics.lr_range import lr_range_rows, lr_range_test
 from landscape.metrics.sharpness import (
     NORMS,
@@ -77,7 +73,7 @@ class HessianTraceSpec:
     tol: float = 1e-3  # stop a member once its standard error <= tol * |estimate| (PyHessian's tol)
     chunk: int = 10  # probes per call: the memory bound (vmap: chunk * K HVPs at once)
     min_probes: int = 10  # never stop before this many probes
-    hvp: str = "auto"  # how Hessian-vector products are computed (hessian.resolve_hvp)
+    hvp: str = "auto"  # how Hessian-vector products are computed (landscape.hvp.resolve_hvp)
 
     def __post_init__(self) -> None:
         _check(self, "hessian_trace", ("n_samples", "n_probes", "chunk", "min_probes"), ("tol",))
@@ -94,7 +90,7 @@ class HessianEigenSpec:
     k: int = 1  # columns hessian_top_eig, hessian_eig_2, ..., hessian_eig_k
     max_iter: int = 100
     tol: float = 1e-3  # relative change of every Ritz value between iterations
-    hvp: str = "auto"  # how Hessian-vector products are computed (hessian.resolve_hvp)
+    hvp: str = "auto"  # how Hessian-vector products are computed (landscape.hvp.resolve_hvp)
 
     def __post_init__(self) -> None:
         _check(self, "hessian_eigen", ("n_samples", "k", "max_iter"), ("tol",))
@@ -113,7 +109,7 @@ class SpectrumSpec:
     n_v: int = 1  # independent Lanczos runs, averaged
     n_grid: int = 1000  # grid points per member (PyHessian uses 10,000)
     sigma2: float = 1e-5
-    hvp: str = "auto"  # how Hessian-vector products are computed (hessian.resolve_hvp)
+    hvp: str = "auto"  # how Hessian-vector products are computed (landscape.hvp.resolve_hvp)
 
     def __post_init__(self) -> None:
         _check(self, "spectrum", ("n_samples", "n_iter", "n_v", "n_grid", "sigma2"))

@@ -21,15 +21,8 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
-from landscape.functional import FunctionalNet, Params, Stack
-from landscape.metrics.hessian import (
-    LossFn,
-    flatten,
-    member_loss,
-    member_shapes,
-    minibatch_members,
-    unflatten,
-)
+from landscape.functional import FunctionalNet, Params, Stack, flatten, member_shapes, unflatten
+from landscape.hvp import LossFn, member_loss, minibatch_members
 
 NORMS = ("inf", "2")
 

@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from landscape import DataSpec, ModelSpec, OptimSpec, TrainSpec, load_dataset
-from landscape.functional import init_stack
-from landscape.metrics.hessian import batched_hvp, hessian_trace, member_shapes, net_loss
+from landscape.functional import init_stack, member_shapes
+from landscape.hvp import batched_hvp, net_loss
+from landscape.metrics.hessian import hessian_trace
 from landscape.models import build_model
 from landscape.train import train_pack
 from tests.landscape.step_modes import (

@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch.func import hessian
 
-from landscape.functional import FunctionalNet, Stack, init_stack, unstack
+from landscape.functional import FunctionalNet, Stack, init_stack, member_shapes, unstack
+from landscape.hvp import PackedLoss, batched_hvp, net_loss, resolve_hvp
 from landscape.metrics.hessian import (
-    PackedLoss,
-    batched_hvp,
     broadened_density,
     hessian_density,
     hessian_eigenvalues,
@@ -19,9 +18,6 @@ from landscape.metrics.hessian import (
     hutchinson_trace,
     lanczos_quadrature,
     largest_eigenvalue,
-    member_shapes,
-    net_loss,
-    resolve_hvp,
     top_eigenvalues,
 )
 from landscape.models import MLP, build_model
