@@ -47,6 +47,13 @@ TRAIN_SET_SIZES = {
 _ADDRESS = re.compile(r"local|auto|(ray://)?[\w.\-]+:\d{1,5}|(ray://)?\[[0-9a-fA-F:.]+\]:\d{1,5}")
 
 
+def _port(address: str | None) -> int | None:
+    """The port of a host:port address (None for null, local, auto)."""
+    if address is None or address in ("local", "auto"):
+        return None
+    return int(str(address).rpartition(":")[2])
+
+
 @dataclass(frozen=True)
 class RaySettings:
     # null: join the cluster in RAY_ADDRESS if set, else start a local instance; "local": always start
@@ -59,6 +66,9 @@ class RaySettings:
     max_in_flight: int = 2  # packs queued per worker (backpressure)
     max_pack_attempts: int = 3  # a pack whose worker dies this many times is recorded as failed
     ship_code: bool = False  # send landscape/ and sweeps/ to the cluster (runtime_env py_modules)
+    # seconds each step of joining a cluster may take (reach the port, Ray's answer) before the
+    # driver gives up with the reason
+    connect_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         if self.address is not None and not _ADDRESS.fullmatch(str(self.address)):
@@ -66,6 +76,14 @@ class RaySettings:
                 f"ray.address must be null, local, auto, host:port or ray://host:port, "
                 f"got {self.address!r}"
             )
+        port = _port(self.address)
+        if port is not None and not 1 <= port <= 65535:
+            raise ConfigError(
+                f"ray.address must name a port between 1 and 65535, got {self.address!r}"
+            )
+        timeout = self.connect_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError(f"ray.connect_timeout_s must be a number > 0, got {timeout!r}")
         if self.num_cpus is not None and not (
             isinstance(self.num_cpus, int) and self.num_cpus >= 1
         ):

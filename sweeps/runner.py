@@ -9,6 +9,7 @@ another one); a pack that has killed its worker ``ray.max_pack_attempts`` times 
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import math
@@ -34,10 +35,13 @@ from landscape.pack import make_packs
 from landscape.run import failed_rows, measure_checkpoint_pairs, measure_checkpoints, metrics_id
 from landscape.train import resolve_device
 from landscape.variant import ConfigError, Variant
+from sweeps.cluster import check_cluster
 from sweeps.config import SweepPlan
 from sweeps.cost import schedule
 from sweeps.lock import ResultsLock, ResultsLockedError
 from sweeps.manifest import build_manifest, check_same_base
+from sweeps.reaper import reap_with_driver
+from sweeps.signals import keep_handlers
 from sweeps.store import FINISHED, Store
 from sweeps.workers import PackWorker, dataset_key
 
@@ -54,6 +58,37 @@ class SweepSummary:
     worker_deaths: int = 0
     remeasured: int = 0  # finished variants measured again from their checkpoints
     wall_time_s: float = 0.0
+    to_run: int = 0  # variants this command set out to run
+
+    def finished_line(self) -> str:
+        """What this command has finished so far, in a few words."""
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
+        done = f"{self.ran} of {self.to_run} variants ran" + (f" ({counts})" if counts else "")
+        return f"{done}, {self.skipped} were already finished"
+
+
+class SweepStopped(KeyboardInterrupt):
+    """The sweep was stopped (a signal, Ctrl-C) after writing what it had finished; ``summary``
+    is None when it stopped before reading the results directory."""
+
+    def __init__(self, summary: SweepSummary | None, cause: BaseException):
+        super().__init__(str(cause))
+        self.summary, self.cause = summary, cause
+
+
+class DiskFull(OSError):
+    """A write found no space left; what was finished before it is kept (``summary``)."""
+
+    def __init__(self, summary: SweepSummary | None, cause: OSError):
+        super().__init__(cause.errno, str(cause))
+        self.summary, self.cause = summary, cause
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT, as Python or pyarrow report it (pyarrow's IOError has no errno)."""
+    if not isinstance(exc, OSError):
+        return False
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)
 
 
 def _ray_init_kwargs(plan: SweepPlan) -> dict[str, Any]:
@@ -74,7 +109,9 @@ def _ray_init_kwargs(plan: SweepPlan) -> dict[str, Any]:
 
 
 def _init_ray(plan: SweepPlan, log: Callable[[str], None]) -> bool:
-    """Start a local instance or join a cluster; returns True if this call started Ray."""
+    """Start a local instance or join a cluster; returns True if this call started Ray. Joining
+    checks the cluster first (:func:`sweeps.cluster.check_cluster`), each step bounded by
+    ``ray.connect_timeout_s``, and fails with one line naming the address and Ray's reason."""
     if ray.is_initialized():
         return False
     kwargs = _ray_init_kwargs(plan)
@@ -89,13 +126,19 @@ def _init_ray(plan: SweepPlan, log: Callable[[str], None]) -> bool:
         log(f"joining the Ray cluster at {kwargs['address']}")
         if plan.ray.num_cpus is not None:
             log("ray.num_cpus only sizes a local instance; ignored when joining a cluster")
+        kwargs["address"] = check_cluster(
+            kwargs["address"], plan.ray.connect_timeout_s, _loopback_only, log
+        )
     try:
-        ray.init(**kwargs)
+        with keep_handlers():  # ray.init sets its own SIGTERM handler
+            ray.init(**kwargs)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(
             f"ray.address={kwargs['address']}: cannot start or join Ray: {reason}"
         ) from exc
+    if kwargs["address"] == "local":
+        reap_with_driver()
     return True
 
 
@@ -252,12 +295,44 @@ def run_sweep(
     directory is another driver's, holds another base config (unless ``force``) or other
     metrics (unless ``remeasure``); nothing is changed then but crash repairs."""
     t0 = time.perf_counter()
+    summary: SweepSummary | None = None
+    joined = False
+    try:
+        if plan.ray.resolved_address() != "local":  # the cluster answers before anything is written
+            joined = _init_ray(plan, log)
+        summary = _run_locked(
+            plan, retry_failed, remeasure, force, log, progress, worker_cls, worker_kwargs
+        )
+    except KeyboardInterrupt as exc:
+        raise SweepStopped(getattr(exc, "summary", None), exc) from None
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFull(getattr(exc, "summary", None), exc) from None
+        raise
+    finally:
+        if joined:
+            ray.shutdown()
+    summary.wall_time_s = time.perf_counter() - t0
+    return summary
+
+
+def _run_locked(
+    plan: SweepPlan,
+    retry_failed: bool,
+    remeasure: bool,
+    force: bool,
+    log: Callable[[str], None],
+    progress: bool,
+    worker_cls: type,
+    worker_kwargs: dict | None,
+) -> SweepSummary:
     store = Store(plan.results_dir)
     lock = ResultsLock(plan.results_dir)
     try:
         lock.acquire()
     except ResultsLockedError as exc:
         raise ConfigError(str(exc)) from None
+    summary = None
     try:
         for line in store.recover().lines():
             log(line)
@@ -265,7 +340,7 @@ def run_sweep(
         forced = check_same_base(old, plan, force)
         ids = [v.variant_id for v in plan.variants]  # hashed once (a Variant hashes on each access)
         todo, redo = _todo(plan, ids, store.recorded(), retry_failed, remeasure, old)
-        summary = SweepSummary(total=len(ids), skipped=len(ids) - len(todo))
+        summary = SweepSummary(total=len(ids), skipped=len(ids) - len(todo), to_run=len(todo))
         replacing = f" ({len(redo)} replacing recorded rows)" if redo else ""
         log(
             f"sweep {plan.name}: {summary.total} variants, {summary.skipped} already finished "
@@ -287,9 +362,11 @@ def run_sweep(
             _cross_pass(plan, store, ids, log)
         for table in store.tables():
             store.harmonize(table)
+    except (KeyboardInterrupt, OSError) as exc:
+        exc.summary = summary  # what had finished, for the one line the command prints
+        raise
     finally:
         lock.release()
-    summary.wall_time_s = time.perf_counter() - t0
     return summary
 
 
