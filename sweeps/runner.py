@@ -16,11 +16,13 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import ray
 import torch
@@ -41,6 +43,7 @@ from sweeps.cost import schedule
 from sweeps.lock import ResultsLock, ResultsLockedError
 from sweeps.manifest import build_manifest, check_same_base
 from sweeps.reaper import reap_with_driver
+from sweeps.signals import installed as signals_installed
 from sweeps.signals import keep_handlers
 from sweeps.store import FINISHED, Store
 from sweeps.workers import PackWorker, dataset_key
@@ -61,10 +64,11 @@ class SweepSummary:
     to_run: int = 0  # variants this command set out to run
 
     def finished_line(self) -> str:
-        """What this command has finished so far, in a few words."""
+        """What this command has finished so far, and what is left, in a few words."""
         counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
-        done = f"{self.ran} of {self.to_run} variants ran" + (f" ({counts})" if counts else "")
-        return f"{done}, {self.skipped} were already finished"
+        ran = f"{self.ran} of {self.to_run} variants ran" + (f" ({counts})" if counts else "")
+        left = self.to_run - self.ran
+        return f"{ran} and are saved ({self.skipped} were finished before); {left} to go"
 
 
 class SweepStopped(KeyboardInterrupt):
@@ -130,8 +134,11 @@ def _init_ray(plan: SweepPlan, log: Callable[[str], None]) -> bool:
             kwargs["address"], plan.ray.connect_timeout_s, _loopback_only, log
         )
     try:
-        with keep_handlers():  # ray.init sets its own SIGTERM handler
+        with keep_handlers(), _no_ray_sigterm_handler():
             ray.init(**kwargs)
+    except KeyboardInterrupt:  # stopped while Ray was starting: end what had started
+        ray.shutdown()
+        raise
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(
@@ -140,6 +147,17 @@ def _init_ray(plan: SweepPlan, log: Callable[[str], None]) -> bool:
     if kwargs["address"] == "local":
         reap_with_driver()
     return True
+
+
+@contextmanager
+def _no_ray_sigterm_handler() -> Iterator[None]:
+    """Where the command line's handlers stop the driver, ``ray.init`` must not put its own
+    SIGTERM handler in place, even for a moment: it exits through ``sys.exit`` mid-start."""
+    if not signals_installed():
+        yield
+        return
+    with mock.patch.object(ray._private.utils, "set_sigterm_handler", lambda handler: None):
+        yield
 
 
 def _loopback_only() -> None:

@@ -34,7 +34,17 @@ class Stopped(KeyboardInterrupt):
         return 128 + self.signum  # what a shell reports for a process ended by the signal
 
 
+_received: list[int] = []  # signals that stopped this process (Ray may re-raise our exception
+# as a plain KeyboardInterrupt: ray.get and ray.wait turn what a handler raises into one)
+
+
+def received() -> Stopped | None:
+    """The first stopping signal this process received, as a :class:`Stopped`, or None."""
+    return Stopped(_received[0]) if _received else None
+
+
 def _raise_stopped(signum: int, frame) -> None:
+    _received.append(signum)
     for sig in SIGNALS:  # a second signal while stopping: no more clean-up, end now
         signal.signal(sig, _exit_now)
     raise Stopped(signum)
@@ -48,6 +58,11 @@ def stop_on_signals() -> None:
     """SIGINT and SIGTERM raise :class:`Stopped` in the main thread."""
     for sig in SIGNALS:
         signal.signal(sig, _raise_stopped)
+
+
+def installed() -> bool:
+    """True where :func:`stop_on_signals` is in place (the command line)."""
+    return signal.getsignal(signal.SIGTERM) is _raise_stopped
 
 
 def _main_thread() -> bool:
@@ -74,7 +89,7 @@ def keep_handlers() -> Iterator[None]:
 def deferred() -> Iterator[None]:
     """A signal that arrives inside the block takes effect when the block is done, so that a
     write that has begun is finished. Only where our handler is installed (the command line)."""
-    if not _main_thread() or signal.getsignal(signal.SIGINT) is not _raise_stopped:
+    if not _main_thread() or not installed():
         yield
         return
     arrived: list[int] = []

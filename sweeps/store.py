@@ -34,6 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from landscape.variant import ConfigError
+from sweeps.signals import deferred
+
 # Columns whose values are text; every other column that arrives all-null is stored as float64,
 # so parts of one table always agree on types.
 STRING_COLUMNS = {
@@ -187,8 +190,9 @@ class Store:
         commit id. A ``runs`` part is the commit record: parts of other tables whose commit has
         no ``runs`` part (a driver killed in between) are removed by :meth:`drop_uncommitted`."""
         commit = commit or new_commit_id()
-        for table in sorted(tables, key=lambda t: t == "runs"):
-            self.write_part(table, tables[table], commit)
+        with deferred():  # a signal stops the driver once the pack's parts are all written
+            for table in sorted(tables, key=lambda t: t == "runs"):
+                self.write_part(table, tables[table], commit)
         return commit
 
     def write_pass(self, tables: dict[str, list[dict]], kind: str) -> str | None:
@@ -202,10 +206,11 @@ class Store:
         if not counts:
             return None
         commit = new_commit_id()
-        for table in sorted(counts):
-            self.write_part(table, tables[table], commit)
         record = {"commit": commit, "kind": kind, "rows": json.dumps(counts, sort_keys=True)}
-        self.write_part(PASSES, [{**record, "written_at": datetime.now(timezone.utc)}], commit)
+        with deferred():
+            for table in sorted(counts):
+                self.write_part(table, tables[table], commit)
+            self.write_part(PASSES, [{**record, "written_at": datetime.now(timezone.utc)}], commit)
         return commit
 
     def write_part(self, table: str, rows: list[dict], commit: str | None = None) -> Path | None:
@@ -226,9 +231,13 @@ class Store:
     @staticmethod
     def _atomic_write(table: pa.Table, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        try:
+            pq.write_table(table, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        except BaseException:  # a full disk, an interrupt: leave no half file behind
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, path)
 
     @staticmethod
@@ -257,11 +266,16 @@ class Store:
         return rewritten
 
     # --- reading ------------------------------------------------------------------------
-    def read_column_values(self, table: str, columns: list[str]) -> tuple[list[dict], list[Path]]:
-        """Rows (the ``columns`` a part has) of every readable part, and the parts that could not be read."""
+    def read_column_values(
+        self, table: str, columns: list[str], skip_commits: set[str] | None = None
+    ) -> tuple[list[dict], list[Path]]:
+        """Rows (the ``columns`` a part has) of every readable part (but those of ``skip_commits``),
+        and the parts that could not be read."""
         rows: list[dict] = []
         bad: list[Path] = []
         for part in self.parts(table):
+            if skip_commits and commit_of(part) in skip_commits:
+                continue
             try:
                 present = [c for c in columns if c in pq.read_schema(part).names]
                 rows.extend(pq.read_table(part, columns=present).to_pylist())
@@ -316,8 +330,14 @@ class Store:
         return removed
 
     def quarantine_unreadable(self) -> list[str]:
-        """Move every commit with an unreadable part (any table) to ``quarantine/``. Runs parts
-        are read whole; other tables' footers and id columns (cheap, and what a reader needs)."""
+        """Move every commit with an unreadable part (any table) to ``quarantine/``."""
+        bad = self.unreadable_commits()
+        return [self._quarantine(commit, reason) for commit, reason in sorted(bad.items())]
+
+    def unreadable_commits(self) -> dict[str, str]:
+        """Commits with an unreadable part in any table -> the first such part and its error.
+        Runs parts are read whole; other tables' footers and id columns (cheap, and what a
+        reader needs)."""
         bad: dict[str, str] = {}
         for table in self.tables():
             for part in self.parts(table):
@@ -334,7 +354,7 @@ class Store:
                         commit_of(part),
                         f"{table}/{part.name}: {type(exc).__name__}: {str(exc)[:200]}",
                     )
-        return [self._quarantine(commit, reason) for commit, reason in sorted(bad.items())]
+        return bad
 
     def _quarantine(self, commit: str, reason: str) -> str:
         runs = self.table_dir("runs") / part_name(commit)
@@ -486,14 +506,33 @@ class Store:
         return self.root / "manifest.json"
 
     def read_manifest(self) -> dict | None:
+        """The manifest, None when there is none; ConfigError (one line) when it is damaged."""
         if not self.manifest_path.exists():
             return None
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{self.manifest_path} is damaged (truncated or not JSON: {exc}); the Parquet "
+                "tables beside it are intact: move it aside and run the sweep's command again, "
+                "which writes a new one (without checking that command's base config against "
+                "the old one)"
+            ) from None
+        if not isinstance(manifest, dict):
+            raise ConfigError(
+                f"{self.manifest_path} is damaged (a JSON object expected, got "
+                f"{type(manifest).__name__}); move it aside and run the sweep's command again"
+            )
+        return manifest
 
     def write_manifest(self, manifest: dict) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / ".manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        try:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.manifest_path)
 
 
