@@ -132,7 +132,10 @@ def _command(name: str, args: list[str]) -> int:
     if name == "status":
         from sweeps.status import format_status, sweep_status
 
-        print(format_status(sweep_status(root)))
+        try:
+            print(format_status(sweep_status(root)))
+        except ConfigError as exc:  # a damaged manifest
+            return _error(str(exc))
         return 0
     from sweeps.lock import ResultsLock, ResultsLockedError
     from sweeps.store import COMPACT_ROWS, Store

@@ -28,11 +28,10 @@ def test_a_signal_inside_a_write_takes_effect_when_the_write_is_done():
     signals.stop_on_signals()
     try:
         written = []
-        with pytest.raises(signals.Stopped) as info:
-            with signals.deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                time.sleep(0.05)  # the handler has run by now: it only took note
-                written.append("the rest of the pack")
+        with pytest.raises(signals.Stopped) as info, signals.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler has run by now: it only took note
+            written.append("the rest of the pack")
         assert written == ["the rest of the pack"]
         assert info.value.name == "SIGTERM" and info.value.exit_status == 143
     finally:
