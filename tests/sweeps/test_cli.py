@@ -62,3 +62,14 @@ def test_hydra_help_lists_config_groups(tmp_path):
     for group in ("model", "data", "optim", "metrics", "sweep"):
         assert f"{group}:" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_version_and_multirun_flags(tmp_path):
+    version = run(["--version"], tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("landscape-sweep 0.1.0 (code ")
+    # a sweep is already a multirun: -m / --multirun are accepted, not refused
+    for flag in ("-m", "--multirun"):
+        shown = run([flag, "--cfg", "job", "model.width=12"], tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "width: 12" in shown.stdout
+    assert list(tmp_path.iterdir()) == []
