@@ -14,6 +14,7 @@ import itertools
 import logging
 import math
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -484,9 +485,7 @@ class _Dispatch:
         self._start_workers(n_workers)
         self.queue.extend((pack, 0) for pack, _ in scheduled)
         total = sum(len(p) for p, _ in scheduled)
-        self.bar = tqdm(
-            total=total, unit="variant", disable=not self.show_progress, desc=self.plan.name
-        )
+        self.bar = progress_bar(total, len(scheduled), self.plan.name, self.show_progress, self.log)
         try:
             while self.queue or self.jobs:
                 self._submit()
@@ -612,7 +611,41 @@ class _Dispatch:
             self.summary.counts[row["status"]] = self.summary.counts.get(row["status"], 0) + 1
         self.store.write_pack(tables)
         self.summary.ran += len(pack)
-        self.bar.update(len(pack))
+        self.bar.update(len(pack))  # one pack
+
+
+class LineProgress:
+    """Progress for a log file, not a terminal: a line every ``every`` packs (about twenty per
+    sweep) and at the end, instead of tqdm's carriage returns."""
+
+    def __init__(self, total: int, packs: int, name: str, log: Callable[[str], None]):
+        self.total, self.packs, self.name, self.log = total, packs, name, log
+        self.every = max(1, round(packs / 20))
+        self.done = self.packs_done = 0
+        self.t0 = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.packs_done += 1
+        if self.packs_done % self.every and self.packs_done != self.packs:
+            return
+        took = time.perf_counter() - self.t0
+        left = took / self.done * (self.total - self.done) if self.done else 0.0
+        self.log(
+            f"{self.name}: {self.done}/{self.total} variants ({self.packs_done}/{self.packs} "
+            f"packs) in {took:.0f} s, about {left:.0f} s to go"
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, packs: int, name: str, show: bool, log: Callable[[str], None]):
+    """tqdm on a terminal; on anything else (a log file, a SLURM job's output) a line per N
+    packs; nothing when ``show`` is off."""
+    if show and not sys.stderr.isatty():
+        return LineProgress(total, packs, name, log)
+    return tqdm(total=total, unit="variant", disable=not show, desc=name)
 
 
 def _first_line(exc: BaseException) -> str:
