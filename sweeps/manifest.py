@@ -110,4 +110,6 @@ def build_manifest(
         "created": old.get("created", now),
         "updated": now,  # when this command started (``status`` measures throughput from here)
         **({"forced": history} if history else {}),
+        # each table's column types, as every part has them (the store keeps this up to date)
+        **({"schemas": old["schemas"]} if old.get("schemas") else {}),
     }

@@ -116,6 +116,33 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
+def _widen(known: pa.Schema, table: pa.Table) -> pa.Schema:
+    """The table's schema after writing ``table``: its columns keep their types where the new
+    values fit them (an all-null float64 column, an int64 into a float64 one), are promoted
+    where they do not (int64 -> double), and new columns are added at the end."""
+    fields = []
+    for f in known:
+        if f.name not in table.column_names:
+            fields.append(f)
+            continue
+        column = table.column(f.name)
+        if column.type.equals(f.type) or column.null_count == len(column):
+            fields.append(f)
+            continue
+        try:
+            column.cast(f.type, safe=True)
+            fields.append(f)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            fields.append(_union_schema([pa.schema([f]), pa.schema([(f.name, column.type)])])[0])
+    fields += [f for f in table.schema if f.name not in known.names]
+    return pa.schema(fields)
+
+
+def schema_record(schema: pa.Schema) -> dict[str, str]:
+    """A table's schema as the manifest records it: column -> Arrow type name."""
+    return {f.name: str(f.type) for f in schema}
+
+
 def _union_schema(schemas: Iterable[pa.Schema]) -> pa.Schema:
     union = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
     return pa.schema([f.with_type(pa.float64()) if pa.types.is_null(f.type) else f for f in union])
@@ -221,12 +248,38 @@ class Store:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / part_name(commit or new_commit_id())
         arrow = _arrow_table(rows)
-        known = self._schemas.get(table)
-        if known is not None:
-            arrow = _conform(arrow, _union_schema([known, arrow.schema]))
-        self._schemas[table] = arrow.schema
-        self._atomic_write(arrow, path)
+        known = self.table_schema(table)
+        target = arrow.schema if known is None else _widen(known, arrow)
+        if known is not None and not target.equals(known):
+            self._rewrite_parts(table, target)  # the older parts take the new schema first
+        self._set_schema(table, target)
+        self._atomic_write(_conform(arrow, target), path)
         return path
+
+    def table_schema(self, table: str) -> pa.Schema | None:
+        """The schema every part of ``table`` has (None before its first part): read from the
+        parts once per Store, and brought to one schema there if older parts disagree."""
+        if table not in self._schemas:
+            self.harmonize(table)
+        return self._schemas.get(table)
+
+    def _rewrite_parts(self, table: str, schema: pa.Schema) -> None:
+        """Rewrite (atomically) every part whose schema is not ``schema``; rows unchanged."""
+        for part in self.parts(table):
+            try:
+                current = pq.read_schema(part).remove_metadata()
+            except UNREADABLE:
+                continue  # the next recovery quarantines it
+            if not current.equals(schema):
+                self._atomic_write(_conform(pq.read_table(part), schema), part)
+
+    def _set_schema(self, table: str, schema: pa.Schema) -> None:
+        """Remember the table's schema, and record it in the manifest when it changed."""
+        changed = table in self._schemas and not self._schemas[table].equals(schema)
+        self._schemas[table] = schema
+        if changed and self.manifest_path.exists():
+            manifest = self.read_manifest() or {}
+            self.write_manifest(manifest)  # write_manifest records every known schema
 
     @staticmethod
     def _atomic_write(table: pa.Table, path: Path) -> None:
@@ -262,7 +315,7 @@ class Store:
             if not schema.equals(union):
                 self._atomic_write(_conform(pq.read_table(part), union), part)
                 rewritten += 1
-        self._schemas[table] = union
+        self._set_schema(table, union)
         return rewritten
 
     # --- reading ------------------------------------------------------------------------
@@ -526,6 +579,11 @@ class Store:
         return manifest
 
     def write_manifest(self, manifest: dict) -> None:
+        """Write atomically, with ``schemas``: each table's column types as its parts have them
+        (kept from the manifest for tables this Store has not written)."""
+        schemas = dict(manifest.get("schemas") or {})
+        schemas.update({t: schema_record(schema) for t, schema in self._schemas.items()})
+        manifest = {**manifest, "schemas": schemas}
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / ".manifest.json.tmp"
         try:
