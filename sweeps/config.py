@@ -32,6 +32,7 @@ from landscape.data import check_files, subset_size
 from landscape.measure import MetricsSpec
 from landscape.optim import READS, ignored_knobs
 from landscape.variant import ConfigError, DataSpec, Variant, build_spec, canonical_json
+from sweeps.trackers import TrackerSettings
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 VARIANT_SECTIONS = ("model", "data", "optim", "train")
@@ -129,6 +130,7 @@ class SweepPlan:
     config: dict  # the composed base config (for the manifest)
     variants: list[Variant] = field(default_factory=list)
     checkpoints: bool = False  # save each variant's checkpoint under <results>/checkpoints/
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -408,6 +410,7 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
         config=run,
         variants=list(variants.values()),
         checkpoints=_checkpoints(run),
+        tracker=build_spec(TrackerSettings, run.get("tracker") or {}, "tracker"),
     )
 
 

@@ -21,7 +21,7 @@ from sweeps.config import SweepPlan
 from sweeps.store import code_version, package_versions
 
 # Keys that may differ between commands adding to one results directory.
-RUN_ONLY = ("ray", "out_dir", "device", "pack", "metrics", "sweep", "checkpoints")
+RUN_ONLY = ("ray", "out_dir", "device", "pack", "metrics", "sweep", "checkpoints", "tracker")
 
 
 def _plain(obj: Any) -> Any:

@@ -47,6 +47,7 @@ from sweeps.reaper import reap_with_driver
 from sweeps.signals import installed as signals_installed
 from sweeps.signals import keep_handlers
 from sweeps.store import FINISHED, Store
+from sweeps.trackers import PackCallback, make_tracker
 from sweeps.workers import PackWorker, dataset_key
 
 WAIT_LOG_S = 60.0  # with no result for this long, say what the driver is waiting for
@@ -309,6 +310,7 @@ def run_sweep(
     log: Callable[[str], None] = print,
     worker_cls: type = PackWorker,
     worker_kwargs: dict | None = None,
+    on_pack: PackCallback | None = None,
 ) -> SweepSummary:
     """Run what the results directory lacks of ``plan``. Raises ConfigError (one line) when the
     directory is another driver's, holds another base config (unless ``force``) or other
@@ -319,8 +321,10 @@ def run_sweep(
     try:
         if plan.ray.resolved_address() != "local":  # the cluster answers before anything is written
             joined = _init_ray(plan, log)
+        if on_pack is None:  # tracker.kind from the config (none by default)
+            on_pack = make_tracker(plan.tracker, plan.results_dir)
         summary = _run_locked(
-            plan, retry_failed, remeasure, force, log, progress, worker_cls, worker_kwargs
+            plan, retry_failed, remeasure, force, log, progress, worker_cls, worker_kwargs, on_pack
         )
     except KeyboardInterrupt as exc:
         raise SweepStopped(getattr(exc, "summary", None), exc) from None
@@ -344,6 +348,7 @@ def _run_locked(
     progress: bool,
     worker_cls: type,
     worker_kwargs: dict | None,
+    on_pack: PackCallback | None,
 ) -> SweepSummary:
     store = Store(plan.results_dir)
     lock = ResultsLock(plan.results_dir)
@@ -370,6 +375,7 @@ def _run_locked(
             ids_of = {id(v): i for v, i in zip(plan.variants, ids)}
             dispatch = _Dispatch(plan, store, summary, ids_of, worker_cls, worker_kwargs or {}, log)
             dispatch.show_progress = progress
+            dispatch.on_pack = on_pack
             _run_on_ray(plan, store, manifest, todo, redo, dispatch)
         else:
             store.write_manifest(manifest)
@@ -464,6 +470,7 @@ class _Dispatch:
         self.ids_of = ids_of  # id(variant) -> variant_id, hashed once by the driver
         self.worker_cls, self.worker_kwargs = worker_cls, worker_kwargs
         self.show_progress = True
+        self.on_pack: PackCallback | None = None  # called with each pack's rows once written
         self.workers: list[_Worker] = []
         self.queue: deque[tuple[list[Variant], int]] = deque()  # (pack, deaths), next first
         self.jobs: dict[Any, _Job] = {}  # in flight, by ObjectRef
@@ -610,8 +617,20 @@ class _Dispatch:
             row["finished_at"] = now
             self.summary.counts[row["status"]] = self.summary.counts.get(row["status"], 0) + 1
         self.store.write_pack(tables)
+        self._tell_tracker(tables)
         self.summary.ran += len(pack)
         self.bar.update(len(pack))  # one pack
+
+    def _tell_tracker(self, tables: dict[str, list[dict]]) -> None:
+        """The pack's rows to the tracker; one that fails is logged once and switched off (the
+        Parquet store is the record)."""
+        if self.on_pack is None:
+            return
+        try:
+            self.on_pack(tables)
+        except Exception as exc:  # a tracker's failure is not the sweep's
+            self.log(f"tracker switched off after an error: {_first_line(exc)}")
+            self.on_pack = None
 
 
 class LineProgress:
