@@ -5,6 +5,7 @@
     landscape-sweep ray.address=auto ...              # join a running Ray cluster
     landscape-sweep --cfg job                         # Hydra prints the composed config
     landscape-sweep --help                            # Hydra's help: groups and options
+    eval "$(landscape-sweep -sc install=bash)"        # shell completion (Hydra's; zsh, fish too)
     landscape-sweep status results/demo               # counts, failures by error, throughput, ETA
     landscape-sweep compact results/demo              # merge many small Parquet parts into few
 
@@ -55,6 +56,8 @@ OUR_FLAGS = {
     "--no-report": "skip the HTML report",
     "--quiet": "no progress bar",
 }
+# Hydra's shell completion: ``eval "$(landscape-sweep -sc install=bash)"`` (bash, zsh, fish)
+COMPLETION_FLAGS = ("-sc", "--shell-completion")
 COMMANDS = ("status", "compact")
 CFG_PARTS = ("job", "hydra", "all")
 
@@ -177,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_version())
         return 0
     args = [a for a in args if a not in ("-m", "--multirun")]  # a sweep is already a multirun
+    if any(a.split("=", 1)[0] in COMPLETION_FLAGS for a in args):
+        return _hydra_passthrough(args)  # Hydra's shell completion: install, or answer a query
     if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in args):
         return _checked_passthrough(args)
     flags = {a for a in args if a.startswith("-")}
