@@ -363,12 +363,15 @@ def _run_locked(
         old = store.read_manifest()
         forced = check_same_base(old, plan, force)
         ids = [v.variant_id for v in plan.variants]  # hashed once (a Variant hashes on each access)
-        todo, redo = _todo(plan, ids, store.recorded(), retry_failed, remeasure, old)
+        recorded = store.recorded()
+        todo, redo = _todo(plan, ids, recorded, retry_failed, remeasure, old)
         summary = SweepSummary(total=len(ids), skipped=len(ids) - len(todo), to_run=len(todo))
         replacing = f" ({len(redo)} replacing recorded rows)" if redo else ""
+        failed = sum(recorded.get(i, {}).get("status") == "failed" for i in ids if i not in redo)
+        retry = f"; {failed} of them failed: --retry-failed runs them again" if failed else ""
         log(
             f"sweep {plan.name}: {summary.total} variants, {summary.skipped} already finished "
-            f"(skipped), {len(todo)} to run{replacing}"
+            f"(skipped), {len(todo)} to run{replacing}{retry}"
         )
         manifest = build_manifest(plan, old, ids, forced)
         if todo:

@@ -161,3 +161,23 @@ def test_the_end_of_sweep_summary_counts_failures_and_names_the_best_and_worst_c
     assert "best cell:  model.width=7: test_acc 0.800 (mean of 1)" in text
     assert "worst cell: model.width=4: test_acc 0.505 (mean of 2)" in text
     assert lines[-1].startswith(f"results: {plan.results_dir}/")
+
+
+def test_a_rerun_over_failed_rows_says_how_to_retry_them(tmp_path):
+    """Nothing to run (every variant recorded, one failed): no Ray, one line with the hint."""
+    from sweeps.runner import run_sweep
+
+    plan = tiny_plan(tmp_path)
+    store = Store(plan.results_dir)
+    mid = metrics_id(plan.metrics)
+    for k, v in enumerate(plan.variants):
+        status = "failed" if k == 0 else "ok"
+        store.write_pack(
+            {"runs": [{"variant_id": v.variant_id, "status": status, "metrics_id": mid}]}
+        )
+    logs: list[str] = []
+    run_sweep(plan, progress=False, log=logs.append)
+    assert (
+        "sweep demo: 8 variants, 8 already finished (skipped), 0 to run; "
+        "1 of them failed: --retry-failed runs them again"
+    ) in logs
