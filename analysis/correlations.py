@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 TARGETS = ("test_acc", "gen_gap")
 # Never measures: the targets themselves, test-set quantities, bookkeeping.
@@ -44,24 +45,27 @@ NOT_MEASURES = frozenset(
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
-    """Kendall's tau-b of paired samples, ignoring pairs with a non-finite value.
+    """Kendall's tau-b of paired samples, ignoring pairs with a non-finite value
+    (``scipy.stats.kendalltau``, which also gives the p-value: :func:`kendall_tau_test`).
 
     NaN when fewer than two pairs remain or one side is constant.
 
     >>> kendall_tau([1, 2, 3], [10, 20, 30]), kendall_tau([1, 2, 3], [3, 2, 1])
     (1.0, -1.0)
     """
+    return kendall_tau_test(x, y)[0]
+
+
+def kendall_tau_test(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """(tau-b, two-sided p-value) over the pairs where both values are finite; NaNs when
+    fewer than two pairs remain or one side is constant."""
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    if len(x) < 2:
-        return float("nan")
-    i, j = np.triu_indices(len(x), k=1)
-    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    untied_x, untied_y = np.count_nonzero(dx), np.count_nonzero(dy)
-    if untied_x == 0 or untied_y == 0:
-        return float("nan")
-    return float(np.sum(dx * dy) / np.sqrt(float(untied_x) * float(untied_y)))
+    if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan"), float("nan")
+    result = stats.kendalltau(x, y, variant="b")
+    return float(result.statistic), float(result.pvalue)
 
 
 def granulated_taus(

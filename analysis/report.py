@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import base64
 import html
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -454,9 +455,21 @@ def build_report(results: Results, out: Path, opts: ReportOptions | None = None)
     sections = [s for s in sections if s.items]
     subtitle = f"temperature {temperature}, load {load}; {len(results.runs)} runs"
     page = out / "index.html"
-    page.write_text(render_html(f"Sweep {results.name}", sections, subtitle))
+    _write_atomically(page, render_html(f"Sweep {results.name}", sections, subtitle))
     plt.close("all")
     return page
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write to a hidden temporary name, then rename: a full disk or a kill leaves the old page
+    (or none), never a truncated one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ import fnmatch
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -172,6 +173,30 @@ UPDATE_RULES: dict[str, tuple[Rule, tuple[str, ...]]] = {
     "rmsprop": (_rmsprop, ("square_avg", "momentum_buffer")),
     "adagrad": (_adagrad, ("sum",)),
 }
+
+
+# The optimiser-specific fields of OptimSpec that each update rule reads; the rest of
+# OPTIMISER_KNOBS it ignores (a sweep refuses them set away from their defaults).
+OPTIMISER_KNOBS = ("momentum", "nesterov", "betas", "eps", "alpha")
+READS: dict[str, tuple[str, ...]] = {
+    "sgd": ("momentum", "nesterov"),
+    "adam": ("betas", "eps"),
+    "adamw": ("betas", "eps"),
+    "rmsprop": ("momentum", "eps", "alpha"),
+    "adagrad": ("eps",),
+}
+
+
+def ignored_knobs(spec: OptimSpec) -> dict[str, Any]:
+    """Optimiser-specific fields set away from their defaults that ``spec.name`` never reads
+    (``optim=adam optim.momentum=0.5`` trains what ``optim=adam`` trains): name -> value."""
+    default = OptimSpec()
+    return {
+        knob: getattr(spec, knob)
+        for knob in OPTIMISER_KNOBS
+        if knob not in READS.get(spec.name, OPTIMISER_KNOBS)
+        and getattr(spec, knob) != getattr(default, knob)
+    }
 
 
 def _rule(spec: OptimSpec) -> tuple[Rule, tuple[str, ...]]:

@@ -5,6 +5,7 @@
     landscape-sweep ray.address=auto ...              # join a running Ray cluster
     landscape-sweep --cfg job                         # Hydra prints the composed config
     landscape-sweep --help                            # Hydra's help: groups and options
+    eval "$(landscape-sweep -sc install=bash)"        # shell completion (Hydra's; zsh, fish too)
     landscape-sweep status results/demo               # counts, failures by error, throughput, ETA
     landscape-sweep compact results/demo              # merge many small Parquet parts into few
 
@@ -15,14 +16,19 @@ on an axis train only the new variants. Flags:
     --remeasure      retrain variants measured with other metrics settings (rows replaced)
     --force          add to a results directory whose base config differs
     --no-report      skip the HTML report        --quiet   no progress bar
+    --version        print the version and exit   -m, --multirun   accepted (a sweep is one)
 
 Bad input (unknown option or key, invalid value, unwritable out_dir) prints one line naming
 the key, the value and what is allowed, exits with 2 and writes nothing. So does a refused
-results directory (another driver holds it, another base config, other metrics settings).
+results directory (another driver holds it, another base config, other metrics settings) and
+a Ray cluster that cannot be joined. Ctrl-C or SIGTERM stops the sweep within seconds with one
+line (exit 130 or 143); a full disk ends it with one line (exit 1); both keep what finished,
+and the same command resumes.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -43,11 +49,15 @@ HYDRA_FLAGS = (
 )
 OUR_FLAGS = {
     "--retry-failed": "run variants recorded as failed again",
+    "--multirun": "accepted and ignored: a sweep is already a multirun",
+    "-m": "the same as --multirun",
     "--remeasure": "retrain variants measured with other metrics settings",
     "--force": "add to a results directory whose base config differs",
     "--no-report": "skip the HTML report",
     "--quiet": "no progress bar",
 }
+# Hydra's shell completion: ``eval "$(landscape-sweep -sc install=bash)"`` (bash, zsh, fish)
+COMPLETION_FLAGS = ("-sc", "--shell-completion")
 COMMANDS = ("status", "compact")
 CFG_PARTS = ("job", "hydra", "all")
 
@@ -125,7 +135,10 @@ def _command(name: str, args: list[str]) -> int:
     if name == "status":
         from sweeps.status import format_status, sweep_status
 
-        print(format_status(sweep_status(root)))
+        try:
+            print(format_status(sweep_status(root)))
+        except ConfigError as exc:  # a damaged manifest
+            return _error(str(exc))
         return 0
     from sweeps.lock import ResultsLock, ResultsLockedError
     from sweeps.store import COMPACT_ROWS, Store
@@ -147,19 +160,49 @@ def _command(name: str, args: list[str]) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    from sweeps.store import code_version
+
+    try:
+        version = metadata.version("landscape")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return f"landscape-sweep {version} (code {code_version()})"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in COMMANDS:
         return _command(args[0], args[1:])
+    if "--version" in args:
+        print(_version())
+        return 0
+    args = [a for a in args if a not in ("-m", "--multirun")]  # a sweep is already a multirun
+    if any(a.split("=", 1)[0] in COMPLETION_FLAGS for a in args):
+        return _hydra_passthrough(args)  # Hydra's shell completion: install, or answer a query
     if any(a.split("=", 1)[0] in HYDRA_FLAGS for a in args):
         return _checked_passthrough(args)
     flags = {a for a in args if a.startswith("-")}
     unknown = flags - set(OUR_FLAGS)
     if unknown:
-        allowed = ", ".join([*OUR_FLAGS, "--cfg job", "--help"])
+        allowed = ", ".join([*OUR_FLAGS, "--version", "--cfg job", "--help"])
         return _error(f"unknown flag {sorted(unknown)[0]}; allowed: {allowed}")
     overrides = [a for a in args if not a.startswith("-")]
+    from sweeps.signals import Stopped, stop_on_signals
 
+    stop_on_signals()
+    try:
+        return _sweep(overrides, flags, " ".join(["landscape-sweep", *args]))
+    except Stopped as stop:  # before the sweep read its results directory
+        print(
+            f"landscape-sweep: stopped by {stop.name} before anything was written", file=sys.stderr
+        )
+        return stop.exit_status
+
+
+def _sweep(overrides: list[str], flags: set[str], command: str) -> int:
     from sweeps.config import plan_sweep
 
     try:
@@ -167,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _error(str(exc))
 
-    from sweeps.runner import run_sweep
+    from sweeps.runner import DiskFull, SweepStopped, is_disk_full, run_sweep
 
     try:
         summary = run_sweep(
@@ -179,18 +222,44 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ConfigError as exc:
         return _error(str(exc))
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items())) or "nothing new"
-    deaths = f"; {summary.worker_deaths} worker deaths survived" if summary.worker_deaths else ""
-    print(
-        f"ran {summary.ran} variants ({counts}) in {summary.wall_time_s:.1f} s; "
-        f"{summary.skipped} skipped as already finished{deaths}"
-    )
-    print(f"results: {plan.results_dir}/  (runs, curves, ... as Parquet; manifest.json)")
+    except SweepStopped as stop:
+        from sweeps.signals import Stopped, received
+
+        signal_ = received() or Stopped(signal.SIGINT)  # a plain KeyboardInterrupt: Ctrl-C
+        if stop.summary is None:
+            done = f"stopped by {signal_.name} before anything was written"
+        else:
+            done = f"stopped by {signal_.name}: {stop.summary.finished_line()}"
+        print(f"landscape-sweep: {done}; run `{command}` again to resume", file=sys.stderr)
+        return signal_.exit_status
+    except DiskFull as full:
+        done = full.summary.finished_line() if full.summary else "nothing was written"
+        print(
+            f"landscape-sweep: error: no space left on the device of {plan.results_dir}: {done}; "
+            f"free some space and run `{command}` again to resume",
+            file=sys.stderr,
+        )
+        return 1
+    from sweeps.status import end_of_sweep
+
+    for line in end_of_sweep(plan, summary, command):
+        print(line)
     if "--no-report" not in flags:
         from analysis.load import load_results
         from analysis.report import build_report
 
-        report = build_report(load_results(plan.results_dir), plan.results_dir / "report")
+        try:
+            report = build_report(load_results(plan.results_dir), plan.results_dir / "report")
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            print(
+                f"landscape-sweep: error: no space left on the device of {plan.results_dir} "
+                "while writing the report (the sweep's results are complete); free some space "
+                f"and run `landscape-report {plan.results_dir}`",
+                file=sys.stderr,
+            )
+            return 1
         print(f"report:  {report}")
     return 0
 

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import itertools
 import json
+import math
 import os
 import re
 import tempfile
@@ -29,7 +30,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from landscape.data import check_files, subset_size
 from landscape.measure import MetricsSpec
+from landscape.optim import READS, ignored_knobs
 from landscape.variant import ConfigError, DataSpec, Variant, build_spec, canonical_json
+from sweeps.trackers import TrackerSettings
 
 
 def _conf_dir() -> Path:
@@ -55,6 +58,13 @@ TRAIN_SET_SIZES = {
 _ADDRESS = re.compile(r"local|auto|(ray://)?[\w.\-]+:\d{1,5}|(ray://)?\[[0-9a-fA-F:.]+\]:\d{1,5}")
 
 
+def _port(address: str | None) -> int | None:
+    """The port of a host:port address (None for null, local, auto)."""
+    if address is None or address in ("local", "auto"):
+        return None
+    return int(str(address).rpartition(":")[2])
+
+
 @dataclass(frozen=True)
 class RaySettings:
     # null: join the cluster in RAY_ADDRESS if set, else start a local instance; "local": always start
@@ -67,6 +77,9 @@ class RaySettings:
     max_in_flight: int = 2  # packs queued per worker (backpressure)
     max_pack_attempts: int = 3  # a pack whose worker dies this many times is recorded as failed
     ship_code: bool = False  # send landscape/ and sweeps/ to the cluster (runtime_env py_modules)
+    # seconds each step of joining a cluster may take (reach the port, Ray's answer) before the
+    # driver gives up with the reason
+    connect_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         if self.address is not None and not _ADDRESS.fullmatch(str(self.address)):
@@ -74,6 +87,14 @@ class RaySettings:
                 f"ray.address must be null, local, auto, host:port or ray://host:port, "
                 f"got {self.address!r}"
             )
+        port = _port(self.address)
+        if port is not None and not 1 <= port <= 65535:
+            raise ConfigError(
+                f"ray.address must name a port between 1 and 65535, got {self.address!r}"
+            )
+        timeout = self.connect_timeout_s
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ConfigError(f"ray.connect_timeout_s must be a number > 0, got {timeout!r}")
         if self.num_cpus is not None and not (
             isinstance(self.num_cpus, int) and self.num_cpus >= 1
         ):
@@ -117,6 +138,7 @@ class SweepPlan:
     config: dict  # the composed base config (for the manifest)
     variants: list[Variant] = field(default_factory=list)
     checkpoints: bool = False  # save each variant's checkpoint under <results>/checkpoints/
+    tracker: TrackerSettings = field(default_factory=TrackerSettings)
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -283,7 +305,16 @@ def train_set_size(spec: DataSpec) -> int:
 
 
 def validate_variant(v: Variant) -> None:
-    """Checks that need the data set's size; raised before anything runs."""
+    """Checks that need the data set's size or the optimiser; raised before anything runs."""
+    ignored = ignored_knobs(v.optim)
+    if ignored:
+        knob, value = next(iter(ignored.items()))
+        raise ConfigError(
+            f"optim.{knob}={value} has no effect with optim={v.optim.name}, which reads "
+            f"{', '.join(READS[v.optim.name])} of the optimiser's own settings: leave it out "
+            "(from the command line or the sweep preset), or sweep it only with an optimiser "
+            "that reads it"
+        )
     n = subset_size(v.data, train_set_size(v.data))
     if v.optim.batch_size > n:
         raise ConfigError(
@@ -331,6 +362,7 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
                 "list, range(...) with start < stop, or a glob(...) that matches an option"
             )
     _check_group_names(scalars, axes, groups)
+    _check_size(axes, base.sweep.get("max_variants", MAX_VARIANTS))
 
     group_axes = {k: v for k, v in axes.items() if k in groups}
     scalar_axes = {k: v for k, v in axes.items() if k not in groups}
@@ -355,7 +387,9 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
         raise ConfigError(f"out_dir must be a directory path, got {run['out_dir']!r}")
     out_dir = Path(run["out_dir"])
     _check_writable(out_dir)
-    if run["device"] not in ("auto", "cpu") and not str(run["device"]).startswith("cuda"):
+    if run["device"] not in ("auto", "cpu") and not re.fullmatch(
+        r"cuda(:\d+)?", str(run["device"])
+    ):
         raise ConfigError(f"device must be auto, cpu or cuda[:N], got {run['device']!r}")
     sweep = run["sweep"]
     name = sweep.get("name")
@@ -368,7 +402,8 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
     ray = build_spec(RaySettings, run.get("ray") or {}, "ray")
     metrics = build_spec(MetricsSpec, run["metrics"], "metrics")
     _check_metrics_fit(metrics, variants.values())
-    if ray.resolved_address() == "local":  # a cluster's nodes may see another data.root
+    if ray.resolved_address() == "local":  # a cluster's nodes may see another data.root, GPUs
+        check_device(str(run["device"]))
         for spec in {v.data for v in variants.values()}:
             check_files(spec)
     return SweepPlan(
@@ -383,10 +418,50 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
         config=run,
         variants=list(variants.values()),
         checkpoints=_checkpoints(run),
+        tracker=build_spec(TrackerSettings, run.get("tracker") or {}, "tracker"),
     )
 
 
 _NAME = re.compile(r"[\w.\-]+")
+MAX_VARIANTS = 100_000  # sweep.max_variants when the config does not say
+
+
+def _check_size(axes: dict[str, list], max_variants: Any) -> None:
+    """Refuse a grid larger than ``sweep.max_variants`` before expanding it (a million variants
+    take minutes and gigabytes to plan): the count, and the key to raise."""
+    if isinstance(max_variants, bool) or not isinstance(max_variants, int) or max_variants < 1:
+        raise ConfigError(f"sweep.max_variants must be an integer >= 1, got {max_variants!r}")
+    n = math.prod(len(values) for values in axes.values())
+    if n > max_variants:
+        sizes = " x ".join(f"{len(v)} {k}" for k, v in axes.items())
+        raise ConfigError(
+            f"the sweep has {n:,} variants ({sizes}), more than sweep.max_variants={max_variants:,}: "
+            f"sweep fewer values, or raise the limit (sweep.max_variants={n}) to run them all"
+        )
+
+
+def check_device(device: str) -> None:
+    """The device must exist on this machine (checked for local runs: a cluster's workers may
+    have GPUs the driver lacks). ``auto`` and ``cpu`` always do."""
+    if device in ("auto", "cpu"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device={device}: this machine has no usable CUDA device (torch "
+            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use device=auto or "
+            "device=cpu, or join a cluster with GPUs (ray.address=...)"
+        )
+    index = int(device.partition(":")[2] or 0)
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise ConfigError(
+            f"device={device}: this machine has {count} CUDA device{'s' if count > 1 else ''} "
+            f"(cuda:0 to cuda:{count - 1})"
+        )
+
+
 # Groups whose options each set their own ``<group>.name`` (the registry key).
 NAMED_GROUPS = ("model", "data", "optim")
 

@@ -21,7 +21,7 @@ from sweeps.config import SweepPlan
 from sweeps.store import code_version, package_versions
 
 # Keys that may differ between commands adding to one results directory.
-RUN_ONLY = ("ray", "out_dir", "device", "pack", "metrics", "sweep", "checkpoints")
+RUN_ONLY = ("ray", "out_dir", "device", "pack", "metrics", "sweep", "checkpoints", "tracker")
 
 
 def _plain(obj: Any) -> Any:
@@ -110,4 +110,6 @@ def build_manifest(
         "created": old.get("created", now),
         "updated": now,  # when this command started (``status`` measures throughput from here)
         **({"forced": history} if history else {}),
+        # each table's column types, as every part has them (the store keeps this up to date)
+        **({"schemas": old["schemas"]} if old.get("schemas") else {}),
     }

@@ -9,17 +9,21 @@ another one); a pack that has killed its worker ``ray.max_pack_attempts`` times 
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import math
 import os
+import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import ray
 import torch
@@ -34,11 +38,16 @@ from landscape.pack import make_packs
 from landscape.run import failed_rows, measure_checkpoint_pairs, measure_checkpoints, metrics_id
 from landscape.train import resolve_device
 from landscape.variant import ConfigError, Variant
+from sweeps.cluster import check_cluster
 from sweeps.config import SweepPlan
 from sweeps.cost import schedule
 from sweeps.lock import ResultsLock, ResultsLockedError
 from sweeps.manifest import build_manifest, check_same_base
+from sweeps.reaper import reap_with_driver
+from sweeps.signals import installed as signals_installed
+from sweeps.signals import keep_handlers
 from sweeps.store import FINISHED, Store
+from sweeps.trackers import PackCallback, make_tracker
 from sweeps.workers import PackWorker, dataset_key
 
 WAIT_LOG_S = 60.0  # with no result for this long, say what the driver is waiting for
@@ -54,6 +63,38 @@ class SweepSummary:
     worker_deaths: int = 0
     remeasured: int = 0  # finished variants measured again from their checkpoints
     wall_time_s: float = 0.0
+    to_run: int = 0  # variants this command set out to run
+
+    def finished_line(self) -> str:
+        """What this command has finished so far, and what is left, in a few words."""
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts.items()))
+        ran = f"{self.ran} of {self.to_run} variants ran" + (f" ({counts})" if counts else "")
+        left = self.to_run - self.ran
+        return f"{ran} and are saved ({self.skipped} were finished before); {left} to go"
+
+
+class SweepStopped(KeyboardInterrupt):
+    """The sweep was stopped (a signal, Ctrl-C) after writing what it had finished; ``summary``
+    is None when it stopped before reading the results directory."""
+
+    def __init__(self, summary: SweepSummary | None, cause: BaseException):
+        super().__init__(str(cause))
+        self.summary, self.cause = summary, cause
+
+
+class DiskFull(OSError):
+    """A write found no space left; what was finished before it is kept (``summary``)."""
+
+    def __init__(self, summary: SweepSummary | None, cause: OSError):
+        super().__init__(cause.errno, str(cause))
+        self.summary, self.cause = summary, cause
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC or EDQUOT, as Python or pyarrow report it (pyarrow's IOError has no errno)."""
+    if not isinstance(exc, OSError):
+        return False
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(exc)
 
 
 def _ray_init_kwargs(plan: SweepPlan) -> dict[str, Any]:
@@ -74,7 +115,9 @@ def _ray_init_kwargs(plan: SweepPlan) -> dict[str, Any]:
 
 
 def _init_ray(plan: SweepPlan, log: Callable[[str], None]) -> bool:
-    """Start a local instance or join a cluster; returns True if this call started Ray."""
+    """Start a local instance or join a cluster; returns True if this call started Ray. Joining
+    checks the cluster first (:func:`sweeps.cluster.check_cluster`), each step bounded by
+    ``ray.connect_timeout_s``, and fails with one line naming the address and Ray's reason."""
     if ray.is_initialized():
         return False
     kwargs = _ray_init_kwargs(plan)
@@ -89,14 +132,34 @@ def _init_ray(plan: SweepPlan, log: Callable[[str], None]) -> bool:
         log(f"joining the Ray cluster at {kwargs['address']}")
         if plan.ray.num_cpus is not None:
             log("ray.num_cpus only sizes a local instance; ignored when joining a cluster")
+        kwargs["address"] = check_cluster(
+            kwargs["address"], plan.ray.connect_timeout_s, _loopback_only, log
+        )
     try:
-        ray.init(**kwargs)
+        with keep_handlers(), _no_ray_sigterm_handler():
+            ray.init(**kwargs)
+    except KeyboardInterrupt:  # stopped while Ray was starting: end what had started
+        ray.shutdown()
+        raise
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(
             f"ray.address={kwargs['address']}: cannot start or join Ray: {reason}"
         ) from exc
+    if kwargs["address"] == "local":
+        reap_with_driver()
     return True
+
+
+@contextmanager
+def _no_ray_sigterm_handler() -> Iterator[None]:
+    """Where the command line's handlers stop the driver, ``ray.init`` must not put its own
+    SIGTERM handler in place, even for a moment: it exits through ``sys.exit`` mid-start."""
+    if not signals_installed():
+        yield
+        return
+    with mock.patch.object(ray._private.utils, "set_sigterm_handler", lambda handler: None):
+        yield
 
 
 def _loopback_only() -> None:
@@ -247,35 +310,75 @@ def run_sweep(
     log: Callable[[str], None] = print,
     worker_cls: type = PackWorker,
     worker_kwargs: dict | None = None,
+    on_pack: PackCallback | None = None,
 ) -> SweepSummary:
     """Run what the results directory lacks of ``plan``. Raises ConfigError (one line) when the
     directory is another driver's, holds another base config (unless ``force``) or other
     metrics (unless ``remeasure``); nothing is changed then but crash repairs."""
     t0 = time.perf_counter()
+    summary: SweepSummary | None = None
+    joined = False
+    try:
+        if plan.ray.resolved_address() != "local":  # the cluster answers before anything is written
+            joined = _init_ray(plan, log)
+        if on_pack is None:  # tracker.kind from the config (none by default)
+            on_pack = make_tracker(plan.tracker, plan.results_dir)
+        summary = _run_locked(
+            plan, retry_failed, remeasure, force, log, progress, worker_cls, worker_kwargs, on_pack
+        )
+    except KeyboardInterrupt as exc:
+        raise SweepStopped(getattr(exc, "summary", None), exc) from None
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise DiskFull(getattr(exc, "summary", None), exc) from None
+        raise
+    finally:
+        if joined:
+            ray.shutdown()
+    summary.wall_time_s = time.perf_counter() - t0
+    return summary
+
+
+def _run_locked(
+    plan: SweepPlan,
+    retry_failed: bool,
+    remeasure: bool,
+    force: bool,
+    log: Callable[[str], None],
+    progress: bool,
+    worker_cls: type,
+    worker_kwargs: dict | None,
+    on_pack: PackCallback | None,
+) -> SweepSummary:
     store = Store(plan.results_dir)
     lock = ResultsLock(plan.results_dir)
     try:
         lock.acquire()
     except ResultsLockedError as exc:
         raise ConfigError(str(exc)) from None
+    summary = None
     try:
         for line in store.recover().lines():
             log(line)
         old = store.read_manifest()
         forced = check_same_base(old, plan, force)
         ids = [v.variant_id for v in plan.variants]  # hashed once (a Variant hashes on each access)
-        todo, redo = _todo(plan, ids, store.recorded(), retry_failed, remeasure, old)
-        summary = SweepSummary(total=len(ids), skipped=len(ids) - len(todo))
+        recorded = store.recorded()
+        todo, redo = _todo(plan, ids, recorded, retry_failed, remeasure, old)
+        summary = SweepSummary(total=len(ids), skipped=len(ids) - len(todo), to_run=len(todo))
         replacing = f" ({len(redo)} replacing recorded rows)" if redo else ""
+        failed = sum(recorded.get(i, {}).get("status") == "failed" for i in ids if i not in redo)
+        retry = f"; {failed} of them failed: --retry-failed runs them again" if failed else ""
         log(
             f"sweep {plan.name}: {summary.total} variants, {summary.skipped} already finished "
-            f"(skipped), {len(todo)} to run{replacing}"
+            f"(skipped), {len(todo)} to run{replacing}{retry}"
         )
         manifest = build_manifest(plan, old, ids, forced)
         if todo:
             ids_of = {id(v): i for v, i in zip(plan.variants, ids)}
             dispatch = _Dispatch(plan, store, summary, ids_of, worker_cls, worker_kwargs or {}, log)
             dispatch.show_progress = progress
+            dispatch.on_pack = on_pack
             _run_on_ray(plan, store, manifest, todo, redo, dispatch)
         else:
             store.write_manifest(manifest)
@@ -287,9 +390,11 @@ def run_sweep(
             _cross_pass(plan, store, ids, log)
         for table in store.tables():
             store.harmonize(table)
+    except (KeyboardInterrupt, OSError) as exc:
+        exc.summary = summary  # what had finished, for the one line the command prints
+        raise
     finally:
         lock.release()
-    summary.wall_time_s = time.perf_counter() - t0
     return summary
 
 
@@ -368,6 +473,7 @@ class _Dispatch:
         self.ids_of = ids_of  # id(variant) -> variant_id, hashed once by the driver
         self.worker_cls, self.worker_kwargs = worker_cls, worker_kwargs
         self.show_progress = True
+        self.on_pack: PackCallback | None = None  # called with each pack's rows once written
         self.workers: list[_Worker] = []
         self.queue: deque[tuple[list[Variant], int]] = deque()  # (pack, deaths), next first
         self.jobs: dict[Any, _Job] = {}  # in flight, by ObjectRef
@@ -389,9 +495,7 @@ class _Dispatch:
         self._start_workers(n_workers)
         self.queue.extend((pack, 0) for pack, _ in scheduled)
         total = sum(len(p) for p, _ in scheduled)
-        self.bar = tqdm(
-            total=total, unit="variant", disable=not self.show_progress, desc=self.plan.name
-        )
+        self.bar = progress_bar(total, len(scheduled), self.plan.name, self.show_progress, self.log)
         try:
             while self.queue or self.jobs:
                 self._submit()
@@ -516,8 +620,54 @@ class _Dispatch:
             row["finished_at"] = now
             self.summary.counts[row["status"]] = self.summary.counts.get(row["status"], 0) + 1
         self.store.write_pack(tables)
+        self._tell_tracker(tables)
         self.summary.ran += len(pack)
-        self.bar.update(len(pack))
+        self.bar.update(len(pack))  # one pack
+
+    def _tell_tracker(self, tables: dict[str, list[dict]]) -> None:
+        """The pack's rows to the tracker; one that fails is logged once and switched off (the
+        Parquet store is the record)."""
+        if self.on_pack is None:
+            return
+        try:
+            self.on_pack(tables)
+        except Exception as exc:  # a tracker's failure is not the sweep's
+            self.log(f"tracker switched off after an error: {_first_line(exc)}")
+            self.on_pack = None
+
+
+class LineProgress:
+    """Progress for a log file, not a terminal: a line every ``every`` packs (about twenty per
+    sweep) and at the end, instead of tqdm's carriage returns."""
+
+    def __init__(self, total: int, packs: int, name: str, log: Callable[[str], None]):
+        self.total, self.packs, self.name, self.log = total, packs, name, log
+        self.every = max(1, round(packs / 20))
+        self.done = self.packs_done = 0
+        self.t0 = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.packs_done += 1
+        if self.packs_done % self.every and self.packs_done != self.packs:
+            return
+        took = time.perf_counter() - self.t0
+        left = took / self.done * (self.total - self.done) if self.done else 0.0
+        self.log(
+            f"{self.name}: {self.done}/{self.total} variants ({self.packs_done}/{self.packs} "
+            f"packs) in {took:.0f} s, about {left:.0f} s to go"
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, packs: int, name: str, show: bool, log: Callable[[str], None]):
+    """tqdm on a terminal; on anything else (a log file, a SLURM job's output) a line per N
+    packs; nothing when ``show`` is off."""
+    if show and not sys.stderr.isatty():
+        return LineProgress(total, packs, name, log)
+    return tqdm(total=total, unit="variant", disable=not show, desc=name)
 
 
 def _first_line(exc: BaseException) -> str:

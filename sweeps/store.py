@@ -34,6 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from landscape.variant import ConfigError
+from sweeps.signals import deferred
+
 # Columns whose values are text; every other column that arrives all-null is stored as float64,
 # so parts of one table always agree on types.
 STRING_COLUMNS = {
@@ -115,6 +118,33 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.table(columns, schema=schema)
 
 
+def _widen(known: pa.Schema, table: pa.Table) -> pa.Schema:
+    """The table's schema after writing ``table``: its columns keep their types where the new
+    values fit them (an all-null float64 column, an int64 into a float64 one), are promoted
+    where they do not (int64 -> double), and new columns are added at the end."""
+    fields = []
+    for f in known:
+        if f.name not in table.column_names:
+            fields.append(f)
+            continue
+        column = table.column(f.name)
+        if column.type.equals(f.type) or column.null_count == len(column):
+            fields.append(f)
+            continue
+        try:
+            column.cast(f.type, safe=True)
+            fields.append(f)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            fields.append(_union_schema([pa.schema([f]), pa.schema([(f.name, column.type)])])[0])
+    fields += [f for f in table.schema if f.name not in known.names]
+    return pa.schema(fields)
+
+
+def schema_record(schema: pa.Schema) -> dict[str, str]:
+    """A table's schema as the manifest records it: column -> Arrow type name."""
+    return {f.name: str(f.type) for f in schema}
+
+
 def _union_schema(schemas: Iterable[pa.Schema]) -> pa.Schema:
     union = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
     return pa.schema([f.with_type(pa.float64()) if pa.types.is_null(f.type) else f for f in union])
@@ -189,8 +219,9 @@ class Store:
         commit id. A ``runs`` part is the commit record: parts of other tables whose commit has
         no ``runs`` part (a driver killed in between) are removed by :meth:`drop_uncommitted`."""
         commit = commit or new_commit_id()
-        for table in sorted(tables, key=lambda t: t == "runs"):
-            self.write_part(table, tables[table], commit)
+        with deferred():  # a signal stops the driver once the pack's parts are all written
+            for table in sorted(tables, key=lambda t: t == "runs"):
+                self.write_part(table, tables[table], commit)
         return commit
 
     def write_pass(self, tables: dict[str, list[dict]], kind: str) -> str | None:
@@ -204,10 +235,11 @@ class Store:
         if not counts:
             return None
         commit = new_commit_id()
-        for table in sorted(counts):
-            self.write_part(table, tables[table], commit)
         record = {"commit": commit, "kind": kind, "rows": json.dumps(counts, sort_keys=True)}
-        self.write_part(PASSES, [{**record, "written_at": datetime.now(timezone.utc)}], commit)
+        with deferred():
+            for table in sorted(counts):
+                self.write_part(table, tables[table], commit)
+            self.write_part(PASSES, [{**record, "written_at": datetime.now(timezone.utc)}], commit)
         return commit
 
     def write_part(self, table: str, rows: list[dict], commit: str | None = None) -> Path | None:
@@ -218,19 +250,49 @@ class Store:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / part_name(commit or new_commit_id())
         arrow = _arrow_table(rows)
-        known = self._schemas.get(table)
-        if known is not None:
-            arrow = _conform(arrow, _union_schema([known, arrow.schema]))
-        self._schemas[table] = arrow.schema
-        self._atomic_write(arrow, path)
+        known = self.table_schema(table)
+        target = arrow.schema if known is None else _widen(known, arrow)
+        if known is not None and not target.equals(known):
+            self._rewrite_parts(table, target)  # the older parts take the new schema first
+        self._set_schema(table, target)
+        self._atomic_write(_conform(arrow, target), path)
         return path
+
+    def table_schema(self, table: str) -> pa.Schema | None:
+        """The schema every part of ``table`` has (None before its first part): read from the
+        parts once per Store, and brought to one schema there if older parts disagree."""
+        if table not in self._schemas:
+            self.harmonize(table)
+        return self._schemas.get(table)
+
+    def _rewrite_parts(self, table: str, schema: pa.Schema) -> None:
+        """Rewrite (atomically) every part whose schema is not ``schema``; rows unchanged."""
+        for part in self.parts(table):
+            try:
+                current = pq.read_schema(part).remove_metadata()
+            except UNREADABLE:
+                continue  # the next recovery quarantines it
+            if not current.equals(schema):
+                self._atomic_write(_conform(pq.read_table(part), schema), part)
+
+    def _set_schema(self, table: str, schema: pa.Schema) -> None:
+        """Remember the table's schema, and record it in the manifest when it changed."""
+        changed = table in self._schemas and not self._schemas[table].equals(schema)
+        self._schemas[table] = schema
+        if changed and self.manifest_path.exists():
+            manifest = self.read_manifest() or {}
+            self.write_manifest(manifest)  # write_manifest records every known schema
 
     @staticmethod
     def _atomic_write(table: pa.Table, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
+        try:
+            pq.write_table(table, tmp)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        except BaseException:  # a full disk, an interrupt: leave no half file behind
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, path)
 
     @staticmethod
@@ -255,15 +317,20 @@ class Store:
             if not schema.equals(union):
                 self._atomic_write(_conform(pq.read_table(part), union), part)
                 rewritten += 1
-        self._schemas[table] = union
+        self._set_schema(table, union)
         return rewritten
 
     # --- reading ------------------------------------------------------------------------
-    def read_column_values(self, table: str, columns: list[str]) -> tuple[list[dict], list[Path]]:
-        """Rows (the ``columns`` a part has) of every readable part, and the parts that could not be read."""
+    def read_column_values(
+        self, table: str, columns: list[str], skip_commits: set[str] | None = None
+    ) -> tuple[list[dict], list[Path]]:
+        """Rows (the ``columns`` a part has) of every readable part (but those of ``skip_commits``),
+        and the parts that could not be read."""
         rows: list[dict] = []
         bad: list[Path] = []
         for part in self.parts(table):
+            if skip_commits and commit_of(part) in skip_commits:
+                continue
             try:
                 present = [c for c in columns if c in pq.read_schema(part).names]
                 rows.extend(pq.read_table(part, columns=present).to_pylist())
@@ -318,8 +385,14 @@ class Store:
         return removed
 
     def quarantine_unreadable(self) -> list[str]:
-        """Move every commit with an unreadable part (any table) to ``quarantine/``. Runs parts
-        are read whole; other tables' footers and id columns (cheap, and what a reader needs)."""
+        """Move every commit with an unreadable part (any table) to ``quarantine/``."""
+        bad = self.unreadable_commits()
+        return [self._quarantine(commit, reason) for commit, reason in sorted(bad.items())]
+
+    def unreadable_commits(self) -> dict[str, str]:
+        """Commits with an unreadable part in any table -> the first such part and its error.
+        Runs parts are read whole; other tables' footers and id columns (cheap, and what a
+        reader needs)."""
         bad: dict[str, str] = {}
         for table in self.tables():
             for part in self.parts(table):
@@ -336,7 +409,7 @@ class Store:
                         commit_of(part),
                         f"{table}/{part.name}: {type(exc).__name__}: {str(exc)[:200]}",
                     )
-        return [self._quarantine(commit, reason) for commit, reason in sorted(bad.items())]
+        return bad
 
     def _quarantine(self, commit: str, reason: str) -> str:
         runs = self.table_dir("runs") / part_name(commit)
@@ -488,14 +561,38 @@ class Store:
         return self.root / "manifest.json"
 
     def read_manifest(self) -> dict | None:
+        """The manifest, None when there is none; ConfigError (one line) when it is damaged."""
         if not self.manifest_path.exists():
             return None
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"{self.manifest_path} is damaged (truncated or not JSON: {exc}); the Parquet "
+                "tables beside it are intact: move it aside and run the sweep's command again, "
+                "which writes a new one (without checking that command's base config against "
+                "the old one)"
+            ) from None
+        if not isinstance(manifest, dict):
+            raise ConfigError(
+                f"{self.manifest_path} is damaged (a JSON object expected, got "
+                f"{type(manifest).__name__}); move it aside and run the sweep's command again"
+            )
+        return manifest
 
     def write_manifest(self, manifest: dict) -> None:
+        """Write atomically, with ``schemas``: each table's column types as its parts have them
+        (kept from the manifest for tables this Store has not written)."""
+        schemas = dict(manifest.get("schemas") or {})
+        schemas.update({t: schema_record(schema) for t, schema in self._schemas.items()})
+        manifest = {**manifest, "schemas": schemas}
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / ".manifest.json.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        try:
+            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, self.manifest_path)
 
 

@@ -136,3 +136,23 @@ def test_every_image_loads_in_headless_chromium(full_report, tmp_path):
     assert found, f"the check script did not run; chromium printed {dom[:300]!r}"
     total, broken, which = int(found.group(1)), int(found.group(2)), found.group(3)
     assert total == len(_pngs(full_report)) and broken == 0, which
+
+
+def test_the_report_page_is_written_atomically(tmp_path, monkeypatch):
+    """A write that fails part-way (a full disk) leaves the previous page whole, and no
+    temporary file."""
+    from analysis import report
+
+    page = tmp_path / "index.html"
+    page.write_text("<html>the previous report</html>")
+
+    def full_disk(self, text):
+        Path.write_bytes(self, text[:10].encode())
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        report._write_atomically(page, "<html>" + "x" * 1000 + "</html>")
+    monkeypatch.undo()
+    assert page.read_text() == "<html>the previous report</html>"
+    assert [p.name for p in tmp_path.iterdir()] == ["index.html"]

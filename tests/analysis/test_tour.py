@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,15 @@ NOTEBOOK = Path(__file__).parents[2] / "analysis" / "tour.ipynb"
 
 
 def test_tour_notebook_executes(results_dir, monkeypatch):
-    monkeypatch.setenv("LANDSCAPE_RESULTS", str(results_dir))
+    """As ``LANDSCAPE_RESULTS=results/demo jupyter notebook analysis/tour.ipynb`` runs it: the
+    kernel in the notebook's folder, the results path relative to the repository root."""
+    monkeypatch.setenv("LANDSCAPE_RESULTS", os.path.relpath(results_dir, NOTEBOOK.parents[1]))
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
         notebook,
         timeout=120,
         kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOK.parents[1])}},
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},  # where Jupyter starts it
     )
     client.execute()  # raises CellExecutionError with the failing cell on any error
     text = "".join(

@@ -62,3 +62,32 @@ def test_hydra_help_lists_config_groups(tmp_path):
     for group in ("model", "data", "optim", "metrics", "sweep"):
         assert f"{group}:" in result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_version_and_multirun_flags(tmp_path):
+    version = run(["--version"], tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("landscape-sweep 0.1.0 (code ")
+    # a sweep is already a multirun: -m / --multirun are accepted, not refused
+    for flag in ("-m", "--multirun"):
+        shown = run([flag, "--cfg", "job", "model.width=12"], tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        assert "width: 12" in shown.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hydra_shell_completion(tmp_path):
+    install = run(["-sc", "install=bash"], tmp_path)
+    assert (
+        install.returncode == 0
+        and "complete -o nospace -o default -F hydra_bash_completion" in install.stdout
+    )
+    query = subprocess.run(
+        [*SWEEP, "-sc", "query=bash"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "COMP_LINE": "landscape-sweep model="},
+    )
+    assert query.stdout.split() == ["model=cnn", "model=mlp", "model=resnet18", "model=vgg9"]
+    assert list(tmp_path.iterdir()) == []

@@ -168,6 +168,21 @@ def test_ten_thousand_variants_expand_in_seconds(out):
         ),
         ("metrics.cross.vary=[bogus.key]", "metrics.cross.vary must name knobs of a variant"),
         ("data=cifar10 data.root=nowhere", "data.name=cifar10: no usable CIFAR10 files in"),
+        ("device=cudax", "device must be auto, cpu or cuda[:N], got 'cudax'"),
+        # no machine has 64 GPUs: refused with or without CUDA
+        ("device=cuda:64", "device=cuda:64: this machine has "),
+        ("optim=adam optim.momentum=0.5", "optim.momentum=0.5 has no effect with optim=adam"),
+        ("optim=sgd optim.betas=[0.5,0.9]", "optim.betas is not a known key"),
+        ("optim=adagrad optim.alpha=0.5", "optim.alpha is not a known key"),
+        ("ray.address=localhost:99999", "ray.address must name a port between 1 and 65535"),
+        ("ray.connect_timeout_s=-1", "ray.connect_timeout_s must be a number > 0, got -1"),
+        ("sweep.max_variants=0", "sweep.max_variants must be an integer >= 1, got 0"),
+        (
+            "model.width=range(1,2000) seed=range(100)",
+            "the sweep has 999,500 variants (1999 model.width x 5 optim.batch_size x 100 seed), "
+            "more than sweep.max_variants=100,000: sweep fewer values, or raise the limit "
+            "(sweep.max_variants=999500)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_naming_key_value_and_rule(override, message, out):
@@ -238,3 +253,26 @@ def test_sweep_analysis_claims_are_checked_names(out):
         plan_sweep([out, "sweep=literature_lr", "sweep.analysis.claims=[bogus]"])
     with pytest.raises(ConfigError, match="sweep.analysis.claims must be a non-empty list"):
         plan_sweep([out, "sweep=literature_lr", "sweep.analysis.claims=[]"])
+
+
+def test_an_unavailable_device_is_refused_at_planning(out, monkeypatch):
+    """A local run on a machine without CUDA: ``device=cuda`` would make every variant a
+    failed row; it is refused before anything runs. (On a machine with a GPU it plans.)"""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device=cuda: this machine has no usable CUDA device"):
+        plan_sweep(["device=cuda", out])
+    plan_sweep(["device=cpu", out])
+    plan_sweep(["device=cuda", "ray.address=127.0.0.1:6379", out])  # the cluster's GPUs decide
+
+
+def test_knobs_an_optimiser_reads_are_accepted_and_its_defaults_pass(out):
+    assert plan_sweep(["optim=rmsprop", "optim.momentum=0.5", "optim.alpha=0.9", out]).variants
+    assert plan_sweep(["optim=adam", "optim.betas=[0.8,0.99]", out]).variants
+    # the demo preset sets momentum 0.9, its default: adam leaves it alone
+    assert plan_sweep(["optim=adam", out]).variants
+
+
+def test_a_grid_within_sweep_max_variants_plans(out):
+    assert len(plan_sweep(["sweep.max_variants=40", out]).variants) == 40

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -25,9 +26,8 @@ def test_harmonize_makes_every_column_visible_to_pandas(tmp_path):
     Store(tmp_path / "sweep").write_part(
         "runs", [{"variant_id": "b", "status": "ok", "hessian_trace": 2.5}], commit="2"
     )
-    # pyarrow takes the first part's schema: the metric column would be dropped
-    assert "hessian_trace" not in pd.read_parquet(store.table_dir("runs")).columns
-    assert store.harmonize("runs") == 2
+    # pyarrow takes the first part's schema: the second write gave the first part the new
+    # column, so pandas sees it at once, and there is nothing left to harmonise
     df = pd.read_parquet(store.table_dir("runs")).set_index("variant_id")
     assert df.loc["b", "hessian_trace"] == 2.5 and pd.isna(df.loc["a", "hessian_trace"])
     assert store.harmonize("runs") == 0
@@ -245,3 +245,46 @@ def test_unreadable_parts_take_their_commit_to_quarantine(tmp_path):
     # runs, curves and pairs of both commits, moved, not deleted
     assert len(store.quarantined()) == 6
     assert Store(store.root).recover().lines() == []  # and now the directory is clean
+
+
+def _part_schemas(store, table):
+    return {str(pq.read_schema(p).remove_metadata()) for p in store.parts(table)}
+
+
+def test_every_part_has_the_tables_schema_at_every_moment(tmp_path):
+    """A knob that is null in one pack and an integer in the next (``data.sample_seed``), an
+    integer column that turns fractional, a column that appears later: after each write every
+    part has one schema, which the manifest records, so any reader reads the table mid-sweep."""
+    import pyarrow.dataset as ds
+
+    store = Store(tmp_path / "sweep")
+    store.write_manifest({"sweep": "demo"})
+    packs = [
+        [{"variant_id": "a", "data.sample_seed": None, "x": 1, "status": "ok"}],
+        [{"variant_id": "b", "data.sample_seed": 0, "x": 2, "status": "ok"}],
+        [{"variant_id": "c", "data.sample_seed": 1, "x": 2.5, "status": "ok", "y": 3.0}],
+    ]
+    for rows in packs:
+        store.write_pack({"runs": rows})
+        assert len(_part_schemas(store, "runs")) == 1
+        ds.dataset(store.table_dir("runs"), format="parquet").to_table()  # no schema clash
+    table = pq.read_table(store.table_dir("runs"))
+    assert table.schema.field("data.sample_seed").type == pa.float64()  # null first: kept
+    assert table.schema.field("x").type == pa.float64()  # int64 promoted when 2.5 came
+    assert table.column("x").to_pylist() == [1.0, 2.0, 2.5]
+    assert table.column("y").to_pylist() == [None, None, 3.0]
+    recorded = Store(store.root).read_manifest()["schemas"]["runs"]
+    assert recorded["x"] == "double" and recorded["y"] == "double"
+    assert recorded["variant_id"] == "string"
+
+
+def test_a_new_store_on_disagreeing_parts_brings_them_to_one_schema_before_writing(tmp_path):
+    """Parts written before this rule (an int64 part beside a double one) are harmonised when
+    the next write session first writes the table."""
+    root = tmp_path / "sweep"
+    (root / "runs").mkdir(parents=True)
+    pq.write_table(pa.table({"variant_id": ["a"], "k": [1]}), root / "runs" / "part-1.parquet")
+    pq.write_table(pa.table({"variant_id": ["b"], "k": [0.5]}), root / "runs" / "part-2.parquet")
+    store = Store(root)
+    store.write_pack({"runs": [{"variant_id": "c", "k": 3}]})
+    assert _part_schemas(store, "runs") == {"variant_id: string\nk: double"}

@@ -1,0 +1,182 @@
+"""Joining a Ray cluster is bounded and says why it failed; the README's recipe works as written.
+
+The fast tests check the address before Ray is involved (a port out of range, a port where
+nothing listens). The slow one starts a real head on the loopback interface with ``ray start``
+(token authentication on, as the README's recipe has it), joins it by HOST:PORT and by
+``auto``, is refused with a wrong token, and stops the head by its own PID."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from landscape.variant import ConfigError
+from sweeps.cluster import ClusterError, check_cluster
+from sweeps.runner import run_sweep
+from tests.sweeps.conftest import TINY, tiny_plan, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address", ["localhost:99999", "10.0.0.1:0"])
+def test_a_port_out_of_range_is_refused_at_planning(tmp_path, address):
+    with pytest.raises(ConfigError, match="port between 1 and 65535"):
+        tiny_plan(tmp_path, f"ray.address={address}")
+
+
+def test_connect_timeout_must_be_positive(tmp_path):
+    with pytest.raises(ConfigError, match="ray.connect_timeout_s must be a number > 0"):
+        tiny_plan(tmp_path, "ray.connect_timeout_s=0")
+
+
+def test_nothing_listening_fails_at_once_and_writes_nothing(tmp_path):
+    port = free_port()
+    plan = tiny_plan(tmp_path, f"ray.address=127.0.0.1:{port}", "ray.connect_timeout_s=5")
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as info:
+        run_sweep(plan, progress=False, log=lambda line: None)
+    assert time.monotonic() - t0 < 5
+    message = str(info.value)
+    assert f"127.0.0.1:{port}" in message and "connection refused" in message
+    assert "\n" not in message
+    assert not (tmp_path / "results").exists()  # no .lock, no manifest: nothing written
+
+
+def test_auto_without_a_cluster_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))  # no ray_current_cluster recorded there
+    monkeypatch.setattr(
+        "ray._private.services.find_gcs_addresses", lambda: frozenset(), raising=True
+    )
+    with pytest.raises(ClusterError, match="no Ray cluster runs on this machine"):
+        check_cluster("auto", 2.0, lambda: None, lambda line: None)
+
+
+# --- a real head on the loopback interface ---------------------------------------------------
+
+
+def _env(home: Path, ray_tmp: Path, **extra) -> dict:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_ENABLE_WINDOWS"))
+    }
+    env.update(
+        HOME=str(home),  # the token lives in ~/.ray/auth_token: this test's own
+        RAY_TMPDIR=str(ray_tmp),  # `auto` finds the address the head recorded here
+        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+        **extra,
+    )
+    return env
+
+
+def _start_head(env: dict, port: int) -> subprocess.Popen:
+    """The README's recipe: a token, then ``ray start --head --block`` in the background."""
+    subprocess.run(
+        [str(BIN / "ray"), "get-auth-token", "--generate"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    ports = {
+        "--dashboard-port": free_port(),
+        "--ray-client-server-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+    }
+    head = subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            *(f"{flag}={value}" for flag, value in ports.items()),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    recorded = Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster"
+    wait_for(lambda: recorded.exists() or head.poll() is not None, 90, "the head to start")
+    assert head.poll() is None, "ray start --head exited"
+    return head
+
+
+def _sweep(env: dict, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *TINY, "--quiet", "--no-report", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.slow
+def test_the_readme_recipe_joins_a_loopback_head_by_address_and_by_auto(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must be short
+    env = _env(home, ray_tmp)
+    port = free_port()
+    head = _start_head(env, port)
+    helpers = [head.pid]
+    try:
+        helpers = [head.pid, *(p.pid for p in psutil.Process(head.pid).children(recursive=True))]
+        out = tmp_path / "results"
+
+        joined = _sweep(env, f"ray.address=127.0.0.1:{port}", f"out_dir={out}")
+        assert joined.returncode == 0, joined.stderr[-3000:]
+        assert f"joining the Ray cluster at 127.0.0.1:{port}" in joined.stdout
+        runs = pd.read_parquet(out / "demo" / "runs")
+        assert len(runs) == 8 and set(runs.status) == {"ok"}
+
+        auto = _sweep(env, "ray.address=auto", f"out_dir={tmp_path / 'auto'}")
+        assert auto.returncode == 0, auto.stderr[-3000:]
+        assert len(pd.read_parquet(tmp_path / "auto" / "demo" / "runs")) == 8
+
+        wrong = _sweep(
+            _env(home, ray_tmp, RAY_AUTH_TOKEN="0" * 32),
+            f"ray.address=127.0.0.1:{port}",
+            f"out_dir={tmp_path / 'wrong'}",
+            timeout=60,
+        )
+        assert wrong.returncode == 2
+        error = wrong.stderr.strip().splitlines()
+        assert len(error) == 1 and "InvalidAuthToken" in error[0], wrong.stderr
+        assert f"127.0.0.1:{port}" in error[0]
+        assert not (tmp_path / "wrong").exists()
+    finally:
+        head.send_signal(signal.SIGTERM)  # the README's way: the head's own PID, never `ray stop`
+        head.wait(60)
+    gone = wait_for(
+        lambda: not [p for p in helpers if psutil.pid_exists(p) and _alive(p)],
+        60,
+        "the head's processes to end",
+    )
+    assert gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
