@@ -28,7 +28,7 @@ test: lint
 test-all: lint
 	$(BIN)/pytest -m "not gpu"
 
-# The literature's qualitative results (SCIENCE.md) on this machine: the demo's grid with three
+# The literature's qualitative results (see README) on this machine: the demo's grid with three
 # seeds (so that mode connectivity has a seed spread) and four small sweeps, then their verdicts
 # (about five minutes on 2 cores; see README "Does it reproduce the literature?").
 LITERATURE := literature_lr literature_diverge literature_noise literature_skip

@@ -1,7 +1,7 @@
 """``landscape-claims <dir> [<dir> ...]``: does a sweep reproduce the literature's qualitative results?
 
-Each :class:`Claim` is one published qualitative result (SCIENCE.md, "Known qualitative
-results a correct system reproduces") stated as a direction: a measure rises (``+1``) or
+Each :class:`Claim` is one published qualitative result (one a correct system must
+reproduce) stated as a direction: a measure rises (``+1``) or
 falls (``-1``) as one knob grows. A sweep *tests* a claim when its runs vary that knob and
 carry that measure; the presets in ``conf/sweep/literature_*.yaml`` (and the demo, for the
 batch-size claim) are built to test them on a laptop.
@@ -172,7 +172,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim(
         "lr_diverges",
         "too high a learning rate diverges (NaN within the first epoch): a row, not a crash",
-        "SCIENCE.md; Yang et al. 2021",
+        "Yang et al. 2021",
         "optim.lr",
         "diverged_first_epoch",
         +1,

@@ -2,7 +2,7 @@
 
 Curves are joined to their runs by ``variant_id`` so they can be grouped by any knob; by
 default the overlay is across the learning rate when the sweep varies it (so the curves
-of different learning rates can be compared, as SCIENCE.md asks), else across the
+of different learning rates can be compared), else across the
 temperature axis. Each line is the mean over every finished variant with that value, with
 a band of one standard deviation; on a log axis the band is clipped at the smallest value
 drawn (a mean minus one sd below zero has no place there). Legends sit beside the panels,

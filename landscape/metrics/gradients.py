@@ -68,8 +68,8 @@ def gradient_stats(
       scalable distributed learning"): sum_i ||g_i||^2 / ||sum_i g_i||^2. With
       ``batch_size`` 1 this is their per-example definition; with the training batch size
       it measures the diversity SGD actually sees. It is 1/M when all g_i agree.
-    - minibatch gradient agreement (the "local generalisation" measure of the flatness
-      essay in SCIENCE.md): over independent pairs (g1, g2) = minibatches (2j, 2j+1),
+    - minibatch gradient agreement (a "local generalisation" measure from the literature on
+      flatness and generalisation: how far one minibatch's step helps another's): over independent pairs (g1, g2) = minibatches (2j, 2j+1),
       E[cos(g1, g2)], E[||g||] and R = E[||g2|| (1 - cos(g1, g2))]; R is symmetrised as
       (||g1|| + ||g2||)/2 (1 - cos) since the pair order is arbitrary.
     """
@@ -141,7 +141,8 @@ def flatness_ratio(
     largest signed eigenvalue (:func:`landscape.metrics.hessian.largest_eigenvalue`), by power
     iteration (PyHessian's 100 iterations, tol 1e-3), batched over members and batches
     (products as ``hvp="auto"`` picks them, :func:`landscape.hvp.resolve_hvp`).
-    Reference: the flatness essay cited in SCIENCE.md ("Flatness ratio").
+    The ratio is >= 1 by Jensen's inequality and equals 1 only when every minibatch's
+    sharpest direction is the full batch's.
     """
     K, N = y.shape
     if n_batches < 1 or n_batches * batch_size > N:

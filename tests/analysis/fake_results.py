@@ -12,7 +12,7 @@ The planted grid (load ``model.width`` upwards, temperature ``optim.batch_size``
     width  4:  I     I     II    II
                16    64    256   1024
 
-Phase signatures follow SCIENCE.md: I/II high training loss and large Hessian, III/IV
+Phase signatures follow Yang et al. (2021): I/II high training loss and large Hessian, III/IV
 small loss and small Hessian; mc < 0 in I and III, > 0 in II, ~0 in IV; CKA high only in
 IV-B. Seed noise is small against the planted gaps, so the classifier must recover the map.
 
