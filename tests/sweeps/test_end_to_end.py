@@ -104,6 +104,7 @@ def test_demo_metrics_preset_fills_the_global_tables(tmp_path):
     assert len(pairs) == 1 and {pairs.variant_a[0], pairs.variant_b[0]} == set(runs.variant_id)
 
 
+@pytest.mark.slow
 def test_checkpoints_and_cross_variant_pairs_through_the_sweep(tmp_path):
     extra = [
         "checkpoints=true",
@@ -130,6 +131,7 @@ def test_checkpoints_and_cross_variant_pairs_through_the_sweep(tmp_path):
     assert len(pd.read_parquet(results / "cross")) == len(cross)
 
 
+@pytest.mark.slow
 def test_new_metrics_are_measured_from_checkpoints_without_retraining(tmp_path):
     base = ["checkpoints=true", "model.width=8", "--no-report"]
     sweep(tmp_path, *base)

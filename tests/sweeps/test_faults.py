@@ -41,6 +41,7 @@ def _held(signals, out):
     return next(signals.glob("hold-*"), None)
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_pack_reruns_the_pack(local_ray, tmp_path):
     plan = tiny_plan(tmp_path)
     signals = tmp_path / "signals"
@@ -69,6 +70,7 @@ def test_worker_killed_mid_pack_reruns_the_pack(local_ray, tmp_path):
     assert any("it runs again" in line for line in logs), logs
 
 
+@pytest.mark.slow
 def test_pack_that_kills_its_worker_every_time_is_recorded_failed_and_retried_later(
     local_ray, tmp_path
 ):
@@ -101,6 +103,7 @@ def test_pack_that_kills_its_worker_every_time_is_recorded_failed_and_retried_la
     assert set(runs.status) == {"ok"} and runs.error.isna().all()
 
 
+@pytest.mark.slow
 def test_corrupt_and_truncated_parts_are_quarantined_and_their_variants_run_again(
     local_ray, tmp_path
 ):
@@ -139,6 +142,7 @@ def test_corrupt_and_truncated_parts_are_quarantined_and_their_variants_run_agai
     assert moved == doomed  # every table's part of both commits, moved aside, not deleted
 
 
+@pytest.mark.slow
 def test_remeasure_replaces_rows_of_variants_measured_with_other_metrics(local_ray, tmp_path):
     from landscape.run import metrics_id
     from landscape.variant import ConfigError

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 
 from sweeps.runner import _group_pairs_pass, missing_group_pairs
 from sweeps.store import Store
@@ -52,6 +53,7 @@ def test_without_checkpoints_the_sweep_says_which_pairs_are_missing(tmp_path):
     assert len(pd.read_parquet(plan.results_dir / "pairs")) == 1  # nothing written
 
 
+@pytest.mark.slow
 def test_a_group_split_across_packs_gets_every_pair_from_checkpoints(tmp_path):
     args = [
         "out_dir=results", "data=synthetic", "model=mlp", "train.epochs=1", "optim.batch_size=64",
