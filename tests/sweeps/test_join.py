@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+import ray
 
 from landscape.variant import ConfigError
 from sweeps.cluster import ClusterError, check_cluster
@@ -44,7 +45,8 @@ def test_connect_timeout_must_be_positive(tmp_path):
         tiny_plan(tmp_path, "ray.connect_timeout_s=0")
 
 
-def test_nothing_listening_fails_at_once_and_writes_nothing(tmp_path):
+def test_nothing_listening_fails_at_once_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # not another test's instance
     port = free_port()
     plan = tiny_plan(tmp_path, f"ray.address=127.0.0.1:{port}", "ray.connect_timeout_s=5")
     t0 = time.monotonic()
