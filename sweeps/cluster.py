@@ -112,19 +112,25 @@ def _within(timeout_s: float, call: Callable[[], Any]) -> tuple[bool, Any, BaseE
     return not thread.is_alive(), box.get("result"), box.get("error")
 
 
-def _enable_token_auth_if_available() -> None:
-    """Ray turns token authentication on by itself for ``auto`` only, when this machine has a
-    token (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``); do the same
-    for an explicit HOST:PORT. An explicit ``RAY_AUTH_MODE`` is respected as it is."""
+def _enable_token_auth_if_available() -> bool:
+    """Turn Ray's token authentication on for this process when this machine has a token
+    (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``) and ``RAY_AUTH_MODE``
+    is unset: Ray does so by itself for ``auto`` only. True if it is on now."""
     from ray._private.authentication import authentication_token_setup as setup
 
     logger = logging.getLogger(setup.__name__)
     level = logger.level
     logger.setLevel(logging.ERROR)  # Ray warns that it turned authentication on: it should be
     try:
-        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        return setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
     finally:
         logger.setLevel(level)
+
+
+def _is_auth_error(error: BaseException | None) -> bool:
+    return error is not None and (
+        "InvalidAuthToken" in str(error) or type(error).__name__ == "AuthenticationError"
+    )
 
 
 def _gcs_check(given: str, address: str, timeout_s: float) -> None:
@@ -143,6 +149,12 @@ def _gcs_check(given: str, address: str, timeout_s: float) -> None:
 
     with _stderr_aside():  # the GCS client logs each retry from C++ straight to fd 2
         done, metadata, error = _within(timeout_s, ask)
+        # a cluster that wants a token, asked without one: use this machine's token, if any
+        # (turned on only then: a driver with a token mode the cluster lacks is not let in
+        # by its workers)
+        explicit = "RAY_AUTH_MODE" in os.environ
+        if _is_auth_error(error) and not explicit and _enable_token_auth_if_available():
+            done, metadata, error = _within(timeout_s, ask)
     where = _where(given, address)
     if not done:
         raise ClusterError(
@@ -152,7 +164,7 @@ def _gcs_check(given: str, address: str, timeout_s: float) -> None:
         )
     if error is not None:
         name = type(error).__name__
-        if "InvalidAuthToken" in str(error) or name == "AuthenticationError":
+        if _is_auth_error(error):
             mode = os.environ.get("RAY_AUTH_MODE", "unset")
             raise ClusterError(
                 f"{where}: the cluster refused this driver's authentication token "
@@ -230,7 +242,6 @@ def check_cluster(
         return address
     if is_loopback(host) and _head_listens_on_loopback_only(host, port, timeout_s):
         loopback_only()
-    _enable_token_auth_if_available()
     from ray._private.services import canonicalize_bootstrap_address
 
     canonical = canonicalize_bootstrap_address(address) or address

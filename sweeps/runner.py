@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import ray
 import torch
@@ -158,8 +157,13 @@ def _no_ray_sigterm_handler() -> Iterator[None]:
     if not signals_installed():
         yield
         return
-    with mock.patch.object(ray._private.utils, "set_sigterm_handler", lambda handler: None):
+    utils = ray._private.utils
+    original = utils.set_sigterm_handler
+    utils.set_sigterm_handler = lambda handler: None
+    try:
         yield
+    finally:
+        utils.set_sigterm_handler = original
 
 
 def _loopback_only() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+import ray
 
 from landscape.variant import ConfigError
 from sweeps.cluster import ClusterError, check_cluster
@@ -44,7 +45,8 @@ def test_connect_timeout_must_be_positive(tmp_path):
         tiny_plan(tmp_path, "ray.connect_timeout_s=0")
 
 
-def test_nothing_listening_fails_at_once_and_writes_nothing(tmp_path):
+def test_nothing_listening_fails_at_once_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # not another test's instance
     port = free_port()
     plan = tiny_plan(tmp_path, f"ray.address=127.0.0.1:{port}", "ray.connect_timeout_s=5")
     t0 = time.monotonic()
@@ -180,3 +182,59 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+class _FakeGcs:
+    """Ray's GCS client, answering with a cluster's metadata (or failing as told)."""
+
+    metadata: dict = {}
+    error: Exception | None = None
+
+    def __init__(self, address):
+        if self.error is not None:
+            raise self.error
+
+    def internal_kv_get(self, key, namespace=None, timeout=None):
+        import json
+
+        return json.dumps(self.metadata).encode()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "error", "message"),
+    [
+        (
+            {"ray_version": "1.0.0", "python_version": "3.8.0"},
+            None,
+            "version mismatch: the cluster runs Ray 1.0.0 on Python 3.8.0, this driver Ray ",
+        ),
+        ({}, "auth", "the cluster refused this driver's authentication token"),
+    ],
+)
+def test_a_cluster_of_another_version_or_token_is_refused_with_the_reason(
+    monkeypatch, metadata, error, message
+):
+    import ray._raylet
+    from ray.exceptions import AuthenticationError
+
+    listening = socket.socket()  # the port answers
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    port = listening.getsockname()[1]
+    fake = type(
+        "Gcs",
+        (_FakeGcs,),
+        {
+            "metadata": metadata,
+            "error": AuthenticationError("RPC error: InvalidAuthToken") if error else None,
+        },
+    )
+    monkeypatch.setattr(ray._raylet, "GcsClient", fake)
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")  # explicit: the check leaves it as it is
+    monkeypatch.setattr("sweeps.cluster._head_listens_on_loopback_only", lambda *a: False)
+    try:
+        with pytest.raises(ClusterError) as info:
+            check_cluster(f"127.0.0.1:{port}", 5.0, lambda: None, lambda line: None)
+    finally:
+        listening.close()
+    assert message in str(info.value) and "\n" not in str(info.value)
