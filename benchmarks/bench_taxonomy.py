@@ -473,6 +473,12 @@ def main() -> None:
     p.add_argument("--concurrency", action="store_true")
     p.add_argument("--concurrency-steps", type=int, default=20)
     p.add_argument("--budget-s", type=float, default=330, help="stop starting cells after this")
+    p.add_argument(
+        "--memory-gb",
+        type=float,
+        default=None,
+        help="cap this process's device memory (80: plan for an 80 GB H100 on a larger card)",
+    )
     p.add_argument("--quick", action="store_true", help="CPU smoke run: two tiny cells")
     p.add_argument("--out", default="bench_taxonomy.json")
     args = p.parse_args()
@@ -481,6 +487,9 @@ def main() -> None:
         args.bezier_steps, args.seq_steps, args.concurrency_steps = 2, 2, 2
     torch.manual_seed(0)
     device = torch.device(args.device)
+    if args.memory_gb and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_gb * 2**30 / total), device)
     sweep, metrics = preset()
     if args.quick:  # tiny sample sizes: the smoke run checks the plumbing, not the numbers
         for k in ("hessian_trace", "hessian_eigen"):

@@ -32,8 +32,8 @@ for step in $steps; do
     tests)
         timeout 150 "$py" -m pytest -q -m gpu tests/landscape 2>&1 | tail -15 |
             tee "$out/gpu_tests.txt" ;;
-    taxonomy)  # the flagship preset's cells end to end, its projection and the concurrency test
-        timeout 330 "$py" benchmarks/bench_taxonomy.py --budget-s 240 --concurrency \
+    taxonomy)  # the flagship preset's cells end to end (capped at an H100's 80 GB), projection, concurrency
+        timeout 330 "$py" benchmarks/bench_taxonomy.py --budget-s 240 --concurrency --memory-gb 80 \
             --out "$out/bench_taxonomy.json" 2>&1 | tee "$out/bench_taxonomy.log" | tail -4 ;;
     concurrency)  # 4 and 13 width-8 packs: one process on streams, processes, processes + MPS
         timeout 200 "$py" benchmarks/bench_concurrency.py --out "$out/bench_concurrency.json" ;;

@@ -192,6 +192,20 @@ def hvp_bytes(variant: Variant, input_shape: tuple[int, ...], num_classes: int, 
     return 4 * (4 * activations + 4 * n_params)
 
 
+def free_device_memory(device: torch.device) -> int:
+    """Bytes this process may still allocate on a CUDA device: the device's free memory, or
+    less when the process is capped (``torch.cuda.set_per_process_memory_fraction``, e.g. to
+    plan for a smaller card on a larger one), counting what PyTorch's allocator holds."""
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    # the allocator's cached blocks are this process's to reuse
+    free += torch.cuda.memory_reserved(device) - allocated
+    get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+    if get_fraction is not None:
+        free = min(free, max(int(get_fraction(device) * total) - allocated, 0))
+    return free
+
+
 def split_to_fit(variants: Sequence[Variant], max_members: int) -> list[list[Variant]]:
     """Split a pack into packs of at most ``max_members``, keeping replicate groups whole where possible."""
     if len(variants) <= max_members:

@@ -29,7 +29,7 @@ from landscape.data import Dataset
 from landscape.functional import Stack, init_stack
 from landscape.measure import Measured, MetricsSpec, measure_given_pairs, measure_pack
 from landscape.models import build_model
-from landscape.pack import TrainedPack, member_bytes, pack_id, split_to_fit
+from landscape.pack import TrainedPack, free_device_memory, member_bytes, pack_id, split_to_fit
 from landscape.train import TrainResult, evaluate_pack, make_pack_data, pack_steps, train_pack
 from landscape.variant import Variant, short_hash
 
@@ -221,7 +221,7 @@ def run_pack(
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     device = torch.device(device)
     if device.type == "cuda" and len(variants) > 1:
-        free, _ = torch.cuda.mem_get_info(device)
+        free = free_device_memory(device)
         fit = int(
             MEMORY_HEADROOM
             * free

@@ -37,7 +37,7 @@ from landscape.metrics.sharpness import (
 from landscape.metrics.stiffness import class_stiffness, stiffness_rows
 from landscape.metrics.stiffness_distance import stiffness_by_distance, stiffness_distance_rows
 from landscape.optim import MemberHypers
-from landscape.pack import PackData, TrainedPack, hvp_bytes
+from landscape.pack import PackData, TrainedPack, free_device_memory, hvp_bytes
 from landscape.variant import ConfigError
 
 
@@ -313,7 +313,7 @@ class _Measurer:
         and :func:`run_guarded` halves it again if the estimate was short)."""
         if self.device.type != "cuda":
             return chunk
-        free, _ = torch.cuda.mem_get_info(self.device)
+        free = free_device_memory(self.device)
         data = self.pack.data
         v = self.pack.variants[0]
         per = hvp_bytes(v, tuple(data.x_train.shape[1:]), data.num_classes, n)
