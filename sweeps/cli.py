@@ -163,10 +163,10 @@ def _command(name: str, args: list[str]) -> int:
 def _version() -> str:
     from importlib import metadata
 
-    from sweeps.store import code_version
+    from sweeps.store import DISTRIBUTION, code_version
 
     try:
-        version = metadata.version("landscape")
+        version = metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         version = "unknown"
     return f"landscape-sweep {version} (code {code_version()})"
