@@ -51,6 +51,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def device_name(device: torch.device) -> str:
+    """The device as the JSON reports name it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def timed(fn, steps: int, warmup: int, device: torch.device) -> float:
     """Seconds per call of fn, after warm-up."""
     for _ in range(warmup):
@@ -225,11 +232,7 @@ def main() -> None:
     for r in rows:
         if "packed_tflops" in r:
             r["packed_fraction_of_peak"] = round(r["packed_tflops"] / peak, 4)
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    )
+    name = device_name(device)
     report = {
         "benchmark": "packing",
         "device": name,

@@ -34,7 +34,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from bench_packing import device_name, sync
 
 from landscape.data import Dataset
 from landscape.functional import init_stack
@@ -74,11 +74,6 @@ METRIC_SCALE = 10
 # 128) first, the costliest last, so that a short budget still covers the fit
 CELLS = ["8x128", "64x128", "8x16", "2x16", "2x128", "2x1024", "8x1024", "32x16", "32x128",
          "32x1024", "128x128", "64x16", "64x1024", "128x16", "128x1024"]  # fmt: skip  # the bench runs a tenth of the probes and power iterations
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -511,11 +506,7 @@ def main() -> None:
             torch.cuda.empty_cache()
         print(json.dumps(rows[-1]), flush=True)
     ok = [r for r in rows if r.get("status") == "ok"]
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    )
+    name = device_name(device)
     report = {
         "benchmark": "taxonomy",
         "device": name,

@@ -37,6 +37,13 @@ def counted_training(monkeypatch):
     return calls
 
 
+def _raising(exc: Exception):
+    def raise_it(*args, **kwargs):
+        raise exc
+
+    return raise_it
+
+
 def _pack(tiny_variant, n=3):
     variants = [tiny_variant(seed=s) for s in range(n)]
     return variants, load_dataset(variants[0].data)
@@ -45,10 +52,7 @@ def _pack(tiny_variant, n=3):
 def test_an_exception_in_one_metric_keeps_training_and_the_other_metrics(
     tiny_variant, counted_training, monkeypatch
 ):
-    def broken(*args, **kwargs):
-        raise RuntimeError("injected")
-
-    monkeypatch.setattr(local_mod, "hessian_trace", broken)
+    monkeypatch.setattr(local_mod, "hessian_trace", _raising(RuntimeError("injected")))
     variants, dataset = _pack(tiny_variant)
     rows = run_pack(variants, METRICS, dataset)
     assert counted_training == [3]  # trained once, as one pack
@@ -97,10 +101,8 @@ def test_out_of_memory_halves_chunks_then_members_and_never_retrains(
 def test_out_of_memory_even_at_one_member_is_nan_and_an_error(
     tiny_variant, counted_training, monkeypatch
 ):
-    def never(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-
-    monkeypatch.setattr(local_mod, "hessian_eigenvalues", never)
+    oom = torch.OutOfMemoryError("CUDA out of memory (injected)")
+    monkeypatch.setattr(local_mod, "hessian_eigenvalues", _raising(oom))
     variants, dataset = _pack(tiny_variant, n=2)
     rows = run_pack(variants, METRICS, dataset)
     assert counted_training == [2]
@@ -113,10 +115,7 @@ def test_out_of_memory_even_at_one_member_is_nan_and_an_error(
 def test_a_failing_pair_metric_is_an_error_on_every_member(
     tiny_variant, counted_training, monkeypatch
 ):
-    def broken(*args, **kwargs):
-        raise ValueError("injected pairs")
-
-    monkeypatch.setattr(measure_mod, "measure_pairs", broken)
+    monkeypatch.setattr(measure_mod, "measure_pairs", _raising(ValueError("injected pairs")))
     variants, dataset = _pack(tiny_variant)
     rows = run_pack(variants, METRICS, dataset)
     assert counted_training == [3]
