@@ -9,7 +9,7 @@ For each width k and pack size K: model-steps per second of
   (``graph``: ``landscape.train.GraphedTrainStep``, what sweeps do on a GPU by default);
   members share kernels as ``train.pack_step`` says (``auto``: vmap for small models, one
   after another in channels-last layout for large ones; ``--step-modes`` forces one, or picks
-  ``packed``: members side by side in the channel dimension, see ``landscape.packed``).
+  ``packed``: members side by side in the channel dimension, see ``landscape.channel_layout``).
 
 The two are timed in alternating rounds (``--rounds``) so that drifts of a shared machine
 reach both; the medians give the speed-up = packed / sequential, per model. Achieved TFLOP/s

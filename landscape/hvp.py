@@ -21,9 +21,9 @@ from torch import Tensor
 from torch.func import grad, jvp, vmap
 from torch.utils._pytree import tree_map
 
+from landscape.channel_layout import PackedNet
 from landscape.cudagraph import CudaGraphed
 from landscape.functional import FunctionalNet, Params, Stack, flatten, members, take, unflatten
-from landscape.packed import PackedNet
 
 LossFn = Callable[..., Tensor]  # loss(params, *args) -> scalar, for ONE member
 
@@ -40,7 +40,7 @@ HVP_MODES = ("vmap", "loop", "packed")
 class PackedLoss:
     """The losses of K stacked members in one call: ``fn(params (K, ...), *args) -> (K,)``,
     member k's loss depending only on member k's parameters and arguments, computed without
-    vmap (e.g. by :class:`landscape.packed.PackedNet`, or in closed form). Its Hessian-vector
+    vmap (e.g. by :class:`landscape.channel_layout.PackedNet`, or in closed form). Its Hessian-vector
     products come from plain double backward through a retained graph (:func:`batched_hvp`)."""
 
     fn: Callable[..., Tensor]
@@ -198,7 +198,7 @@ def resolve_hvp(net: FunctionalNet, hvp: str, device: torch.device) -> str:
 def net_loss(net: FunctionalNet, hvp: str) -> LossFn | PackedLoss:
     """The mean cross-entropy (eval mode) of ``net``'s members, ``(params, buffers, x, y)``, in
     the form ``hvp`` differentiates: per member for ``vmap`` and ``loop``, all members in the
-    packed layout for ``packed`` (:class:`landscape.packed.PackedNet`)."""
+    packed layout for ``packed`` (:class:`landscape.channel_layout.PackedNet`)."""
     return PackedLoss(PackedNet(net).losses) if hvp == "packed" else net.loss
 
 

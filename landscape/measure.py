@@ -53,7 +53,7 @@ from landscape.metrics.reparam import (
 )
 from landscape.metrics.weights import WeightsSpec, weight_statistics
 from landscape.pack import TrainedPack
-from landscape.trajectory import TrajectoryRecorder, TrajectorySpec
+from landscape.recorder import TrajectoryRecorder, TrajectorySpec
 from landscape.variant import ConfigError
 
 LOCAL_FIELDS = tuple(f.name for f in dataclasses.fields(LocalMetricSpecs))
@@ -95,7 +95,7 @@ class MetricsSpec:
     cross: CrossPairSpec = field(
         default_factory=CrossPairSpec
     )  # between sweep points, after training
-    # during training: a metric schedule, sharpness tracking, snapshots (landscape.trajectory)
+    # during training: a metric schedule, sharpness tracking, snapshots (landscape.recorder)
     trajectory: TrajectorySpec = field(default_factory=TrajectorySpec)
 
     def __post_init__(self) -> None:

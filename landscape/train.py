@@ -31,13 +31,13 @@ from torch.func import grad_and_value, vmap
 from torch.utils._pytree import tree_flatten
 
 from landscape.augment import augment_batch
+from landscape.channel_layout import PackedNet, channels_last_images, packed_grad_and_value
 from landscape.cudagraph import CudaGraphed
 from landscape.data import Dataset, member_view, subset_size
 from landscape.functional import FunctionalNet, Params, Stack, init_stack, loss_precision
 from landscape.models import build_model, model_forward_flops, native_norm
 from landscape.optim import MemberHypers, apply_update, base_lr, init_state, lr_factor
 from landscape.pack import PackData, TrainedPack, pack_key
-from landscape.packed import PackedNet, channels_last_images, packed_grad_and_value
 from landscape.variant import ConfigError, ModelSpec, OptimSpec, Variant
 
 EVAL_CHUNK = 2048  # examples per member per vmapped evaluation call
@@ -115,7 +115,7 @@ class StepFn:
     kernels fill the GPU on their own, recorded as one CUDA graph (:class:`GraphedTrainStep`);
     with ``streams`` > 1 the members are spread over that many CUDA streams.
     ``packed`` keeps the members side by side in the channel dimension between layers and
-    takes ordinary autograd gradients (:mod:`landscape.packed`): vmap's kernels without its
+    takes ordinary autograd gradients (:mod:`landscape.channel_layout`): vmap's kernels without its
     layout copies, and BatchNorm on bf16 activations. All compute the same function (tests
     compare them)."""
 
@@ -422,7 +422,7 @@ def _epoch_orders(generators: list[torch.Generator], n: int, device: torch.devic
 
 
 class TrajectoryRecorderLike(Protocol):
-    """What the loop asks of an observer (``landscape.trajectory.TrajectoryRecorder``)."""
+    """What the loop asks of an observer (``landscape.recorder.TrajectoryRecorder``)."""
 
     def wants(self, step: int) -> bool: ...
 

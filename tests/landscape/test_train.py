@@ -230,8 +230,8 @@ def test_packed_bf16_batchnorm_step_agrees_with_vmap_on_cpu():
 
 
 def test_packed_layout_refuses_a_layer_it_cannot_pack():
+    from landscape.channel_layout import PackedNet
     from landscape.functional import FunctionalNet
-    from landscape.packed import PackedNet
 
     net = FunctionalNet(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LayerNorm(4)))
     with pytest.raises(ValueError, match=r"packed layout does not support LayerNorm \(1\)"):

@@ -8,14 +8,14 @@ from landscape.measure import MetricsSpec
 from landscape.metrics.hessian import hessian_eigenvalues
 from landscape.metrics.local import HessianTraceSpec, LocalMetricSpecs
 from landscape.optim import MemberHypers, apply_update, init_state
-from landscape.run import run_pack
-from landscape.train import pack_steps, train_pack
-from landscape.trajectory import (
+from landscape.recorder import (
     TrajectoryRecorder,
     TrajectorySpec,
     scheduled_steps,
     stability_threshold,
 )
+from landscape.run import run_pack
+from landscape.train import pack_steps, train_pack
 from landscape.variant import ConfigError
 
 
