@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from bench_packing import device_name, sync
+from bench_packing import device_name, sync, timed
 
 from landscape.data import Dataset
 from landscape.functional import init_stack
@@ -270,7 +270,6 @@ def baselines(args, v0: Variant, device: torch.device, batch: int, n_samples: in
     hx = torch.randn(n_samples, *CIFAR[0], device=device)
     hy = torch.randint(10, (hx.shape[0],), device=device)
     params = [p for p in model.parameters() if p.requires_grad]
-    model.eval()
 
     def hvp() -> None:
         loss = F.cross_entropy(model(hx), hy)
@@ -279,19 +278,12 @@ def baselines(args, v0: Variant, device: torch.device, batch: int, n_samples: in
         torch.autograd.grad(sum((g * vi).sum() for g, vi in zip(grads, v)), params)
 
     out = {}
-    for label, fn, reps in (("seq_step_ms", step, args.seq_steps), ("pyhessian_hvp_ms", hvp, 5)):
-        if label == "seq_step_ms":
-            model.train()
-        else:
-            model.eval()
-        for _ in range(3):
-            fn()
-        sync(device)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync(device)
-        out[label] = round(1e3 * (time.perf_counter() - t0) / reps, 3)
+    for label, fn, reps, train in (
+        ("seq_step_ms", step, args.seq_steps, True),
+        ("pyhessian_hvp_ms", hvp, 5, False),
+    ):
+        model.train(train)
+        out[label] = round(1e3 * timed(fn, reps, 3, device), 3)
     return out
 
 

@@ -99,6 +99,7 @@ class FunctionalNet:
         self.module = copy.deepcopy(module).to("meta")
         self.param_names = [n for n, _ in module.named_parameters()]
         self.buffer_names = [n for n, _ in module.named_buffers()]
+        self._widest: dict[tuple[int, ...], int] = {}  # widest_activation, per input shape
 
     def _call(
         self, params: Params, buffers: Params, x: Tensor, train: bool, features: bool
@@ -130,24 +131,31 @@ class FunctionalNet:
         """Elements of the largest module output for ONE example (counted on the meta device,
         once per input shape): what bounds how many examples and parameter sets one batched
         call may hold before a kernel's tensor outgrows 32-bit indexing (:data:`INDEX_LIMIT`)."""
-        cache = self.__dict__.setdefault("_widest", {})
-        if input_shape not in cache:
-            widest = 0
+        if input_shape not in self._widest:
+            self.module.eval()  # one example: BatchNorm must not ask for batch statistics
+            self._widest[input_shape] = max(leaf_output_sizes(self.module, input_shape, 1))
+        return self._widest[input_shape]
 
-            def hook(_module, _inputs, out) -> None:
-                nonlocal widest
-                if isinstance(out, Tensor):
-                    widest = max(widest, out.numel())
 
-            handles = [m.register_forward_hook(hook) for m in self.module.modules()]
-            try:
-                with torch.no_grad():
-                    self.module.eval()(torch.empty(1, *input_shape, device="meta"))
-            finally:
-                for h in handles:
-                    h.remove()
-            cache[input_shape] = max(widest, 1)
-        return cache[input_shape]
+def leaf_output_sizes(module: nn.Module, input_shape: tuple[int, ...], batch: int) -> list[int]:
+    """Elements of every leaf module's output for one batch, in call order, from a forward
+    pass on the meta device (no memory, no arithmetic); ``module`` must be on the meta device.
+    What memory estimates and the 32-bit indexing bound count."""
+    sizes: list[int] = []
+
+    def count(_module, _inputs, output) -> None:
+        if isinstance(output, Tensor):
+            sizes.append(output.numel())
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            module(torch.empty(batch, *input_shape, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return sizes or [1]
 
 
 # Elements one tensor of a batched call may hold: CUDA kernels index with 32-bit math and

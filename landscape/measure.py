@@ -166,12 +166,13 @@ def _guarded_global(
     name: str,
     members: list[int],
     errors: list[list[str]],
-    measure: Callable[[GlobalMetricSpecs], object],
-    specs: GlobalMetricSpecs,
+    measure: Callable[[GlobalMetricSpecs | None], object],
+    specs: GlobalMetricSpecs | None,
     log: Callable[[str], None],
 ) -> object | None:
-    """``measure(specs)``, again with smaller memory bounds while it runs out of device memory;
-    None (and the error recorded for ``members``) when it still fails or fails otherwise."""
+    """``measure(specs)``, again with smaller memory bounds while it runs out of device memory
+    (when ``specs`` has any to halve); None, and the error recorded for ``members``, when it
+    still fails or fails otherwise."""
     while True:
         try:
             return measure(specs)
@@ -179,7 +180,7 @@ def _guarded_global(
             error = f"OutOfMemoryError: {str(exc).splitlines()[0] if str(exc) else ''}"
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            smaller = _smaller_global(specs)
+            smaller = None if specs is None else _smaller_global(specs)
             if smaller is None:
                 break
             log(f"{name} ran out of device memory; again with chunk {smaller.chunk}")
@@ -199,9 +200,9 @@ def measure_pack(
     """Every enabled metric on the pack's checkpoint; diverged members get None.
 
     Never raises for a metric: one that runs out of device memory runs again with smaller
-    chunks (then on fewer members or pairs at a time), and one that still fails leaves None in
-    its columns and ``<metric>: <error>`` in the ``metric_errors`` column of the members it
-    concerns; the other metrics still run."""
+    chunks (a local metric then on fewer members at a time), and one that still fails leaves
+    None in its columns and ``<metric>: <error>`` in the ``metric_errors`` column of the
+    members it concerns; the other metrics still run."""
     out = Measured()
     local = measure_local(
         pack, spec.local_specs(), torch.Generator().manual_seed(spec.seed), log=log
@@ -246,14 +247,13 @@ def measure_pack(
     if spec.weights.enabled:
         params = _guarded_global(
             "weights", everyone, errors,
-            lambda g: weight_statistics(pack.final, bins=spec.weights.bins),
-            spec.global_specs(), log,
+            lambda _: weight_statistics(pack.final, bins=spec.weights.bins), None, log,
         )  # fmt: skip
         if params is not None:
             out.tables["params"] = params
     if spec.reparam.enabled:
         rows = _guarded_global(
-            "reparam", everyone, errors, lambda g: _reparam(pack, spec), spec.global_specs(), log
+            "reparam", everyone, errors, lambda _: _reparam(pack, spec), None, log
         )
         if rows is not None:
             out.tables["reparam"] = rows

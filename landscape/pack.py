@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from landscape.functional import FunctionalNet, Stack
+from landscape.functional import FunctionalNet, Stack, leaf_output_sizes
 from landscape.variant import Variant, short_hash
 
 # Knobs that may differ between members of one pack (everything else must match).
@@ -153,20 +153,7 @@ def _meta_counts(
     with torch.device("meta"):
         model = build_model(spec, input_shape, num_classes)
     n_params = sum(p.numel() for p in model.parameters())
-    activations = 0
-
-    def count(_module, _inputs, output) -> None:
-        nonlocal activations
-        if isinstance(output, Tensor):
-            activations += output.numel()
-
-    leaves = [m for m in model.modules() if not list(m.children())]
-    handles = [m.register_forward_hook(count) for m in leaves]
-    with torch.no_grad():
-        model(torch.empty(batch, *input_shape, device="meta"))
-    for h in handles:
-        h.remove()
-    return n_params, activations
+    return n_params, sum(leaf_output_sizes(model, input_shape, batch))
 
 
 def member_bytes(variant: Variant, input_shape: tuple[int, ...], num_classes: int) -> int:

@@ -69,9 +69,10 @@ def gradient_stats(
       ``batch_size`` 1 this is their per-example definition; with the training batch size
       it measures the diversity SGD actually sees. It is 1/M when all g_i agree.
     - minibatch gradient agreement (a "local generalisation" measure from the literature on
-      flatness and generalisation: how far one minibatch's step helps another's): over independent pairs (g1, g2) = minibatches (2j, 2j+1),
-      E[cos(g1, g2)], E[||g||] and R = E[||g2|| (1 - cos(g1, g2))]; R is symmetrised as
-      (||g1|| + ||g2||)/2 (1 - cos) since the pair order is arbitrary.
+      flatness and generalisation: how far one minibatch's step helps another's): over
+      independent pairs (g1, g2) = minibatches (2j, 2j+1), E[cos(g1, g2)], E[||g||] and
+      R = E[||g2|| (1 - cos(g1, g2))]; R is symmetrised as (||g1|| + ||g2||)/2 (1 - cos)
+      since the pair order is arbitrary.
     """
     K, N = y.shape
     if not 1 <= batch_size <= N // 2:

@@ -75,6 +75,18 @@ PACKED_BF16_REPLAY = (
 )
 
 
+def _train_deterministic(first: list, second: list) -> tuple:
+    """Two packs over the same data, trained on the GPU under deterministic cuDNN algorithms
+    (so that equal arithmetic gives equal numbers)."""
+    dataset = load_dataset(first[0].data)
+    deterministic = torch.backends.cudnn.deterministic
+    torch.backends.cudnn.deterministic = True
+    try:
+        return train_pack(first, dataset, "cuda"), train_pack(second, dataset, "cuda")
+    finally:
+        torch.backends.cudnn.deterministic = deterministic
+
+
 @pytest.mark.parametrize(
     "optim,precision,model,pack_step,streams",
     [
@@ -117,14 +129,7 @@ def test_graph_replay_equals_eager_steps(tiny_variant, optim, precision, model, 
         dataclasses.replace(v, train=dataclasses.replace(v.train, cuda_graphs=True))
         for v in eager_variants
     ]
-    dataset = load_dataset(eager_variants[0].data)
-    deterministic = torch.backends.cudnn.deterministic
-    torch.backends.cudnn.deterministic = True
-    try:
-        eager = train_pack(eager_variants, dataset, "cuda")
-        graphed = train_pack(graph_variants, dataset, "cuda")
-    finally:
-        torch.backends.cudnn.deterministic = deterministic
+    eager, graphed = _train_deterministic(eager_variants, graph_variants)
     assert eager.diverged_step == graphed.diverged_step
     assert eager.diverged_step == [None, 1, None]
     for k in (0, 2):  # the diverged member is zero; the live ones must agree
@@ -259,14 +264,7 @@ def test_diverging_member_leaves_the_others_as_in_a_pack_without_it(tiny_variant
     model = ModelSpec("resnet18", width=2, batch_norm=True)
     variants = _variants(tiny_variant, "sgd", "bf16", model)
     calm = [variants[0], dataclasses.replace(variants[1], optim=variants[0].optim), variants[2]]
-    dataset = load_dataset(variants[0].data)
-    deterministic = torch.backends.cudnn.deterministic
-    torch.backends.cudnn.deterministic = True
-    try:
-        with_bad = train_pack(variants, dataset, "cuda")
-        without = train_pack(calm, dataset, "cuda")
-    finally:
-        torch.backends.cudnn.deterministic = deterministic
+    with_bad, without = _train_deterministic(variants, calm)
     assert with_bad.diverged_step == [None, 1, None] and without.diverged_step == [None] * 3
     for k in (0, 2):
         a, b = with_bad.pack.final.member(k), without.pack.final.member(k)
