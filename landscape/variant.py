@@ -44,6 +44,53 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
     _require(value in allowed, key, value, "one of " + ", ".join(allowed))
 
 
+# Roles of a setting, declared once on its dataclass field (``setting(...)``) and read by every
+# identity, manifest and catalogue that needs them:
+# - launch: how a result is computed or where its inputs live, never what it is (where data
+#   lives, how the same kernels are launched, how a Hessian-vector product is evaluated): left
+#   out of ``variant_id`` / ``metrics_id``, so changing it keeps results current;
+# - before: a setting added after results existed, with the value that reproduces what was
+#   computed before it: at that value it is left out of the identity (ids stay what they were)
+#   and an absent key reads as it.
+_ABSENT = object()
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    launch: bool = False,
+    before: Any = _ABSENT,
+) -> Any:
+    """A dataclass field with its role (see above) in ``metadata``."""
+    metadata: dict[str, Any] = {}
+    if launch:
+        metadata["launch"] = True
+    if before is not _ABSENT:
+        metadata["before"] = before
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def launch_keys(spec_cls: type, prefix: str) -> list[str]:
+    """``prefix.name`` of every launch-only field of a settings dataclass, nested ones included."""
+    return [key for key, f in _walk(spec_cls, prefix) if f.metadata.get("launch")]
+
+
+def added_keys(spec_cls: type, prefix: str) -> dict[str, Any]:
+    """``prefix.name`` -> the value that reproduces the old behaviour, for every added field."""
+    return {key: f.metadata["before"] for key, f in _walk(spec_cls, prefix) if "before" in f.metadata}
+
+
+def _walk(spec_cls: type, prefix: str):
+    for f in dataclasses.fields(spec_cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            yield from _walk(type(default), key)
+        else:
+            yield key, f
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str = "mlp"  # registry key in landscape.models
@@ -75,8 +122,8 @@ class ModelSpec:
 @dataclass(frozen=True)
 class DataSpec:
     name: str = "digits"
-    root: str = "data"  # where torchvision datasets live (ignored by digits and synthetic)
-    download: bool = False
+    root: str = setting("data", launch=True)  # where torchvision datasets live (not digits, synthetic)
+    download: bool = setting(False, launch=True)
     subset: float = (
         1.0  # training subset: a fraction in (0, 1], or a count > 1 (seeded per variant)
     )
@@ -86,7 +133,7 @@ class DataSpec:
     # the seed of the subset and label-noise draws: null, the variant's own seed (each seed
     # of a point sees its own subset and noisy labels); an integer, shared by every seed (Yang
     # et al.: one noisy-label set per noise level for all seeds)
-    sample_seed: int | None = None
+    sample_seed: int | None = setting(None, before=None)
     normalize: bool = True  # per-channel standardisation with training-set statistics
     augment: bool = False  # on-device random crop (padding 4) and horizontal flip
     # synthetic data only: a seeded Gaussian mixture (the data seed is fixed per data set, not per variant)
@@ -200,9 +247,12 @@ class TrainSpec:
     )
     precision: str = "fp32"
     compile: bool = False
-    cuda_graphs: bool = True  # on a CUDA device, record the packed step once and replay it
-    pack_step: str = "auto"  # vmap | loop | packed | auto: how members share kernels (StepFn)
-    pack_streams: int = 1  # loop step on a CUDA device: members spread over this many streams
+    # on a CUDA device, record the packed step once and replay it
+    cuda_graphs: bool = setting(True, launch=True)
+    # vmap | loop | packed | auto: how members share kernels (StepFn)
+    pack_step: str = setting("auto", launch=True)
+    # loop step on a CUDA device: members spread over this many streams
+    pack_streams: int = setting(1, launch=True)
 
     def __post_init__(self) -> None:
         _require(
@@ -234,19 +284,11 @@ def short_hash(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
 
 
-# where data lives, not what it is; how the same kernels are launched, not what they compute
-NOT_IDENTITY = (
-    "data.root",
-    "data.download",
-    "train.cuda_graphs",
-    "train.pack_step",
-    "train.pack_streams",
-)
-
-# knobs added after results existed, with the value that reproduces the behaviour before
-# them: at that value a knob is left out of identities (ids stay what they were) and the
-# base-config guard reads an absent key as it
-ADDED_KNOBS: dict[str, Any] = {"data.sample_seed": None}
+SECTIONS = {"model": ModelSpec, "data": DataSpec, "optim": OptimSpec, "train": TrainSpec}
+# knobs that change how a run is launched, not what it computes (left out of variant ids)
+LAUNCH_KNOBS = tuple(k for name, cls in SECTIONS.items() for k in launch_keys(cls, name))
+# knobs added after results existed -> the value that reproduces the results before them
+ADDED_KNOBS = {k: v for name, cls in SECTIONS.items() for k, v in added_keys(cls, name).items()}
 
 
 @dataclass(frozen=True)
@@ -278,7 +320,7 @@ class Variant:
 
     def identity(self) -> dict[str, Any]:
         flat = self.flat()
-        for key in NOT_IDENTITY:
+        for key in LAUNCH_KNOBS:
             del flat[key]
         for key, default in ADDED_KNOBS.items():
             if flat[key] == default:
@@ -301,9 +343,8 @@ class Variant:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Variant:
         """Build from nested plain dicts (as OmegaConf.to_container gives); unknown keys fail loudly."""
-        sections = {"model": ModelSpec, "data": DataSpec, "optim": OptimSpec, "train": TrainSpec}
         kwargs: dict[str, Any] = {}
-        for name, spec_cls in sections.items():
+        for name, spec_cls in SECTIONS.items():
             kwargs[name] = build_spec(spec_cls, d.get(name, {}), name)
         kwargs["seed"] = _check_type("seed", d.get("seed", 0), int)
         return cls(**kwargs)

@@ -16,7 +16,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from landscape.variant import ADDED_KNOBS, NOT_IDENTITY, ConfigError
+from landscape.variant import ADDED_KNOBS, LAUNCH_KNOBS, ConfigError
 from sweeps.config import SweepPlan
 from sweeps.store import code_version, package_versions
 
@@ -40,7 +40,7 @@ def base_config(config: dict, axes: list[str]) -> dict:
         node = base.get(section)
         if isinstance(node, dict) and node.get(leaf, default) == default:
             node.pop(leaf, None)
-    for axis in [*NOT_IDENTITY, *axes]:
+    for axis in [*LAUNCH_KNOBS, *axes]:
         node = base
         *parents, leaf = axis.split(".")
         for part in parents:
