@@ -78,7 +78,9 @@ def launch_keys(spec_cls: type, prefix: str) -> list[str]:
 
 def added_keys(spec_cls: type, prefix: str) -> dict[str, Any]:
     """``prefix.name`` -> the value that reproduces the old behaviour, for every added field."""
-    return {key: f.metadata["before"] for key, f in _walk(spec_cls, prefix) if "before" in f.metadata}
+    return {
+        key: f.metadata["before"] for key, f in _walk(spec_cls, prefix) if "before" in f.metadata
+    }
 
 
 def _walk(spec_cls: type, prefix: str):
@@ -122,7 +124,9 @@ class ModelSpec:
 @dataclass(frozen=True)
 class DataSpec:
     name: str = "digits"
-    root: str = setting("data", launch=True)  # where torchvision datasets live (not digits, synthetic)
+    root: str = setting(
+        "data", launch=True
+    )  # where torchvision datasets live (not digits, synthetic)
     download: bool = setting(False, launch=True)
     subset: float = (
         1.0  # training subset: a fraction in (0, 1], or a count > 1 (seeded per variant)
