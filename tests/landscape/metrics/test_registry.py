@@ -20,30 +20,33 @@ from landscape.variant import build_spec
 
 ROOT = Path(__file__).resolve().parents[3]
 
-# Every metric on, every knob small; the settings that add or drop columns at their non-defaults.
-EVERYTHING = {
-    "hessian_trace": {"enabled": True, "n_probes": 6, "n_samples": 24, "chunk": 3, "min_probes": 3},
-    "hessian_eigen": {"enabled": True, "k": 3, "n_samples": 24, "max_iter": 10},
-    "spectrum": {"enabled": True, "n_samples": 24, "n_iter": 5, "n_grid": 10},
-    "sharpness": {"enabled": True, "n_samples": 24, "steps": 2, "n_draws": 2, "chunk": 2},
-    "gradient_stats": {"enabled": True, "n_samples": 32, "max_iter": 5, "flatness_batches": 2},
-    "stiffness": {"enabled": True, "n_samples": 18, "distance_bins": 2},
-    "lr_range": {"enabled": True, "steps": 5},
-    "distance": {"enabled": True},
-    "cka": {"enabled": True, "n_inputs": 16, "unbiased_batch_size": 8, "rbf": True},
-    "barrier": {"enabled": True, "n_alphas": 3, "n_samples": 32},
-    "bezier": {"enabled": True, "epochs": 1, "batch_size": 16, "n_samples": 32},
-    "mli": {"enabled": True, "n_alphas": 3, "n_samples": 32},
+# Small settings for the metrics whose defaults take long on a CPU; the column-changing
+# settings at their non-defaults.
+SMALL = {
+    "hessian_trace": {"n_probes": 6, "n_samples": 24, "chunk": 3, "min_probes": 3},
+    "hessian_eigen": {"k": 3, "n_samples": 24, "max_iter": 10},
+    "spectrum": {"n_samples": 24, "n_iter": 5, "n_grid": 10},
+    "sharpness": {"n_samples": 24, "steps": 2, "n_draws": 2, "chunk": 2},
+    "gradient_stats": {"n_samples": 32, "max_iter": 5, "flatness_batches": 2},
+    "stiffness": {"n_samples": 18, "distance_bins": 2},
+    "lr_range": {"steps": 5},
+    "cka": {"n_inputs": 16, "unbiased_batch_size": 8, "rbf": True},
+    "barrier": {"n_alphas": 3, "n_samples": 32},
+    "bezier": {"epochs": 1, "batch_size": 16, "n_samples": 32},
+    "mli": {"n_alphas": 3, "n_samples": 32},
     "surface": {
-        "enabled": True,
         "n_samples": 16,
         "points_1d": 3,
         "points_2d": 0,
         "roughness_directions": 1,
         "roughness_points": 3,
     },
-    "weights": {"enabled": True, "bins": 3},
-    "reparam": {"enabled": True, "n_samples": 16, "n_probes": 2},
+    "weights": {"bins": 3},
+    "reparam": {"n_samples": 16, "n_probes": 2},
+}
+# Every metric measure_pack measures switched on (a new one too, at its defaults).
+EVERYTHING = {
+    m.name: {"enabled": True, **SMALL.get(m.name, {})} for m in metrics() if m.family != "setting"
 }
 # The same with the column-changing settings the other way round.
 FEWER = {
