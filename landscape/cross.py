@@ -72,7 +72,16 @@ class CrossPairSpec:
             )
 
 
-register(Metric(name="cross", spec=CrossPairSpec, family="setting", order=120, tables=("cross",)))
+register(
+    Metric(
+        name="cross",
+        spec=CrossPairSpec,
+        family="setting",
+        order=120,
+        hashed_when_off=True,
+        tables=("cross",),
+    )
+)
 
 
 def cross_pairs(variants: Sequence[Variant], vary: Sequence[str]) -> list[tuple[Variant, Variant]]:

@@ -52,6 +52,12 @@ class _MetricsSettings:
             return None
         return TrajectoryRecorder(self.trajectory, self, self.seed, total_steps, steps_per_epoch)
 
+    def uses(self, name: str) -> bool:
+        """Whether the settings of metric ``name`` shape any measurement: it is switched on, or
+        it is a local metric measured during training (``trajectory.metrics``)."""
+        during_training = self.trajectory.enabled and name in self.trajectory.metrics
+        return getattr(self, name).enabled or during_training
+
     def runs_pass(self, name: str) -> bool:
         """Whether any enabled global metric is read by the pass ``name`` (registry.PASSES)."""
         return any(getattr(self, m.name).enabled for m in metrics("global") if name in m.passes)

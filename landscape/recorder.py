@@ -99,6 +99,7 @@ register(
         spec=TrajectorySpec,
         family="setting",
         order=121,
+        hashed_when_off=True,
         tables=("trajectory", "stiffness", "params", "lca", "path", "surfaces"),
     )
 )

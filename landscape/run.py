@@ -28,6 +28,7 @@ from landscape.checkpoint import load_checkpoint, save_checkpoints
 from landscape.data import Dataset
 from landscape.functional import Stack, init_stack
 from landscape.measure import Measured, MetricsSpec, measure_given_pairs, measure_pack
+from landscape.metrics.registry import metrics as registered
 from landscape.models import build_model
 from landscape.pack import TrainedPack, free_device_memory, member_bytes, pack_id, split_to_fit
 from landscape.train import TrainResult, evaluate_pack, make_pack_data, pack_steps, train_pack
@@ -71,15 +72,19 @@ METRICS_ADDED_KEYS = added_keys(MetricsSpec, "")
 
 def metrics_id(metrics: MetricsSpec) -> str:
     """Hash of the metric settings a row was measured with, :data:`METRICS_LAUNCH_KEYS` left
-    out, and :data:`METRICS_ADDED_KEYS` left out at their old behaviour's value: changing only
-    those keeps a results directory's rows current."""
+    out, :data:`METRICS_ADDED_KEYS` left out at their old behaviour's value, and the settings
+    of a metric nothing uses left out (unless registered ``hashed_when_off``): changing only
+    those, or adding a metric, keeps a results directory's rows current."""
     spec = dataclasses.asdict(metrics)
+    for m in registered():
+        if not m.hashed_when_off and not metrics.uses(m.name):
+            spec.pop(m.name)
     for key in METRICS_LAUNCH_KEYS:
         group, name = key.split(".")
-        spec[group].pop(name)
+        spec.get(group, {}).pop(name, None)
     for key, before in METRICS_ADDED_KEYS.items():
         group, name = key.split(".")
-        if spec[group][name] == before:
+        if group in spec and spec[group][name] == before:
             spec[group].pop(name)
     return short_hash(spec, n=8)
 

@@ -165,5 +165,12 @@ class BatchNormSpec:
 
 
 register(
-    Metric(name="batch_norm", spec=BatchNormSpec, family="setting", order=106, on_by_default=True)
+    Metric(
+        name="batch_norm",
+        spec=BatchNormSpec,
+        family="setting",
+        order=106,
+        hashed_when_off=True,
+        on_by_default=True,
+    )
 )

@@ -362,6 +362,7 @@ register(
         spec=BezierSpec,
         family="global",
         order=103,
+        hashed_when_off=True,
         columns=lambda s: COLUMNS,
         tables=("surfaces",),
         passes=("pairs",),

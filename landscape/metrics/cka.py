@@ -343,6 +343,12 @@ def _columns(s: CKASpec) -> tuple[Column, ...]:
 
 register(
     Metric(
-        name="cka", spec=CKASpec, family="global", order=101, columns=_columns, passes=("pairs",)
+        name="cka",
+        spec=CKASpec,
+        family="global",
+        order=101,
+        hashed_when_off=True,
+        columns=_columns,
+        passes=("pairs",),
     )
 )

@@ -65,6 +65,7 @@ register(
         spec=DistanceSpec,
         family="global",
         order=100,
+        hashed_when_off=True,
         columns=lambda s: COLUMNS,
         passes=("pairs", "member_surfaces"),
     )

@@ -237,6 +237,7 @@ register(
         spec=GradientStatsSpec,
         family="local",
         order=4,
+        hashed_when_off=True,
         columns=lambda s: (*COLUMNS, FLATNESS) if s.flatness else COLUMNS,
         measure=_gradient_stats,
     )

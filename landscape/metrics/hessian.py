@@ -589,6 +589,7 @@ register(
         spec=HessianTraceSpec,
         family="local",
         order=0,
+        hashed_when_off=True,
         on_by_default=True,
         columns=lambda s: TRACE_COLUMNS,
         measure=_trace,
@@ -640,6 +641,7 @@ register(
         spec=HessianEigenSpec,
         family="local",
         order=1,
+        hashed_when_off=True,
         columns=_eigen_columns,
         measure=_eigen,
     )
@@ -677,6 +679,7 @@ register(
         spec=SpectrumSpec,
         family="local",
         order=2,
+        hashed_when_off=True,
         tables=("spectra",),
         measure=_spectrum,
     )

@@ -187,6 +187,7 @@ register(
         spec=LRRangeSpec,
         family="local",
         order=6,
+        hashed_when_off=True,
         tables=("lr_range",),
         measure=_lr_range,
     )

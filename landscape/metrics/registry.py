@@ -83,6 +83,11 @@ class Metric:
     tables: tuple[str, ...] = ()  # its own tables of rows (not runs, not pairs)
     measure: Callable[..., Any] | None = None  # local and pack families (module docstring)
     passes: tuple[str, ...] = ()  # global family: which of PASSES read it
+    # its settings count in metrics_id even while nothing uses them (switched off, and not
+    # measured during training): True only for the metrics registered before such settings were
+    # left out, whose results hold ids that count them; a new metric keeps False, so adding
+    # one changes no existing metrics_id
+    hashed_when_off: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:

@@ -230,6 +230,7 @@ register(
         spec=ReparamSpec,
         family="pack",
         order=111,
+        hashed_when_off=True,
         tables=("reparam",),
         measure=reparam_pack,
     )

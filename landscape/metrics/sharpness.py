@@ -341,6 +341,7 @@ register(
         spec=SharpnessSpec,
         family="local",
         order=3,
+        hashed_when_off=True,
         columns=lambda s: COLUMNS,
         measure=_sharpness,
     )

@@ -198,6 +198,7 @@ register(
         spec=StiffnessSpec,
         family="local",
         order=5,
+        hashed_when_off=True,
         columns=lambda s: COLUMNS,
         tables=("stiffness",),
         measure=_stiffness,

@@ -349,6 +349,7 @@ register(
         spec=SurfaceSpec,
         family="global",
         order=105,
+        hashed_when_off=True,
         columns=lambda s: ROUGHNESS_COLUMNS if s.roughness_directions else (),
         tables=("surfaces",),
         passes=("member_surfaces",),

@@ -115,6 +115,7 @@ register(
         spec=WeightsSpec,
         family="pack",
         order=110,
+        hashed_when_off=True,
         tables=("params",),
         measure=_weights,
     )

@@ -236,3 +236,24 @@ def test_the_reports_lists_agree_with_the_registry():
     assert [m for m in (*RUN_METRICS, *PAIR_METRICS) if m in names] == [c.name for c in placed]
     assert [m for m in SUMMARY_COLUMNS if m in names] == [c.name for c in placed if c.summary]
     assert [p[0] for p in PANELS if p[0] in names] == [c.name for c in placed if c.phase_diagram]
+
+
+def test_a_metric_added_later_changes_no_id_until_it_is_used(monkeypatch):
+    """A metric registered without hashed_when_off is left out of metrics_id while it is off
+    and not measured during training, so adding one keeps every results directory current."""
+    import landscape.run as run
+
+    trace = metric("hessian_trace")
+    monkeypatch.setattr(
+        run, "registered", lambda: [dataclasses.replace(trace, hashed_when_off=False)]
+    )
+    off = MetricsSpec(hessian_trace=trace.spec(enabled=False))
+    other = MetricsSpec(hessian_trace=trace.spec(enabled=False, n_probes=7))
+    assert metrics_id(off) == metrics_id(other)
+    assert metrics_id(MetricsSpec()) != metrics_id(dataclasses.replace(off))
+    during = dataclasses.replace(
+        off,
+        trajectory=dataclasses.replace(off.trajectory, enabled=True, metrics=("hessian_trace",)),
+    )
+    changed = dataclasses.replace(during, hessian_trace=other.hessian_trace)
+    assert metrics_id(during) != metrics_id(changed)
