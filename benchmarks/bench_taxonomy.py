@@ -46,7 +46,7 @@ from bench_packing import device_name, sync, timed
 
 from landscape.data import Dataset
 from landscape.functional import init_stack
-from landscape.measure import MetricsSpec, measure_pack
+from landscape.measure import MetricsSpec, base_settings, measure_pack
 from landscape.metrics.bezier import CurveStep
 from landscape.metrics.pairs import PairBatches
 from landscape.models import build_model, model_forward_flops
@@ -84,9 +84,10 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def preset() -> tuple[dict, dict]:
-    """(the sweep preset's variant sections, the metrics preset merged onto conf/metrics/base)."""
+    """(the sweep preset's variant sections, the metrics preset merged onto the metrics/base
+    config node, every metric's defaults switched off)."""
     sweep = yaml.safe_load((ROOT / "conf/sweep/taxonomy_cifar10.yaml").read_text())
-    base = yaml.safe_load((ROOT / "conf/metrics/base.yaml").read_text())
+    base = base_settings()
     tax = yaml.safe_load((ROOT / "conf/metrics/taxonomy.yaml").read_text())
     tax.pop("defaults", None)
     return sweep, _merge(base, tax)

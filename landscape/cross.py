@@ -5,7 +5,8 @@ and plot train and test loss and accuracy along the line (alpha from -0.5 to 1.5
 pairing rule names the knobs that may differ (``vary``, e.g. ``optim.batch_size``); two
 variants pair when every other knob, the seed included, is equal. Such variants live in
 different packs (the batch size fixes the step count), so this runs after training, from
-the per-variant checkpoints (``checkpoints=true``).
+the per-variant checkpoints (``checkpoints=true``). Its settings are registered as
+``metrics.cross`` (``landscape.metrics.registry``, family ``setting``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from landscape.data import Dataset
 from landscape.functional import FunctionalNet
 from landscape.metrics.batchnorm import bn_batches, has_batchnorm
 from landscape.metrics.interpolation import evaluate_line
+from landscape.metrics.registry import Metric, register
 from landscape.models import build_model
 from landscape.variant import ConfigError, Variant
 
@@ -68,6 +70,18 @@ class CrossPairSpec:
                 f"metrics.cross needs n_alphas >= 2, max_pairs >= 1, n_samples >= 1, got "
                 f"{self.n_alphas}, {self.max_pairs}, {self.n_samples}"
             )
+
+
+register(
+    Metric(
+        name="cross",
+        spec=CrossPairSpec,
+        family="setting",
+        order=120,
+        hashed_when_off=True,
+        tables=("cross",),
+    )
+)
 
 
 def cross_pairs(variants: Sequence[Variant], vary: Sequence[str]) -> list[tuple[Variant, Variant]]:

@@ -1,11 +1,12 @@
 """Which metrics to compute on a trained pack, and the one call that computes them.
 
 :class:`MetricsSpec` is hashed apart from the variants (``metrics_id``): adding a metric
-renames no trained model. Its fields are the metric families, flat, as in the config
+renames no trained model. It is built from the metric registry
+(``landscape.metrics.registry``): one field per registered metric, flat, as in the config
 (``metrics.hessian_trace.n_probes``, ``metrics.cka.inputs``, ``metrics.bezier.epochs``).
 ``measure_pack`` returns per-member columns for ``runs`` and rows for the metrics' own
-tables (``spectra``, ``stiffness``, ``lr_range``, ``pairs``, ``surfaces``), members indexed
-by their position in the pack.
+tables (``spectra``, ``stiffness``, ``lr_range``, ``pairs``, ``surfaces``, ``params``,
+``reparam``), members indexed by their position in the pack.
 
 Randomness comes from ``MetricsSpec.seed`` alone (and, for per-member sample draws, each
 member's own seed), never from the pack's composition: a member measured in any pack gets
@@ -17,86 +18,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from landscape.cross import CrossPairSpec
-from landscape.metrics.local import (
-    GradientStatsSpec,
-    HessianEigenSpec,
-    HessianTraceSpec,
-    LocalMetricSpecs,
-    LRRangeSpec,
-    SharpnessSpec,
-    SpectrumSpec,
-    StiffnessSpec,
-    measure_local,
-)
-from landscape.metrics.pairs import (
-    BarrierSpec,
-    BatchNormSpec,
-    BezierSpec,
-    CKASpec,
-    DistanceSpec,
-    GlobalMetricSpecs,
-    MLISpec,
-    SurfaceSpec,
-    measure_member_surfaces,
-    measure_pairs,
-)
-from landscape.metrics.reparam import (
-    ReparamSpec,
-    find_relu_pairs,
-    probe_metrics,
-    reparam_rows,
-    reparametrisation_probe,
-)
-from landscape.metrics.weights import WeightsSpec, weight_statistics
+from landscape.metrics.local import measure_local
+from landscape.metrics.pairs import measure_member_surfaces, measure_pairs
+from landscape.metrics.registry import metrics
 from landscape.pack import TrainedPack
-from landscape.recorder import TrajectoryRecorder, TrajectorySpec
+from landscape.recorder import TrajectoryRecorder
 from landscape.variant import ConfigError
 
-LOCAL_FIELDS = tuple(f.name for f in dataclasses.fields(LocalMetricSpecs))
-GLOBAL_FIELDS = ("distance", "cka", "barrier", "bezier", "mli", "surface", "batch_norm")
 
-
-def _off(spec_cls: type) -> object:
-    return spec_cls(enabled=False)
-
-
-@dataclass(frozen=True)
-class MetricsSpec:
-    """Every metric family's settings. The dataclass defaults are the ``fast`` preset's: the
-    Hutchinson trace only; ``conf/metrics/*.yaml`` switch the others on."""
-
-    preset: str = "fast"
-    seed: int = 0  # seeds every sample draw, probe vector and random direction
-    # local geometry, one model at a time (landscape.metrics.local)
-    hessian_trace: HessianTraceSpec = field(default_factory=HessianTraceSpec)
-    hessian_eigen: HessianEigenSpec = field(default_factory=lambda: _off(HessianEigenSpec))
-    spectrum: SpectrumSpec = field(default_factory=lambda: _off(SpectrumSpec))
-    sharpness: SharpnessSpec = field(default_factory=lambda: _off(SharpnessSpec))
-    gradient_stats: GradientStatsSpec = field(default_factory=lambda: _off(GradientStatsSpec))
-    stiffness: StiffnessSpec = field(default_factory=lambda: _off(StiffnessSpec))
-    lr_range: LRRangeSpec = field(default_factory=lambda: _off(LRRangeSpec))
-    # global geometry: between seeds of a replicate group, and toward initialisation
-    distance: DistanceSpec = field(default_factory=lambda: _off(DistanceSpec))
-    cka: CKASpec = field(default_factory=lambda: _off(CKASpec))
-    barrier: BarrierSpec = field(default_factory=lambda: _off(BarrierSpec))
-    bezier: BezierSpec = field(default_factory=lambda: _off(BezierSpec))
-    mli: MLISpec = field(default_factory=lambda: _off(MLISpec))
-    surface: SurfaceSpec = field(default_factory=lambda: _off(SurfaceSpec))
-    batch_norm: BatchNormSpec = field(default_factory=BatchNormSpec)  # BN recomputation along paths
-    max_pairs: int = 10  # pairs per replicate group (5 seeds -> all 10, as Yang et al.)
-    eval_chunk: int = 64  # parameter sets evaluated at once (surface grid points x models)
-    eval_batch_size: int = 512  # examples per forward pass of those evaluations
-    weights: WeightsSpec = field(default_factory=WeightsSpec)  # params table
-    reparam: ReparamSpec = field(default_factory=ReparamSpec)  # reparam table (MLPs)
-    cross: CrossPairSpec = field(
-        default_factory=CrossPairSpec
-    )  # between sweep points, after training
-    # during training: a metric schedule, sharpness tracking, snapshots (landscape.recorder)
-    trajectory: TrajectorySpec = field(default_factory=TrajectorySpec)
+class _MetricsSettings:
+    """What ``MetricsSpec`` is besides its fields (which the registry gives)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.seed, int) and self.seed >= 0):
@@ -107,32 +42,88 @@ class MetricsSpec:
                     f"metrics.{key} must be an integer >= 1, got {getattr(self, key)!r}"
                 )
 
-    def local_specs(self) -> LocalMetricSpecs:
-        return LocalMetricSpecs(**{name: getattr(self, name) for name in LOCAL_FIELDS})
-
-    def global_specs(self) -> GlobalMetricSpecs:
-        return GlobalMetricSpecs(
-            **{name: getattr(self, name) for name in GLOBAL_FIELDS},
-            max_pairs=self.max_pairs,
-            chunk=self.eval_chunk,
-            batch_size=self.eval_batch_size,
-        )
+    def local_specs(self) -> dict[str, Any]:
+        """Settings of every local metric by name (what ``measure_local`` takes)."""
+        return {m.name: getattr(self, m.name) for m in metrics("local")}
 
     def recorder(self, total_steps: int, steps_per_epoch: int) -> TrajectoryRecorder | None:
         """The observer the training loop calls, or None when nothing is measured during training."""
         if not self.trajectory.enabled:
             return None
-        return TrajectoryRecorder(
-            self.trajectory, self.local_specs(), self.seed, total_steps, steps_per_epoch
-        )
+        return TrajectoryRecorder(self.trajectory, self, self.seed, total_steps, steps_per_epoch)
+
+    def uses(self, name: str) -> bool:
+        """Whether the settings of metric ``name`` shape any measurement: it is switched on, or
+        it is a local metric measured during training (``trajectory.metrics``)."""
+        during_training = self.trajectory.enabled and name in self.trajectory.metrics
+        return getattr(self, name).enabled or during_training
+
+    def runs_pass(self, name: str) -> bool:
+        """Whether any enabled global metric is read by the pass ``name`` (registry.PASSES)."""
+        return any(getattr(self, m.name).enabled for m in metrics("global") if name in m.passes)
 
     @property
     def any_pairs(self) -> bool:
-        return any(getattr(self, n).enabled for n in ("distance", "cka", "barrier", "bezier"))
+        return self.runs_pass("pairs")
 
     @property
     def any_member_surfaces(self) -> bool:
-        return self.mli.enabled or self.surface.enabled or self.distance.enabled
+        return self.runs_pass("member_surfaces")
+
+
+def _metric_field(metric) -> tuple[str, type, dataclasses.Field]:
+    """A metric's field of MetricsSpec: its settings at their defaults, switched on or off as
+    the registry says for ``MetricsSpec()``."""
+    spec = metric.spec
+    if spec().enabled == metric.on_by_default:
+        return metric.name, spec, field(default_factory=spec)
+    on = metric.on_by_default
+    return metric.name, spec, field(default_factory=lambda: spec(enabled=on))
+
+
+# The settings every measuring pass shares, before the metrics' own fields.
+_SHARED = [
+    ("preset", str, field(default="fast")),
+    # seeds every sample draw, probe vector and random direction
+    ("seed", int, field(default=0)),
+    # pairs per replicate group (5 seeds -> all 10, as Yang et al.); a seeded subset beyond
+    ("max_pairs", int, field(default=10)),
+    # parameter sets evaluated at once (surface grid points x models)
+    ("eval_chunk", int, field(default=64)),
+    # examples per forward pass of those evaluations
+    ("eval_batch_size", int, field(default=512)),
+]
+
+MetricsSpec = dataclasses.make_dataclass(
+    "MetricsSpec",
+    [*_SHARED, *(_metric_field(m) for m in metrics())],
+    bases=(_MetricsSettings,),
+    frozen=True,
+)
+MetricsSpec.__module__ = __name__  # where pickle (Ray, the process pool) finds the class
+MetricsSpec.__doc__ = """Every metric's settings, one field per registered metric
+(``landscape.metrics.registry``, in its order) after the shared ones (preset, seed,
+max_pairs, eval_chunk, eval_batch_size). The defaults are the ``fast`` preset's: the Hutchinson
+trace (and BatchNorm recomputation, should a path be measured); ``conf/metrics/*.yaml``
+switch the others on."""
+
+
+def base_settings() -> dict[str, Any]:
+    """Every setting at its default with every metric switched off, as plain data: the
+    ``metrics/base`` config node every preset starts from (``preset: base``)."""
+    plain = dataclasses.asdict(MetricsSpec(preset="base"))
+    for m in metrics():
+        plain[m.name]["enabled"] = False
+    return _lists(plain)
+
+
+def _lists(value: Any) -> Any:
+    """Tuples as lists, recursively (as a config file writes them)."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_lists(v) for v in value]
+    return value
 
 
 @dataclass
@@ -151,23 +142,24 @@ def replicate_groups(pack: TrainedPack) -> list[list[int]]:
     return list(groups.values())
 
 
-def _smaller_global(specs: GlobalMetricSpecs) -> GlobalMetricSpecs | None:
-    """Global settings with every memory bound halved (parameter sets and examples per forward
-    pass, curves per stack), or None when all are 1: they bound memory, not results."""
-    bezier = specs.bezier
-    changes = {k: max(1, getattr(specs, k) // 2) for k in ("chunk", "batch_size")}
+def _smaller_global(spec: MetricsSpec) -> MetricsSpec | None:
+    """Settings with every memory bound of the global passes halved (parameter sets and
+    examples per forward pass, curves per stack), or None when all are 1: they bound memory,
+    not results."""
+    bezier = spec.bezier
+    changes = {k: max(1, getattr(spec, k) // 2) for k in ("eval_chunk", "eval_batch_size")}
     if bezier.pairs_per_stack > 1:
         bezier = dataclasses.replace(bezier, pairs_per_stack=bezier.pairs_per_stack // 2)
-    smaller = dataclasses.replace(specs, **changes, bezier=bezier)
-    return None if smaller == specs else smaller
+    smaller = dataclasses.replace(spec, **changes, bezier=bezier)
+    return None if smaller == spec else smaller
 
 
 def _guarded_global(
     name: str,
     members: list[int],
     errors: list[list[str]],
-    measure: Callable[[GlobalMetricSpecs | None], object],
-    specs: GlobalMetricSpecs | None,
+    measure: Callable[[MetricsSpec | None], object],
+    specs: MetricsSpec | None,
     log: Callable[[str], None],
 ) -> object | None:
     """``measure(specs)``, again with smaller memory bounds while it runs out of device memory
@@ -183,7 +175,7 @@ def _guarded_global(
             smaller = None if specs is None else _smaller_global(specs)
             if smaller is None:
                 break
-            log(f"{name} ran out of device memory; again with chunk {smaller.chunk}")
+            log(f"{name} ran out of device memory; again with chunk {smaller.eval_chunk}")
             specs = smaller
         except Exception as exc:  # noqa: BLE001 - failure is data: the error goes into the rows
             error = f"{type(exc).__name__}: {exc}"
@@ -219,7 +211,7 @@ def measure_pack(
             everyone,
             errors,
             lambda g: measure_pairs(pack, groups, g, torch.Generator().manual_seed(spec.seed + 1)),
-            spec.global_specs(),
+            spec,
             log,
         )
         if pairs is not None:
@@ -236,7 +228,7 @@ def measure_pack(
             lambda g: measure_member_surfaces(
                 pack, g, torch.Generator().manual_seed(spec.seed + 2)
             ),
-            spec.global_specs(),
+            spec,
             log,
         )
         if member is not None:
@@ -244,19 +236,19 @@ def measure_pack(
             surfaces += member.surfaces
     if surfaces:
         out.tables["surfaces"] = surfaces
-    if spec.weights.enabled:
-        params = _guarded_global(
-            "weights", everyone, errors,
-            lambda _: weight_statistics(pack.final, bins=spec.weights.bins), None, log,
-        )  # fmt: skip
-        if params is not None:
-            out.tables["params"] = params
-    if spec.reparam.enabled:
-        rows = _guarded_global(
-            "reparam", everyone, errors, lambda _: _reparam(pack, spec), None, log
-        )
-        if rows is not None:
-            out.tables["reparam"] = rows
+    for m in metrics("pack"):
+        settings = getattr(spec, m.name)
+        if settings.enabled:
+            rows = _guarded_global(
+                m.name,
+                everyone,
+                errors,
+                lambda _, m=m, settings=settings: m.measure(pack, settings, spec.seed),
+                None,
+                log,
+            )
+            if rows is not None:
+                out.tables[m.tables[0]] = rows
     out.columns["metric_errors"] = ["; ".join(e) if e else None for e in errors]
     return out
 
@@ -271,7 +263,7 @@ def measure_given_pairs(
     if not spec.any_pairs or not pairs:
         return out
     result = measure_pairs(
-        pack, [], spec.global_specs(), torch.Generator().manual_seed(spec.seed + 1), pairs=pairs
+        pack, [], spec, torch.Generator().manual_seed(spec.seed + 1), pairs=pairs
     )
     for row in result.rows:
         row["group_id"] = pack.variants[row["member_a"]].group_id
@@ -280,22 +272,3 @@ def measure_given_pairs(
     if result.surfaces:
         out.tables["surfaces"] = result.surfaces
     return out
-
-
-def _reparam(pack: TrainedPack, spec: MetricsSpec) -> list[dict]:
-    """Dinh et al.'s probe on the alive members; a model without a ReLU pair gets no rows."""
-    try:
-        find_relu_pairs(pack.net.module)
-    except ValueError:
-        return []
-    alive = pack.alive.nonzero().flatten().tolist()
-    if not alive:
-        return []
-    stack = pack.final.select(alive)
-    x, y = pack.data.train_sample(
-        spec.reparam.n_samples, torch.Generator().manual_seed(spec.seed + 3)
-    )
-    x, y = x[alive], y[alive]
-    metrics = probe_metrics(pack.net, x, y, spec.reparam, seed=spec.seed + 4)
-    probe = reparametrisation_probe(pack.net, stack, x, alpha=spec.reparam.alpha, metrics=metrics)
-    return reparam_rows(probe, members=alive)

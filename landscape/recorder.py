@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -28,11 +29,13 @@ from torch import Tensor
 from landscape.functional import Params, Stack, flatten, member_shapes, unflatten
 from landscape.metrics.hessian import hessian_eigenvalues
 from landscape.metrics.lca import allocation_by_layer, lca_stacked
-from landscape.metrics.local import LocalMetricSpecs, measure_local
+from landscape.metrics.local import measure_local
+from landscape.metrics.registry import Metric, metric_names, register
 from landscape.pack import TrainedPack
 from landscape.variant import ConfigError, OptimSpec
 
-TRAJECTORY_METRICS = tuple(f.name for f in dataclasses.fields(LocalMetricSpecs))
+if TYPE_CHECKING:
+    from landscape.measure import MetricsSpec
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ class TrajectorySpec:
     )
     metrics: tuple[str, ...] = (
         "hessian_trace",
-    )  # local metric families at each point (settings: metrics.<name>)
+    )  # local metrics at each point (settings: metrics.<name>)
     sharpness_every: int = 0  # > 0: top Hessian eigenvalue every N steps (warm-started), with 2/lr
     sharpness_iters: int = 20  # power iterations per call (warm start: few suffice)
     sharpness_samples: int = 256  # one fixed training sample per member for the tracking
@@ -68,10 +71,11 @@ class TrajectorySpec:
     lca_rk4_intervals: int = 1  # Runge-Kutta (Simpson) sub-intervals per step
 
     def __post_init__(self) -> None:
-        unknown = set(self.metrics) - set(TRAJECTORY_METRICS)
+        local = metric_names("local")
+        unknown = set(self.metrics) - set(local)
         if unknown:
             raise ConfigError(
-                f"metrics.trajectory.metrics must be a subset of {', '.join(TRAJECTORY_METRICS)}, got {sorted(unknown)}"
+                f"metrics.trajectory.metrics must be a subset of {', '.join(local)}, got {sorted(unknown)}"
             )
         if self.log_points < 2:
             raise ConfigError(f"metrics.trajectory.log_points must be >= 2, got {self.log_points}")
@@ -87,6 +91,18 @@ class TrajectorySpec:
                 raise ConfigError(
                     f"metrics.trajectory.{key} must be >= 0, got {getattr(self, key)}"
                 )
+
+
+register(
+    Metric(
+        name="trajectory",
+        spec=TrajectorySpec,
+        family="setting",
+        order=121,
+        hashed_when_off=True,
+        tables=("trajectory", "stiffness", "params", "lca", "path", "surfaces"),
+    )
+)
 
 
 def scheduled_steps(spec: TrajectorySpec, total_steps: int, steps_per_epoch: int) -> list[int]:
@@ -122,7 +138,7 @@ class TrajectoryRecorder:
     """Observer of one pack's training. ``tables`` rows carry ``member`` (pack position)."""
 
     spec: TrajectorySpec
-    local: LocalMetricSpecs  # settings of the metrics measured at each point
+    metrics: MetricsSpec  # settings of the local metrics measured at each point
     seed: int
     total_steps: int
     steps_per_epoch: int
@@ -200,13 +216,11 @@ class TrajectoryRecorder:
         if self.spec.metrics:
             enabled = {
                 name: dataclasses.replace(
-                    getattr(self.local, name), enabled=name in self.spec.metrics
+                    getattr(self.metrics, name), enabled=name in self.spec.metrics
                 )
-                for name in TRAJECTORY_METRICS
+                for name in metric_names("local")
             }
-            measured = measure_local(
-                pack, LocalMetricSpecs(**enabled), torch.Generator().manual_seed(self.seed)
-            )
+            measured = measure_local(pack, enabled, torch.Generator().manual_seed(self.seed))
             for k, row in enumerate(base):
                 row.update({name: values[k] for name, values in measured.columns.items()})
             for table, rows in measured.tables.items():  # stiffness matrices over training, ...

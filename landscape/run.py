@@ -28,10 +28,11 @@ from landscape.checkpoint import load_checkpoint, save_checkpoints
 from landscape.data import Dataset
 from landscape.functional import Stack, init_stack
 from landscape.measure import Measured, MetricsSpec, measure_given_pairs, measure_pack
+from landscape.metrics.registry import metrics as registered
 from landscape.models import build_model
 from landscape.pack import TrainedPack, free_device_memory, member_bytes, pack_id, split_to_fit
 from landscape.train import TrainResult, evaluate_pack, make_pack_data, pack_steps, train_pack
-from landscape.variant import Variant, short_hash
+from landscape.variant import Variant, added_keys, launch_keys, short_hash
 
 MEMORY_HEADROOM = (
     0.7  # share of the free device memory a pack may plan to use (the estimate is rough)
@@ -62,24 +63,28 @@ class PackRows:
         return self.tables.get("runs", [])
 
 
-# how the numbers are computed, not which: left out of metrics_id (as NOT_IDENTITY of variant ids)
-METRICS_NOT_IDENTITY = ("hessian_trace.hvp", "hessian_eigen.hvp", "spectrum.hvp")
-# metric settings added after results existed, with the value that measures what was measured
-# before them: at that value a setting is left out of metrics_id (as ADDED_KNOBS of variant ids)
-ADDED_METRIC_SETTINGS = {"bezier.max_pairs": 0}
+# Metric settings that say how the numbers are computed, not which (``setting(launch=True)``),
+# and settings added after results existed -> the value that measures what was measured before
+# them (``setting(before=...)``), declared on the settings dataclasses as the variants' knobs are.
+METRICS_LAUNCH_KEYS = tuple(launch_keys(MetricsSpec, ""))
+METRICS_ADDED_KEYS = added_keys(MetricsSpec, "")
 
 
 def metrics_id(metrics: MetricsSpec) -> str:
-    """Hash of the metric settings a row was measured with, :data:`METRICS_NOT_IDENTITY` left
-    out, and :data:`ADDED_METRIC_SETTINGS` at their old behaviour's value: changing only those
-    keeps a results directory's rows current."""
+    """Hash of the metric settings a row was measured with, :data:`METRICS_LAUNCH_KEYS` left
+    out, :data:`METRICS_ADDED_KEYS` left out at their old behaviour's value, and the settings
+    of a metric nothing uses left out (unless registered ``hashed_when_off``): changing only
+    those, or adding a metric, keeps a results directory's rows current."""
     spec = dataclasses.asdict(metrics)
-    for key in METRICS_NOT_IDENTITY:
+    for m in registered():
+        if not m.hashed_when_off and not metrics.uses(m.name):
+            spec.pop(m.name)
+    for key in METRICS_LAUNCH_KEYS:
         group, name = key.split(".")
-        spec[group].pop(name)
-    for key, default in ADDED_METRIC_SETTINGS.items():
+        spec.get(group, {}).pop(name, None)
+    for key, before in METRICS_ADDED_KEYS.items():
         group, name = key.split(".")
-        if spec[group][name] == default:
+        if group in spec and spec[group][name] == before:
             spec[group].pop(name)
     return short_hash(spec, n=8)
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob, Override
 from hydra.errors import HydraException
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from landscape.data import check_files, subset_size
-from landscape.measure import MetricsSpec
+from landscape.measure import MetricsSpec, base_settings
 from landscape.optim import READS, ignored_knobs
 from landscape.variant import ConfigError, DataSpec, Variant, build_spec, canonical_json
 from sweeps.trackers import TrackerSettings
@@ -44,6 +45,16 @@ def _conf_dir() -> Path:
 
 CONF_DIR = _conf_dir()
 VARIANT_SECTIONS = ("model", "data", "optim", "train")
+
+# Config options built from the code rather than kept in files: ``metrics/base``, every metric's
+# settings at their defaults, all switched off (landscape.measure.base_settings, from the metric
+# registry). Every metrics preset starts from it (``defaults: [base, _self_]``), so any key can
+# be overridden with any preset, e.g. metrics=fast metrics.cross.enabled=true
+# metrics.bezier.epochs=50. Stored when this module is imported, before any composition.
+STORED_OPTIONS = {"metrics": {"base": base_settings()}}
+for _group, _options in STORED_OPTIONS.items():
+    for _name, _node in _options.items():
+        ConfigStore.instance().store(group=_group, name=_name, node=_node, provider="landscape")
 
 # Training-set sizes of the torchvision data sets (used to validate batch sizes before anything runs).
 TRAIN_SET_SIZES = {
@@ -150,8 +161,10 @@ class SweepPlan:
 
 
 def config_groups(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+    """Every config group and its options: the files under ``conf_dir`` and
+    :data:`STORED_OPTIONS`."""
     return {
-        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        d.name: sorted({p.stem for p in d.glob("*.yaml")} | set(STORED_OPTIONS.get(d.name, ())))
         for d in sorted(conf_dir.iterdir())
         if d.is_dir() and not d.name.startswith((".", "_"))
     }

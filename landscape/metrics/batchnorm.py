@@ -12,18 +12,24 @@ batch variances (equal-sized batches, so this is also the example-weighted avera
 It writes nothing in place (the statistics are read with forward pre-hooks on a private
 copy of the architecture whose BatchNorm layers keep no running statistics), so it is
 ``vmap``-able over pack members and over grid points alike, buffers batched or not.
+
+The registered setting ``batch_norm`` (``landscape.metrics.registry``, family ``setting``) says
+how many training batches the global metrics' path points recompute their statistics from.
 """
 
 from __future__ import annotations
 
 import copy
 import weakref
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from landscape.functional import FunctionalNet, Params, loss_precision
+from landscape.metrics.registry import Metric, register, require_positive
+from landscape.variant import ConfigError
 
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -140,3 +146,31 @@ def bn_batches(x: Tensor, n_batches: int, batch_size: int) -> Tensor:
     b = min(batch_size, n)
     m = min(n_batches, n // b)
     return x[:, : m * b].reshape(x.shape[0], m, b, *x.shape[2:])
+
+
+@dataclass(frozen=True)
+class BatchNormSpec:
+    """Recomputation of BatchNorm statistics at every point of a path (barrier, Bezier, MLI),
+    for models with BatchNorm. 8 x 128 training inputs is our CPU-sized default;
+    dnn-mode-connectivity passes over the whole training set."""
+
+    enabled: bool = True
+    n_batches: int = 8
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        require_positive("metrics.batch_norm.n_batches", self.n_batches)
+        if self.batch_size < 2:
+            raise ConfigError(f"metrics.batch_norm.batch_size must be >= 2, got {self.batch_size}")
+
+
+register(
+    Metric(
+        name="batch_norm",
+        spec=BatchNormSpec,
+        family="setting",
+        order=106,
+        hashed_when_off=True,
+        on_by_default=True,
+    )
+)

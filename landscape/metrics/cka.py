@@ -22,11 +22,18 @@ gives NaN rather than a number.
 
 Every function takes leading batch dimensions (..., n, d), so pairs of models stack.
 Arithmetic is in float64.
+
+The registered global metric ``cka``: CKA between the seeds of a replicate group, columns
+``cka_<estimator>_<representation>`` in ``pairs``.
+Its computation stays in ``landscape.metrics.pairs`` (``measure_pairs`` /
+``measure_member_surfaces``), where the global metrics share each pair's data and the
+BatchNorm recomputation of path points; this module registers its settings and columns.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,8 +41,11 @@ from torch import Tensor
 from torch.func import vmap
 
 from landscape.functional import FunctionalNet, Params, Stack, examples_per_call, loss_precision
+from landscape.metrics.registry import Column, Metric, register, require_positive
+from landscape.variant import ConfigError
 
 REPRESENTATIONS = ("logits", "softmax", "features")
+CKA_INPUTS = ("train", "test", "mixup")
 
 
 def _check_gram(k: Tensor, name: str) -> None:
@@ -257,3 +267,88 @@ def pair_cka(
                 gram_rbf(ra[kind], rbf_threshold), gram_rbf(rb[kind], rbf_threshold)
             )
     return out
+
+
+@dataclass(frozen=True)
+class CKASpec:
+    """Linear CKA (Kornblith et al. 2019) and the unbiased minibatch estimator (Nguyen et al.
+    2021) between the two members of a pair. Yang et al.: 768 training inputs mixed up with
+    lambda ~ Beta(16, 16), logits and softmax outputs."""
+
+    enabled: bool = True
+    inputs: str = "mixup"  # train | test | mixup (of training inputs)
+    n_inputs: int = 768  # Yang et al.
+    mixup_concentration: float = 16.0  # lambda ~ Beta(c, c); Yang et al.: 16
+    representations: tuple[str, ...] = REPRESENTATIONS  # logits, softmax, penultimate features
+    unbiased: bool = True  # also the minibatch HSIC_1 estimator (cka_unbiased_* columns)
+    unbiased_batch_size: int = 256  # inputs per minibatch of the unbiased estimator, >= 4
+    rbf: bool = False  # also biased RBF CKA (cka_rbf_* columns)
+    rbf_threshold: float = 1.0  # RBF sigma as a multiple of the median pairwise distance
+
+    def __post_init__(self) -> None:
+        if self.inputs not in CKA_INPUTS:
+            raise ConfigError(
+                f"metrics.cka.inputs must be one of {', '.join(CKA_INPUTS)}, got {self.inputs!r}"
+            )
+        if self.n_inputs < 4:
+            raise ConfigError(
+                f"metrics.cka.n_inputs must be >= 4 (unbiased HSIC needs n > 3), got {self.n_inputs}"
+            )
+        if self.unbiased_batch_size < 4:
+            raise ConfigError(
+                f"metrics.cka.unbiased_batch_size must be >= 4 (HSIC_1 divides by n-3), got {self.unbiased_batch_size}"
+            )
+        unknown = set(self.representations) - set(REPRESENTATIONS)
+        if unknown or not self.representations:
+            raise ConfigError(
+                f"metrics.cka.representations must be a non-empty subset of {REPRESENTATIONS}, got {self.representations!r}"
+            )
+        require_positive("metrics.cka.mixup_concentration", self.mixup_concentration)
+        require_positive("metrics.cka.rbf_threshold", self.rbf_threshold)
+
+
+# (estimator, representation) -> its column in pairs, as pair_cka names them
+COLUMNS = {
+    ("linear", "logits"): Column(
+        "cka_linear_logits", "linear CKA (logits)", table="pairs", report=19
+    ),
+    ("linear", "softmax"): Column(
+        "cka_linear_softmax",
+        "CKA (softmax)",
+        table="pairs",
+        report=18,
+        summary=True,
+        phase_diagram=True,
+    ),
+    ("linear", "features"): Column(
+        "cka_linear_features", "linear CKA (features)", table="pairs", report=20
+    ),
+    ("unbiased", "logits"): Column("cka_unbiased_logits", "unbiased CKA (logits)", table="pairs"),
+    ("unbiased", "softmax"): Column(
+        "cka_unbiased_softmax", "unbiased CKA (softmax)", table="pairs"
+    ),
+    ("unbiased", "features"): Column(
+        "cka_unbiased_features", "unbiased CKA (features)", table="pairs"
+    ),
+    ("rbf", "logits"): Column("cka_rbf_logits", "RBF CKA (logits)", table="pairs"),
+    ("rbf", "softmax"): Column("cka_rbf_softmax", "RBF CKA (softmax)", table="pairs"),
+    ("rbf", "features"): Column("cka_rbf_features", "RBF CKA (features)", table="pairs"),
+}
+
+
+def _columns(s: CKASpec) -> tuple[Column, ...]:
+    estimators = ("linear", *(("unbiased",) if s.unbiased else ()), *(("rbf",) if s.rbf else ()))
+    return tuple(COLUMNS[e, rep] for rep in s.representations for e in estimators)
+
+
+register(
+    Metric(
+        name="cka",
+        spec=CKASpec,
+        family="global",
+        order=101,
+        hashed_when_off=True,
+        columns=_columns,
+        passes=("pairs",),
+    )
+)

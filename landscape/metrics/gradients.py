@@ -4,11 +4,14 @@ gradient agreement, and the flatness ratio of minibatch to full-sample Hessians.
 All are measured on a sample x (K, N, ...), y (K, N), eval mode, batched over the K
 members with vmap; per-example and per-minibatch gradients are computed in chunks (the
 memory bound is ``chunk`` gradients per member at a time, each of P numbers).
+
+The registered local metric ``gradient_stats`` (``landscape.metrics.registry``) measures them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -17,6 +20,10 @@ from torch.func import grad, vmap
 from landscape.functional import FunctionalNet, Stack, flatten
 from landscape.hvp import minibatch_members, net_loss, resolve_hvp
 from landscape.metrics.hessian import largest_eigenvalue
+from landscape.metrics.registry import Column, Metric, check_ranges, register
+
+if TYPE_CHECKING:
+    from landscape.metrics.local import Measurer
 
 
 def per_example_gradients(net: FunctionalNet, stack: Stack, x: Tensor, y: Tensor) -> Tensor:
@@ -159,3 +166,79 @@ def flatness_ratio(
     view, xb, yb = minibatch_members(stack, x, y, batch_size)
     per = largest_eigenvalue(loss, view.params, (view.buffers, xb, yb), **options)
     return per.view(K, n_batches).mean(1) / full
+
+
+@dataclass(frozen=True)
+class GradientStatsSpec:
+    """Empirical Fisher trace, gradient diversity, minibatch gradient agreement and the
+    flatness ratio. Minibatches default to the pack's training batch size (the noise SGD
+    saw), capped at half the sample so that there are at least two."""
+
+    enabled: bool = True
+    n_samples: int = 1024
+    batch_size: int = 0  # 0: the pack's optim.batch_size
+    chunk: int = 8  # minibatch gradients per vmapped batch
+    fisher_chunk: int = 32  # per-example gradients per vmapped batch
+    flatness: bool = True  # also the flatness ratio (power iterations per minibatch)
+    flatness_batches: int = 4  # minibatches whose top eigenvalues are averaged
+    max_iter: int = 100  # power iteration, as HessianEigenSpec
+    tol: float = 1e-3
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self,
+            "gradient_stats",
+            ("n_samples", "chunk", "fisher_chunk", "flatness_batches", "max_iter"),
+            ("batch_size", "tol"),
+        )
+
+
+def _gradient_stats(
+    m: Measurer, s: GradientStatsSpec, sample_g: torch.Generator, probe_g: torch.Generator
+) -> None:
+    x, y = m.train_sample(s.n_samples, sample_g)
+    net, n = m.pack.net, y.shape[1]
+    b = max(1, min(m.batch_size(s.batch_size), n // 2))
+    m.column("fisher_trace", fisher_trace(net, m.stack, x, y, chunk=s.fisher_chunk))
+    g = gradient_stats(net, m.stack, x, y, batch_size=b, chunk=s.chunk)
+    m.column("grad_diversity", g.diversity)
+    m.column("grad_cos_mean", g.cos_mean)
+    m.column("grad_norm_mean", g.norm_mean)
+    m.column("grad_agreement_r", g.agreement_r)
+    if s.flatness:
+        n_batches = min(s.flatness_batches, n // b)
+        ratio = flatness_ratio(
+            net,
+            m.stack,
+            x,
+            y,
+            batch_size=b,
+            n_batches=n_batches,
+            max_iter=s.max_iter,
+            tol=s.tol,
+            generator=probe_g,
+        )
+        m.column("flatness_ratio", ratio)
+
+
+COLUMNS = (
+    Column("fisher_trace", "empirical Fisher trace", log=True, report=5),
+    Column("grad_diversity", "gradient diversity", log=True, report=6),
+    Column("grad_cos_mean", "mean cosine between minibatch gradients", report=7),
+    Column("grad_norm_mean", "mean minibatch gradient norm", log=True, report=8),
+    Column("grad_agreement_r", "minibatch gradient agreement", log=True, report=9),
+)
+FLATNESS = Column(
+    "flatness_ratio", "flatness ratio (minibatch / sample top eigenvalue)", log=True, report=10
+)
+register(
+    Metric(
+        name="gradient_stats",
+        spec=GradientStatsSpec,
+        family="local",
+        order=4,
+        hashed_when_off=True,
+        columns=lambda s: (*COLUMNS, FLATNESS) if s.flatness else COLUMNS,
+        measure=_gradient_stats,
+    )
+)

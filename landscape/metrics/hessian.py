@@ -20,18 +20,24 @@ Two layers:
 Random probe vectors are drawn from the explicit ``generator`` with the shape of ONE member
 and shared by all members (common random numbers): a member's result does not depend on
 which pack it sits in, and differences between members are not blurred by probe noise.
+
+Three registered local metrics (``landscape.metrics.registry``) measure a pack with them:
+``hessian_trace``, ``hessian_eigen`` (columns ``hessian_top_eig``, ``hessian_eig_2``, ...) and
+``spectrum`` (the ``spectra`` table), each with its settings dataclass here.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from landscape.functional import FunctionalNet, Params, Stack, member_shapes, members
 from landscape.hvp import (
+    HVP_MODES,
     ActiveMembers,
     LossFn,
     PackedLoss,
@@ -41,6 +47,11 @@ from landscape.hvp import (
     resolve_hvp,
     take_active,
 )
+from landscape.metrics.registry import Column, Metric, check_ranges, register
+from landscape.variant import ConfigError, setting
+
+if TYPE_CHECKING:
+    from landscape.metrics.local import Measurer
 
 
 def _positive(name: str, value: float) -> None:
@@ -476,3 +487,200 @@ def hessian_density(
         mode=hvp,
     )
     return broadened_density(q, n_grid=n_grid, sigma2=sigma2)
+
+
+# ---- the registered metrics: settings, the step that measures a pack, its columns ----
+
+
+def _check_hvp(value: str, name: str) -> None:
+    allowed = ("auto", *HVP_MODES)
+    if value not in allowed:
+        raise ConfigError(f"metrics.{name}.hvp must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class HessianTraceSpec:
+    """Hutchinson trace. Yang et al. (2021) used 100 probes on one batch of 200 training
+    samples; PyHessian's maintainer warns 200 samples is noisy, so our sample is larger."""
+
+    enabled: bool = True
+    n_samples: int = 512  # training examples per member
+    n_probes: int = 100  # Yang et al., PyHessian
+    tol: float = 1e-3  # stop a member once its standard error <= tol * |estimate| (PyHessian's tol)
+    chunk: int = 10  # probes per call: the memory bound (vmap: chunk * K HVPs at once)
+    min_probes: int = 10  # never stop before this many probes
+    # how Hessian-vector products are computed (landscape.hvp.resolve_hvp), not what
+    hvp: str = setting("auto", launch=True)
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, "hessian_trace", ("n_samples", "n_probes", "chunk", "min_probes"), ("tol",)
+        )
+        _check_hvp(self.hvp, "hessian_trace")
+
+
+@dataclass(frozen=True)
+class HessianEigenSpec:
+    """Top-k Hessian eigenvalues by power (subspace) iteration; PyHessian: 100 iterations,
+    tol 1e-3, top_n 1. Yang et al. report the top eigenvalue."""
+
+    enabled: bool = True
+    n_samples: int = 512
+    k: int = 1  # columns hessian_top_eig, hessian_eig_2, ..., hessian_eig_k
+    max_iter: int = 100
+    tol: float = 1e-3  # relative change of every Ritz value between iterations
+    # how Hessian-vector products are computed (landscape.hvp.resolve_hvp), not what
+    hvp: str = setting("auto", launch=True)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "hessian_eigen", ("n_samples", "k", "max_iter"), ("tol",))
+        _check_hvp(self.hvp, "hessian_eigen")
+
+
+@dataclass(frozen=True)
+class SpectrumSpec:
+    """Eigenvalue density by stochastic Lanczos quadrature (Ghorbani et al. 2019); PyHessian's
+    ``density(iter=100, n_v=1)`` with Gaussian broadening sigma^2 = 1e-5 (times the spectrum's
+    width when wider than 1). Off by default: it writes n_grid rows per member."""
+
+    enabled: bool = False
+    n_samples: int = 512
+    n_iter: int = 100  # Lanczos steps (memory: K * n_v * n_iter * P numbers)
+    n_v: int = 1  # independent Lanczos runs, averaged
+    n_grid: int = 1000  # grid points per member (PyHessian uses 10,000)
+    sigma2: float = 1e-5
+    # how Hessian-vector products are computed (landscape.hvp.resolve_hvp), not what
+    hvp: str = setting("auto", launch=True)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "spectrum", ("n_samples", "n_iter", "n_v", "n_grid", "sigma2"))
+        _check_hvp(self.hvp, "spectrum")
+
+
+def _trace(
+    m: Measurer, s: HessianTraceSpec, sample_g: torch.Generator, probe_g: torch.Generator
+) -> None:
+    x, y = m.train_sample(s.n_samples, sample_g)
+    est = hessian_trace(
+        m.pack.net,
+        m.stack,
+        x,
+        y,
+        n_probes=s.n_probes,
+        tol=s.tol,
+        chunk=m.probe_chunk(s.chunk, x.shape[1]),
+        min_probes=s.min_probes,
+        generator=probe_g,
+        hvp=s.hvp,
+    )
+    m.column("hessian_trace", est.estimate)
+    m.column("hessian_trace_se", est.stderr)
+    m.column("hessian_trace_probes", est.n_probes)
+
+
+TRACE_COLUMNS = (
+    Column("hessian_trace", "Hessian trace", log=True, report=0, summary=True, phase_diagram=True),
+    Column("hessian_trace_se", "standard error of the Hessian trace"),
+    Column("hessian_trace_probes", "Hutchinson probes the Hessian trace took"),
+)
+register(
+    Metric(
+        name="hessian_trace",
+        spec=HessianTraceSpec,
+        family="local",
+        order=0,
+        hashed_when_off=True,
+        on_by_default=True,
+        columns=lambda s: TRACE_COLUMNS,
+        measure=_trace,
+    )
+)
+
+
+def _eigen(
+    m: Measurer, s: HessianEigenSpec, sample_g: torch.Generator, probe_g: torch.Generator
+) -> None:
+    x, y = m.train_sample(s.n_samples, sample_g)
+    est = hessian_eigenvalues(
+        m.pack.net,
+        m.stack,
+        x,
+        y,
+        k=s.k,
+        max_iter=s.max_iter,
+        tol=s.tol,
+        generator=probe_g,
+        hvp=s.hvp,
+    )
+    for column, values in zip(_eigen_columns(s), est.values.T):
+        m.column(column.name, values)
+
+
+TOP_EIGENVALUE = Column(
+    "hessian_top_eig",
+    "top Hessian eigenvalue",
+    log=True,
+    report=1,
+    summary=True,
+    phase_diagram=True,
+)
+
+
+def _eigen_columns(s: HessianEigenSpec) -> tuple[Column, ...]:
+    """hessian_top_eig, then hessian_eig_j for the j-th largest-magnitude eigenvalue, j <= k."""
+    more = (
+        Column(f"hessian_eig_{j}", f"Hessian eigenvalue {j} by magnitude")
+        for j in range(2, s.k + 1)
+    )
+    return (TOP_EIGENVALUE, *more)
+
+
+register(
+    Metric(
+        name="hessian_eigen",
+        spec=HessianEigenSpec,
+        family="local",
+        order=1,
+        hashed_when_off=True,
+        columns=_eigen_columns,
+        measure=_eigen,
+    )
+)
+
+
+def _spectrum(
+    m: Measurer, s: SpectrumSpec, sample_g: torch.Generator, probe_g: torch.Generator
+) -> None:
+    x, y = m.train_sample(s.n_samples, sample_g)
+    d = hessian_density(
+        m.pack.net,
+        m.stack,
+        x,
+        y,
+        n_iter=s.n_iter,
+        n_v=s.n_v,
+        n_grid=s.n_grid,
+        sigma2=s.sigma2,
+        generator=probe_g,
+        hvp=s.hvp,
+    )
+    grid, density = d.grid.tolist(), d.density.tolist()
+    rows = [
+        {"member": k, "eigenvalue": e, "density": p}
+        for i, k in enumerate(m.alive)
+        for e, p in zip(grid[i], density[i])
+    ]
+    m.table("spectra", rows)
+
+
+register(
+    Metric(
+        name="spectrum",
+        spec=SpectrumSpec,
+        family="local",
+        order=2,
+        hashed_when_off=True,
+        tables=("spectra",),
+        measure=_spectrum,
+    )
+)

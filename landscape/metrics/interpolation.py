@@ -17,6 +17,12 @@ models, and monotonic linear interpolation from the initialisation.
 With BatchNorm, every point on the line gets running statistics recomputed from training
 batches (``bn_x``) before it is evaluated; the endpoints are treated the same way, so a
 path's endpoints are comparable with its interior.
+
+The registered global metrics ``barrier`` (between the seeds of a replicate group, in
+``pairs``, with its path in ``surfaces``) and ``mli`` (each member from its initialisation).
+Its computation stays in ``landscape.metrics.pairs`` (``measure_pairs`` /
+``measure_member_surfaces``), where the global metrics share each pair's data and the
+BatchNorm recomputation of path points; this module registers its settings and columns.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import torch
 from torch import Tensor
 
 from landscape.functional import FunctionalNet, Stack
+from landscape.metrics.registry import Column, Metric, register, require_positive
 from landscape.metrics.surfaces import evaluate_combinations, stack_basis, unit_grid
+from landscape.variant import ConfigError
 
 
 def linear_coeffs(alphas: Tensor) -> Tensor:
@@ -145,3 +153,89 @@ def monotonic_linear_interpolation(
     )
     bump = max_bump(loss)
     return MLIResult(bump <= tol, bump, alphas, loss, acc)
+
+
+@dataclass(frozen=True)
+class BarrierSpec:
+    """Linear interpolation barrier (Frankle et al. 2020) in loss and in error (%)."""
+
+    enabled: bool = True
+    n_alphas: int = 11  # alpha grid on [0, 1], endpoints included (step 0.1)
+    n_samples: int = 2048  # training examples, half from each member
+
+    def __post_init__(self) -> None:
+        if self.n_alphas < 2:
+            raise ConfigError(f"metrics.barrier.n_alphas must be >= 2, got {self.n_alphas}")
+        require_positive("metrics.barrier.n_samples", self.n_samples)
+
+
+BARRIER_COLUMNS = (
+    Column(
+        "barrier_loss",
+        "linear interpolation barrier of the training loss",
+        table="pairs",
+        unit="nats",
+        report=22,
+    ),
+    Column(
+        "barrier_error",
+        "linear interpolation barrier of the training error",
+        table="pairs",
+        unit="percentage points",
+        report=23,
+    ),
+)
+register(
+    Metric(
+        name="barrier",
+        spec=BarrierSpec,
+        family="global",
+        order=102,
+        hashed_when_off=True,
+        columns=lambda s: BARRIER_COLUMNS,
+        tables=("surfaces",),
+        passes=("pairs",),
+    )
+)
+
+
+@dataclass(frozen=True)
+class MLISpec:
+    """Monotonic linear interpolation (Lucas et al. 2021) from the initialisation to the checkpoint."""
+
+    enabled: bool = True
+    n_alphas: int = 21  # alpha grid on [0, 1]
+    n_samples: int = 1024  # each member's own training examples
+    tol: float = (
+        1e-4  # monotonic when the largest rise of the loss is <= tol (nats; float32 noise guard)
+    )
+
+    def __post_init__(self) -> None:
+        if self.n_alphas < 2:
+            raise ConfigError(f"metrics.mli.n_alphas must be >= 2, got {self.n_alphas}")
+        require_positive("metrics.mli.n_samples", self.n_samples)
+        if self.tol < 0:
+            raise ConfigError(f"metrics.mli.tol must be >= 0, got {self.tol}")
+
+
+MLI_COLUMNS = (
+    Column("mli_monotonic", "loss non-increasing from the initialisation (MLI)", report=13),
+    Column(
+        "mli_max_bump",
+        "largest rise of the loss from the initialisation (MLI)",
+        unit="nats",
+        report=14,
+    ),
+)
+register(
+    Metric(
+        name="mli",
+        spec=MLISpec,
+        family="global",
+        order=104,
+        hashed_when_off=True,
+        columns=lambda s: MLI_COLUMNS,
+        tables=("surfaces",),
+        passes=("member_surfaces",),
+    )
+)

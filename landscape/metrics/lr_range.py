@@ -14,21 +14,29 @@ by default the chance loss ``ln C`` (the uniform predictor's): a trained model i
 until the rate has undone its training (its loss is worse than a guess) or has blown up
 relative to its best, whichever comes later. From the initialisation the best loss is near
 ``ln C`` and the rule is fastai's; ``reference=0`` gives fastai's rule everywhere.
+
+The registered local metric ``lr_range`` (``landscape.metrics.registry``) runs the test on
+every member of a pack into the ``lr_range`` table.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from landscape.functional import FunctionalNet, Stack
+from landscape.metrics.registry import Metric, check_ranges, register
 from landscape.optim import MemberHypers, init_state
 from landscape.pack import PackData
 from landscape.train import OptimState, StepFn, train_step
-from landscape.variant import OptimSpec
+from landscape.variant import ConfigError, OptimSpec
+
+if TYPE_CHECKING:
+    from landscape.metrics.local import Measurer
 
 
 @dataclass
@@ -116,3 +124,71 @@ def lr_range_rows(curve: LRRangeCurve, members: list[int] | None = None) -> list
         for t, loss in enumerate(losses[k])
         if loss == loss  # NaN: stopped
     ]
+
+
+@dataclass(frozen=True)
+class LRRangeSpec:
+    """Learning-rate range test (Smith 2017), exponential as fastai's lr_find. Off by
+    default: it trains a copy of every member for ``steps`` steps."""
+
+    enabled: bool = False
+    lr_min: float = 1e-6
+    lr_max: float = 10.0
+    steps: int = 200
+    batch_size: int = 0  # 0: the pack's optim.batch_size
+    # stop a member once its loss exceeds max(this x its best, ln C): lr_range module docstring
+    stop_factor: float = 4.0
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            self, "lr_range", ("lr_min", "lr_max", "steps", "stop_factor"), ("batch_size",)
+        )
+        if not self.lr_min < self.lr_max:
+            raise ConfigError(
+                "metrics.lr_range.lr_min must be < metrics.lr_range.lr_max, "
+                f"got {self.lr_min} and {self.lr_max}"
+            )
+
+
+def _lr_range(
+    m: Measurer, s: LRRangeSpec, sample_g: torch.Generator, probe_g: torch.Generator
+) -> None:
+    alive = [m.pack.variants[k] for k in m.alive]
+    data = m.pack.data
+    idx = torch.as_tensor(m.alive, device=data.train_idx.device)
+    own = PackData(
+        data.x_train,
+        data.train_idx[idx],
+        data.y_train[idx],
+        data.x_test,
+        data.y_test,
+        data.num_classes,
+    )
+    hypers = MemberHypers.from_specs([v.optim for v in alive], m.device)
+    curve = lr_range_test(
+        m.pack.net,
+        m.stack,
+        own,
+        alive[0].optim,
+        hypers,
+        lr_min=s.lr_min,
+        lr_max=s.lr_max,
+        steps=s.steps,
+        batch_size=m.batch_size(s.batch_size),
+        stop_factor=s.stop_factor,
+        generator=sample_g,
+    )
+    m.table("lr_range", lr_range_rows(curve, m.alive))
+
+
+register(
+    Metric(
+        name="lr_range",
+        spec=LRRangeSpec,
+        family="local",
+        order=6,
+        hashed_when_off=True,
+        tables=("lr_range",),
+        measure=_lr_range,
+    )
+)

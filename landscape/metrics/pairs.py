@@ -4,11 +4,17 @@ Two entry points, both pure functions of a :class:`~landscape.pack.TrainedPack`,
 settings and an explicit generator:
 
 - :func:`measure_pairs`: for pairs of members of one replicate group, one row each with
-  ``member_a``, ``member_b`` (positions in the pack) and the columns in :data:`PAIR_COLUMNS`;
-  plus path rows (``PAIR_SURFACE_COLUMNS``: linear interpolation and Bezier curve).
-- :func:`measure_member_surfaces`: per-member columns (:data:`MEMBER_COLUMNS`, one value per
-  pack member, None for diverged members) and surface rows (:data:`MEMBER_SURFACE_COLUMNS`:
-  MLI path, filter-normalised 1-D and 2-D surfaces).
+  ``member_a``, ``member_b`` (positions in the pack) and the ``pairs`` columns of the enabled
+  metrics of the ``pairs`` pass; plus path rows (``PAIR_SURFACE_COLUMNS``: linear
+  interpolation and Bezier curve).
+- :func:`measure_member_surfaces`: the ``runs`` columns of the enabled metrics of the
+  ``member_surfaces`` pass (one value per pack member, None for diverged members) and surface
+  rows (:data:`MEMBER_SURFACE_COLUMNS`: MLI path, filter-normalised 1-D and 2-D surfaces).
+
+The metrics (``distance``, ``cka``, ``barrier``, ``bezier``, ``mli``, ``surface``) and the
+``batch_norm`` setting are registered, with their settings and columns, by their own modules
+(``landscape.metrics.registry``, family ``global``); their computation is here, where they
+share each pair's data and the BatchNorm recomputation of path points.
 
 Diverged members (``pack.alive`` False) are skipped. Columns of disabled metrics are absent.
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -32,11 +39,10 @@ from torch import Tensor
 from landscape.functional import Stack
 from landscape.metrics.batchnorm import bn_batches, has_batchnorm
 from landscape.metrics.bezier import bezier_connectivity
-from landscape.metrics.cka import REPRESENTATIONS, mixup_inputs, pair_cka
+from landscape.metrics.cka import CKASpec, mixup_inputs, pair_cka
 from landscape.metrics.distance import l2_distance
 from landscape.metrics.interpolation import linear_barrier, monotonic_linear_interpolation
 from landscape.metrics.surfaces import (
-    ONE_DIM_MODES,
     filter_normalized_direction,
     roughness_index,
     surface_1d,
@@ -44,223 +50,11 @@ from landscape.metrics.surfaces import (
     symmetric_grid,
 )
 from landscape.pack import PackData, TrainedPack
-from landscape.variant import ConfigError
 
-CKA_INPUTS = ("train", "test", "mixup")
+if TYPE_CHECKING:
+    from landscape.measure import MetricsSpec
 
-
-def _positive(key: str, value: int | float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key} must be > 0, got {value!r}")
-
-
-@dataclass(frozen=True)
-class DistanceSpec:
-    """L2 distance over trainable parameters (pairs) and to the initialisation (members)."""
-
-    enabled: bool = True
-
-
-@dataclass(frozen=True)
-class CKASpec:
-    """Linear CKA (Kornblith et al. 2019) and the unbiased minibatch estimator (Nguyen et al.
-    2021) between the two members of a pair. Yang et al.: 768 training inputs mixed up with
-    lambda ~ Beta(16, 16), logits and softmax outputs."""
-
-    enabled: bool = True
-    inputs: str = "mixup"  # train | test | mixup (of training inputs)
-    n_inputs: int = 768  # Yang et al.
-    mixup_concentration: float = 16.0  # lambda ~ Beta(c, c); Yang et al.: 16
-    representations: tuple[str, ...] = REPRESENTATIONS  # logits, softmax, penultimate features
-    unbiased: bool = True  # also the minibatch HSIC_1 estimator (cka_unbiased_* columns)
-    unbiased_batch_size: int = 256  # inputs per minibatch of the unbiased estimator, >= 4
-    rbf: bool = False  # also biased RBF CKA (cka_rbf_* columns)
-    rbf_threshold: float = 1.0  # RBF sigma as a multiple of the median pairwise distance
-
-    def __post_init__(self) -> None:
-        if self.inputs not in CKA_INPUTS:
-            raise ConfigError(
-                f"metrics.cka.inputs must be one of {', '.join(CKA_INPUTS)}, got {self.inputs!r}"
-            )
-        if self.n_inputs < 4:
-            raise ConfigError(
-                f"metrics.cka.n_inputs must be >= 4 (unbiased HSIC needs n > 3), got {self.n_inputs}"
-            )
-        if self.unbiased_batch_size < 4:
-            raise ConfigError(
-                f"metrics.cka.unbiased_batch_size must be >= 4 (HSIC_1 divides by n-3), got {self.unbiased_batch_size}"
-            )
-        unknown = set(self.representations) - set(REPRESENTATIONS)
-        if unknown or not self.representations:
-            raise ConfigError(
-                f"metrics.cka.representations must be a non-empty subset of {REPRESENTATIONS}, got {self.representations!r}"
-            )
-        _positive("metrics.cka.mixup_concentration", self.mixup_concentration)
-        _positive("metrics.cka.rbf_threshold", self.rbf_threshold)
-
-
-@dataclass(frozen=True)
-class BatchNormSpec:
-    """Recomputation of BatchNorm statistics at every point of a path (barrier, Bezier, MLI),
-    for models with BatchNorm. 8 x 128 training inputs is our CPU-sized default;
-    dnn-mode-connectivity passes over the whole training set."""
-
-    enabled: bool = True
-    n_batches: int = 8
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        _positive("metrics.batch_norm.n_batches", self.n_batches)
-        if self.batch_size < 2:
-            raise ConfigError(f"metrics.batch_norm.batch_size must be >= 2, got {self.batch_size}")
-
-
-@dataclass(frozen=True)
-class BarrierSpec:
-    """Linear interpolation barrier (Frankle et al. 2020) in loss and in error (%)."""
-
-    enabled: bool = True
-    n_alphas: int = 11  # alpha grid on [0, 1], endpoints included (step 0.1)
-    n_samples: int = 2048  # training examples, half from each member
-
-    def __post_init__(self) -> None:
-        if self.n_alphas < 2:
-            raise ConfigError(f"metrics.barrier.n_alphas must be >= 2, got {self.n_alphas}")
-        _positive("metrics.barrier.n_samples", self.n_samples)
-
-
-@dataclass(frozen=True)
-class BezierSpec:
-    """Quadratic Bezier mode connectivity (Garipov et al. 2018) with Yang et al.'s protocol and
-    scalar mc. Yang et al. train 50 epochs on the full data; 2 epochs is a CPU default."""
-
-    enabled: bool = True
-    epochs: int = 2  # an epoch = one member's training-set size in examples
-    batch_size: int = 128  # half from each member
-    lr: float = 0.01  # Yang et al.
-    momentum: float = 0.9  # Yang et al.
-    weight_decay: float = 5e-4  # Yang et al., on the control point
-    ts: tuple[float, ...] = (
-        0.0,
-        0.25,
-        0.5,
-        0.75,
-        1.0,
-    )  # where training error is read (Yang et al.)
-    n_samples: int = 2048  # training examples the curve is evaluated on, half from each member
-    pairs_per_stack: int = 16  # curves trained together (memory bound)
-    # curves per replicate group, the first pairs in seed order; 0: every measured pair.
-    # Yang et al. trained one curve per cell (their taxonomy preset sets 1); the other pairs'
-    # ``mc`` is NaN, while CKA, distances and barriers still cover every pair.
-    max_pairs: int = 0
-
-    def __post_init__(self) -> None:
-        _positive("metrics.bezier.epochs", self.epochs)
-        if not (isinstance(self.max_pairs, int) and self.max_pairs >= 0):
-            raise ConfigError(
-                f"metrics.bezier.max_pairs must be an integer >= 0 (0: every pair), got {self.max_pairs!r}"
-            )
-        if self.batch_size < 2:
-            raise ConfigError(f"metrics.bezier.batch_size must be >= 2, got {self.batch_size}")
-        _positive("metrics.bezier.lr", self.lr)
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"metrics.bezier.momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"metrics.bezier.weight_decay must be >= 0, got {self.weight_decay}")
-        ts = tuple(self.ts)
-        if len(ts) < 2 or ts[0] != 0.0 or ts[-1] != 1.0 or list(ts) != sorted(ts):
-            raise ConfigError(f"metrics.bezier.ts must increase from 0.0 to 1.0, got {ts!r}")
-        _positive("metrics.bezier.n_samples", self.n_samples)
-        _positive("metrics.bezier.pairs_per_stack", self.pairs_per_stack)
-
-
-@dataclass(frozen=True)
-class MLISpec:
-    """Monotonic linear interpolation (Lucas et al. 2021) from the initialisation to the checkpoint."""
-
-    enabled: bool = True
-    n_alphas: int = 21  # alpha grid on [0, 1]
-    n_samples: int = 1024  # each member's own training examples
-    tol: float = (
-        1e-4  # monotonic when the largest rise of the loss is <= tol (nats; float32 noise guard)
-    )
-
-    def __post_init__(self) -> None:
-        if self.n_alphas < 2:
-            raise ConfigError(f"metrics.mli.n_alphas must be >= 2, got {self.n_alphas}")
-        _positive("metrics.mli.n_samples", self.n_samples)
-        if self.tol < 0:
-            raise ConfigError(f"metrics.mli.tol must be >= 0, got {self.tol}")
-
-
-@dataclass(frozen=True)
-class SurfaceSpec:
-    """Filter-normalised loss surfaces (Li et al. 2018) around each member, eval mode, and the
-    roughness index (after Wu et al. 2021). Li et al. use 51 points in 1-D and 21x21 or
-    51x51 in 2-D, on [-1, 1], on the full training set; our sample is smaller for the CPU."""
-
-    enabled: bool = True
-    n_samples: int = 1024  # each member's own training examples
-    points_1d: int = 51  # alphas in [-span, span]; 0 turns the 1-D surface off
-    points_2d: int = 21  # per axis; 0 turns the 2-D surface off
-    span: float = 1.0
-    one_dim: str = (
-        "zero"  # biases and BN affine in the direction: zero | weights (Li et al.'s code)
-    )
-    roughness_directions: int = 8  # random directions of the roughness index; 0 turns it off
-    roughness_points: int = 21  # points per roughness slice on [-span, span]
-
-    def __post_init__(self) -> None:
-        _positive("metrics.surface.n_samples", self.n_samples)
-        for key in ("points_1d", "points_2d", "roughness_directions"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"metrics.surface.{key} must be >= 0, got {getattr(self, key)}")
-        if self.points_1d == 1 or self.points_2d == 1:
-            raise ConfigError(
-                f"metrics.surface.points_1d and points_2d must be 0 or >= 2, got {self.points_1d}, {self.points_2d}"
-            )
-        if self.roughness_points < 3:
-            raise ConfigError(
-                f"metrics.surface.roughness_points must be >= 3, got {self.roughness_points}"
-            )
-        _positive("metrics.surface.span", self.span)
-        if self.one_dim not in ONE_DIM_MODES:
-            raise ConfigError(
-                f"metrics.surface.one_dim must be one of {', '.join(ONE_DIM_MODES)}, got {self.one_dim!r}"
-            )
-
-
-@dataclass(frozen=True)
-class GlobalMetricSpecs:
-    """Settings of every global metric. ``chunk`` and ``batch_size`` bound memory, not results."""
-
-    distance: DistanceSpec = field(default_factory=DistanceSpec)
-    cka: CKASpec = field(default_factory=CKASpec)
-    barrier: BarrierSpec = field(default_factory=BarrierSpec)
-    bezier: BezierSpec = field(default_factory=BezierSpec)
-    mli: MLISpec = field(default_factory=MLISpec)
-    surface: SurfaceSpec = field(default_factory=SurfaceSpec)
-    batch_norm: BatchNormSpec = field(default_factory=BatchNormSpec)
-    max_pairs: int = 10  # pairs per replicate group (5 seeds -> all 10 pairs, as Yang et al.); a seeded subset beyond
-    chunk: int = 64  # parameter sets evaluated at once (surface grid points x models)
-    batch_size: int = 512  # examples per forward pass
-
-    def __post_init__(self) -> None:
-        _positive("metrics.max_pairs", self.max_pairs)
-        _positive("metrics.chunk", self.chunk)
-        _positive("batch_size", self.batch_size)
-
-
-# Column names, in one place. Pairs: one row per pair (plus member_a, member_b).
-PAIR_COLUMNS = {
-    "l2_distance": "||w_a - w_b||_2 over trainable parameters (BN affine in, running stats out)",
-    "cka_linear_{rep}": "linear CKA, biased HSIC (Kornblith et al. 2019); rep in logits, softmax, features",
-    "cka_unbiased_{rep}": "linear CKA, unbiased minibatch HSIC_1 (Nguyen et al. 2021)",
-    "cka_rbf_{rep}": "RBF CKA, biased HSIC (only with cka.rbf)",
-    "barrier_loss": "linear interpolation barrier of the training loss (nats)",
-    "barrier_error": "linear interpolation barrier of the training error (percentage points)",
-    "mc": "Yang et al.'s Bezier mode-connectivity scalar (training error, percentage points)",
-}
+# Columns of the surfaces rows (the metrics' own columns are registered with them).
 PAIR_SURFACE_COLUMNS = (
     "member_a",
     "member_b",
@@ -269,13 +63,6 @@ PAIR_SURFACE_COLUMNS = (
     "loss",
     "accuracy",
 )  # kind: interpolation | bezier
-MEMBER_COLUMNS = {
-    "dist_to_init": "||w_T - w_0||_2 over trainable parameters",
-    "mli_monotonic": "loss non-increasing along w_0 -> w_T (within mli.tol)",
-    "mli_max_bump": "largest rise of the loss along w_0 -> w_T (nats)",
-    "roughness": "mean normalised total variation of filter-normalised 1-D slices (see roughness_index)",
-    "roughness_std": "its standard deviation over directions",
-}
 MEMBER_SURFACE_COLUMNS = (
     "member",
     "kind",
@@ -373,14 +160,14 @@ class PairBatches:
         return torch.cat([xa, xb], 1), torch.cat([ya, yb], 1)
 
 
-def _bn_batch_count(pack: TrainedPack, specs: GlobalMetricSpecs) -> int:
+def _bn_batch_count(pack: TrainedPack, specs: MetricsSpec) -> int:
     """Training inputs needed for BN recomputation; 0 when the model has no BatchNorm."""
     bn = specs.batch_norm
     return bn.n_batches * bn.batch_size if bn.enabled and has_batchnorm(pack.net) else 0
 
 
 def _pair_bn_x(
-    pack: TrainedPack, specs: GlobalMetricSpecs, a: Tensor, b: Tensor, g: torch.Generator
+    pack: TrainedPack, specs: MetricsSpec, a: Tensor, b: Tensor, g: torch.Generator
 ) -> Tensor | None:
     """BN recomputation batches (P, m, B, ...) from each pair's training data, or None."""
     n = _bn_batch_count(pack, specs)
@@ -391,7 +178,7 @@ def _pair_bn_x(
 
 
 def _member_bn_x(
-    pack: TrainedPack, specs: GlobalMetricSpecs, idx: Tensor, g: torch.Generator
+    pack: TrainedPack, specs: MetricsSpec, idx: Tensor, g: torch.Generator
 ) -> Tensor | None:
     """BN recomputation batches (K', m, B, ...) from the members' own training data, or None."""
     n = _bn_batch_count(pack, specs)
@@ -429,7 +216,7 @@ def _bezier(
     B: Stack,
     a: Tensor,
     b: Tensor,
-    specs: GlobalMetricSpecs,
+    specs: MetricsSpec,
     g: torch.Generator,
 ) -> tuple[Tensor, list[dict]]:
     """Bezier curves for all pairs, ``pairs_per_stack`` at a time: mc (P,) and path rows."""
@@ -455,8 +242,8 @@ def _bezier(
             lr=spec.lr,
             momentum=spec.momentum,
             weight_decay=spec.weight_decay,
-            chunk=specs.chunk,
-            batch_size=specs.batch_size,
+            chunk=specs.eval_chunk,
+            batch_size=specs.eval_batch_size,
             precision=pack.variants[0].train.precision,
             cuda_graphs=pack.variants[0].train.cuda_graphs,
         )
@@ -468,14 +255,14 @@ def _bezier(
 def measure_pairs(
     pack: TrainedPack,
     group_members: list[list[int]],
-    specs: GlobalMetricSpecs,
+    specs: MetricsSpec,
     generator: torch.Generator,
     pairs: list[tuple[int, int]] | None = None,
 ) -> PairsResult:
     """Global metrics between pairs of alive members of each replicate group (positions in the
     pack), all pairs of the pack evaluated as one stack: those :func:`select_pairs` chooses,
     or the given ``pairs`` (of alive members). See the module docstring for data and units,
-    :data:`PAIR_COLUMNS` for the columns."""
+    the metrics' registered columns for the columns."""
     if pairs is None:
         pairs = select_pairs(group_members, pack.alive, specs.max_pairs, generator)
     else:
@@ -502,7 +289,7 @@ def measure_pairs(
             kinds=c.representations,
             unbiased_batch_size=c.unbiased_batch_size if c.unbiased else None,
             rbf_threshold=c.rbf_threshold if c.rbf else None,
-            batch_size=specs.batch_size,
+            batch_size=specs.eval_batch_size,
         )
         cols.update({f"cka_{k}": v for k, v in cka.items()})
     if specs.barrier.enabled:
@@ -516,8 +303,8 @@ def measure_pairs(
             y,
             n_alphas=specs.barrier.n_alphas,
             bn_x=bn_x,
-            chunk=specs.chunk,
-            batch_size=specs.batch_size,
+            chunk=specs.eval_chunk,
+            batch_size=specs.eval_batch_size,
         )
         cols["barrier_loss"], cols["barrier_error"] = res.loss, res.error
         out.surfaces += _path_rows(
@@ -585,10 +372,10 @@ def _spread(values: Tensor, members: list[int], n: int) -> list:
 
 
 def measure_member_surfaces(
-    pack: TrainedPack, specs: GlobalMetricSpecs, generator: torch.Generator
+    pack: TrainedPack, specs: MetricsSpec, generator: torch.Generator
 ) -> SurfacesResult:
     """Per-member global metrics: distance to the initialisation, MLI, filter-normalised 1-D
-    and 2-D surfaces and the roughness index. See :data:`MEMBER_COLUMNS`."""
+    and 2-D surfaces and the roughness index (the metrics' registered columns)."""
     out = SurfacesResult()
     K = pack.data.members
     members = pack.alive.nonzero().flatten().tolist()
@@ -596,7 +383,7 @@ def measure_member_surfaces(
         return out
     idx = torch.tensor(members, device=pack.data.train_idx.device)
     final, init = pack.final.select(idx), pack.init.select(idx)
-    kw = {"chunk": specs.chunk, "batch_size": specs.batch_size}
+    kw = {"chunk": specs.eval_chunk, "batch_size": specs.eval_batch_size}
     if specs.distance.enabled:
         out.columns["dist_to_init"] = _spread(l2_distance(final.params, init.params), members, K)
     if specs.mli.enabled:
@@ -631,13 +418,13 @@ def _filter_surfaces(
     final: Stack,
     idx: Tensor,
     members: list[int],
-    specs: GlobalMetricSpecs,
+    specs: MetricsSpec,
     generator: torch.Generator,
 ) -> tuple[list[dict], dict[str, Tensor]]:
     """Filter-normalised 1-D and 2-D surface rows of the living members, and their roughness
     columns (per living member)."""
     s = specs.surface
-    kw = {"chunk": specs.chunk, "batch_size": specs.batch_size}
+    kw = {"chunk": specs.eval_chunk, "batch_size": specs.eval_batch_size}
     x, y = pack.data.train_sample(s.n_samples, generator)
     x, y = x[idx], y[idx]
     d1 = filter_normalized_direction(final.params, generator, s.one_dim)

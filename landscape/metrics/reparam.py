@@ -21,6 +21,9 @@ What each measure does under T_alpha (every entry of the pair scaled by a positi
   L(T w + T |w| u) = L(w + |w| u) for every u; with the same random draws the two values
   agree up to rounding. An adaptivity on weights only, or epsilon-sharpness's |w| + 1, breaks
   this.
+
+The registered metric ``reparam`` (family ``pack``) writes the probe of a pack's MLP members
+into the ``reparam`` table.
 """
 
 from __future__ import annotations
@@ -28,12 +31,25 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 from torch.func import vmap
 
 from landscape.functional import FunctionalNet, Params, Stack
+from landscape.metrics.hessian import hessian_trace
+from landscape.metrics.registry import Metric, register
+from landscape.metrics.sharpness import (
+    adaptive_sharpness_average,
+    adaptive_sharpness_worst,
+    epsilon_sharpness,
+)
 from landscape.models import MLP
+from landscape.variant import ConfigError
+
+if TYPE_CHECKING:
+    from landscape.pack import TrainedPack
 
 
 def find_relu_pairs(module: nn.Module) -> list[tuple[str, str]]:
@@ -137,12 +153,21 @@ def reparam_rows(probe: ReparamProbe, members: list[int] | None = None) -> list[
     return rows
 
 
-REPARAM_METRICS = (
-    "hessian_trace",
-    "eps_sharpness",
-    "adaptive_sharpness_worst",
-    "adaptive_sharpness_avg",
-)
+def _hessian_trace(net, stack, x, y, spec, g):
+    return hessian_trace(net, stack, x, y, n_probes=spec.n_probes, tol=0.0, generator=g).estimate
+
+
+# The metrics the probe can take, by their runs column: (net, stack, x, y, spec, generator) -> (K,)
+PROBES: dict[str, Callable[..., Tensor]] = {
+    "hessian_trace": _hessian_trace,
+    "eps_sharpness": lambda net, s, x, y, spec, g: epsilon_sharpness(net, s, x, y, generator=g),
+    "adaptive_sharpness_worst": (
+        lambda net, s, x, y, spec, g: adaptive_sharpness_worst(net, s, x, y, generator=g)
+    ),
+    "adaptive_sharpness_avg": (
+        lambda net, s, x, y, spec, g: adaptive_sharpness_average(net, s, x, y, generator=g)
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -152,21 +177,19 @@ class ReparamSpec:
 
     enabled: bool = False
     alpha: float = 5.0
-    metrics: tuple[str, ...] = REPARAM_METRICS
+    metrics: tuple[str, ...] = tuple(PROBES)
     n_samples: int = 256  # training examples the metrics are taken on
     n_probes: int = 30  # Hutchinson probes for hessian_trace
 
     def __post_init__(self) -> None:
-        from landscape.variant import ConfigError
-
         if not self.alpha > 0:
             raise ConfigError(
                 f"metrics.reparam.alpha must be > 0 (a positive rescaling), got {self.alpha}"
             )
-        unknown = set(self.metrics) - set(REPARAM_METRICS)
+        unknown = set(self.metrics) - set(PROBES)
         if unknown:
             raise ConfigError(
-                f"metrics.reparam.metrics must be a subset of {', '.join(REPARAM_METRICS)}, got {sorted(unknown)}"
+                f"metrics.reparam.metrics must be a subset of {', '.join(PROBES)}, got {sorted(unknown)}"
             )
 
 
@@ -175,24 +198,40 @@ def probe_metrics(
 ) -> dict[str, Callable[[Stack], Tensor]]:
     """``Stack -> (K,)`` closures for the probe, each rebuilding its generator from ``seed``
     on every call (common random numbers for the before/after comparison)."""
-    import torch
 
-    from landscape.metrics.hessian import hessian_trace
-    from landscape.metrics.sharpness import (
-        adaptive_sharpness_average,
-        adaptive_sharpness_worst,
-        epsilon_sharpness,
+    def closure(probe: Callable[..., Tensor]) -> Callable[[Stack], Tensor]:
+        return lambda s: probe(net, s, x, y, spec, torch.Generator(x.device).manual_seed(seed))
+
+    return {name: closure(PROBES[name]) for name in spec.metrics}
+
+
+def reparam_pack(pack: TrainedPack, spec: ReparamSpec, seed: int) -> list[dict]:
+    """Dinh et al.'s probe on the alive members of a pack (its ``reparam`` rows); a model
+    without a ReLU pair gets no rows. The sample is drawn with ``seed + 3``, the metrics' own
+    randomness comes from ``seed + 4``."""
+    try:
+        find_relu_pairs(pack.net.module)
+    except ValueError:
+        return []
+    alive = pack.alive.nonzero().flatten().tolist()
+    if not alive:
+        return []
+    stack = pack.final.select(alive)
+    x, y = pack.data.train_sample(spec.n_samples, torch.Generator().manual_seed(seed + 3))
+    x, y = x[alive], y[alive]
+    metrics = probe_metrics(pack.net, x, y, spec, seed=seed + 4)
+    probe = reparametrisation_probe(pack.net, stack, x, alpha=spec.alpha, metrics=metrics)
+    return reparam_rows(probe, members=alive)
+
+
+register(
+    Metric(
+        name="reparam",
+        spec=ReparamSpec,
+        family="pack",
+        order=111,
+        hashed_when_off=True,
+        tables=("reparam",),
+        measure=reparam_pack,
     )
-
-    def g() -> torch.Generator:
-        return torch.Generator(x.device).manual_seed(seed)
-
-    table = {
-        "hessian_trace": lambda s: (
-            hessian_trace(net, s, x, y, n_probes=spec.n_probes, tol=0.0, generator=g()).estimate
-        ),
-        "eps_sharpness": lambda s: epsilon_sharpness(net, s, x, y, generator=g()),
-        "adaptive_sharpness_worst": lambda s: adaptive_sharpness_worst(net, s, x, y, generator=g()),
-        "adaptive_sharpness_avg": lambda s: adaptive_sharpness_average(net, s, x, y, generator=g()),
-    }
-    return {name: table[name] for name in spec.metrics}
+)

@@ -8,11 +8,16 @@ The class-stiffness matrix C[a, b] averages S over pairs (i in class a, j in cla
 i != j); the paper measures it on held-out data. We report the matrix and the means of its
 diagonal (within-class) and off-diagonal (between-class) entries, each class weighted
 equally. Higher learning rates give higher between-class stiffness (their Fig. 6).
+
+The registered local metric ``stiffness`` (``landscape.metrics.registry``) measures the class
+stiffness of a pack on test data into the ``stiffness`` table, with the stiffness against
+input distance (``landscape.metrics.stiffness_distance``) when ``distance_bins`` > 0.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +25,11 @@ from torch import Tensor
 
 from landscape.functional import FunctionalNet, Stack
 from landscape.metrics.gradients import per_example_gradients
+from landscape.metrics.registry import Column, Metric, check_ranges, register
+from landscape.variant import ConfigError
+
+if TYPE_CHECKING:
+    from landscape.metrics.local import Measurer
 
 
 @dataclass
@@ -123,3 +133,74 @@ def stiffness_rows(c: ClassStiffness, members: list[int] | None = None) -> list[
                     }
                 )
     return rows
+
+
+@dataclass(frozen=True)
+class StiffnessSpec:
+    """Class stiffness (Fort et al. 2019) on held-out data. Off by default: it holds an
+    n x n Gram matrix per member and recomputes per-example gradients blockwise."""
+
+    enabled: bool = False
+    n_samples: int = 512  # test examples (shared by the members)
+    chunk: int = 32  # per-example gradients per block
+    distance_bins: int = (
+        0  # > 0: also stiffness against input-space distance, pairs in this many bins
+    )
+    distance_binning: str = "quantile"  # quantile | linear bin edges (shared by the members)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "stiffness", ("n_samples", "chunk"), ("distance_bins",))
+        if self.distance_binning not in ("quantile", "linear"):
+            raise ConfigError(
+                f"metrics.stiffness.distance_binning must be quantile or linear, got {self.distance_binning!r}"
+            )
+
+
+def _stiffness(
+    m: Measurer, s: StiffnessSpec, sample_g: torch.Generator, probe_g: torch.Generator
+) -> None:
+    # imported here: stiffness_distance builds on this module's example_stiffness
+    from landscape.metrics.stiffness_distance import (
+        stiffness_by_distance,
+        stiffness_distance_rows,
+    )
+
+    x, y = m.test_sample(s.n_samples, sample_g)
+    c = class_stiffness(m.pack.net, m.stack, x, y, m.pack.data.num_classes, chunk=s.chunk)
+    m.column("stiffness_within_cos", c.within_cos)
+    m.column("stiffness_between_cos", c.between_cos)
+    m.column("stiffness_within_sign", c.within_sign)
+    m.column("stiffness_between_sign", c.between_sign)
+    rows = stiffness_rows(c, m.alive)
+    if s.distance_bins > 0:
+        d = stiffness_by_distance(
+            m.pack.net,
+            m.stack,
+            x,
+            y,
+            n_bins=s.distance_bins,
+            binning=s.distance_binning,
+            chunk=s.chunk,
+        )
+        rows += stiffness_distance_rows(d, m.alive)
+    m.table("stiffness", rows)
+
+
+COLUMNS = (
+    Column("stiffness_within_cos", "within-class stiffness (cosine)", report=11),
+    Column("stiffness_between_cos", "between-class stiffness (cosine)", report=12),
+    Column("stiffness_within_sign", "within-class stiffness (sign)"),
+    Column("stiffness_between_sign", "between-class stiffness (sign)"),
+)
+register(
+    Metric(
+        name="stiffness",
+        spec=StiffnessSpec,
+        family="local",
+        order=5,
+        hashed_when_off=True,
+        columns=lambda s: COLUMNS,
+        tables=("stiffness",),
+        measure=_stiffness,
+    )
+)

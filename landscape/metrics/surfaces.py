@@ -12,6 +12,12 @@ Filter-normalised directions and surfaces follow Li, Xu, Taylor, Studer, Goldste
 "Visualizing the Loss Landscape of Neural Nets" (NeurIPS); the roughness index follows
 Wu, Jian, Du, Chen, Zhou (2021), arXiv 2103.11069 (see :func:`roughness_index` for exactly
 what is implemented).
+
+The registered global metric ``surface``: each member's filter-normalised surfaces (in
+``surfaces``) and roughness index (``roughness``, ``roughness_std`` in ``runs``).
+Its computation stays in ``landscape.metrics.pairs`` (``measure_pairs`` /
+``measure_member_surfaces``), where the global metrics share each pair's data and the
+BatchNorm recomputation of path points; this module registers its settings and columns.
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from landscape.functional import (
     loss_precision,
 )
 from landscape.metrics.batchnorm import recompute_bn_stats
+from landscape.metrics.registry import Column, Metric, register, require_positive
+from landscape.variant import ConfigError
 
 ONE_DIM_MODES = ("zero", "weights")
 
@@ -292,3 +300,58 @@ def roughness_index(
     t = normalized_total_variation(loss.double().view(-1, R, n_points))  # (K, R)
     std = t.std(dim=1) if n_directions > 1 else torch.zeros_like(t[:, 0])
     return Roughness(index=t.mean(dim=1), std=std, per_direction=t)
+
+
+@dataclass(frozen=True)
+class SurfaceSpec:
+    """Filter-normalised loss surfaces (Li et al. 2018) around each member, eval mode, and the
+    roughness index (after Wu et al. 2021). Li et al. use 51 points in 1-D and 21x21 or
+    51x51 in 2-D, on [-1, 1], on the full training set; our sample is smaller for the CPU."""
+
+    enabled: bool = True
+    n_samples: int = 1024  # each member's own training examples
+    points_1d: int = 51  # alphas in [-span, span]; 0 turns the 1-D surface off
+    points_2d: int = 21  # per axis; 0 turns the 2-D surface off
+    span: float = 1.0
+    one_dim: str = (
+        "zero"  # biases and BN affine in the direction: zero | weights (Li et al.'s code)
+    )
+    roughness_directions: int = 8  # random directions of the roughness index; 0 turns it off
+    roughness_points: int = 21  # points per roughness slice on [-span, span]
+
+    def __post_init__(self) -> None:
+        require_positive("metrics.surface.n_samples", self.n_samples)
+        for key in ("points_1d", "points_2d", "roughness_directions"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"metrics.surface.{key} must be >= 0, got {getattr(self, key)}")
+        if self.points_1d == 1 or self.points_2d == 1:
+            raise ConfigError(
+                f"metrics.surface.points_1d and points_2d must be 0 or >= 2, got {self.points_1d}, {self.points_2d}"
+            )
+        if self.roughness_points < 3:
+            raise ConfigError(
+                f"metrics.surface.roughness_points must be >= 3, got {self.roughness_points}"
+            )
+        require_positive("metrics.surface.span", self.span)
+        if self.one_dim not in ONE_DIM_MODES:
+            raise ConfigError(
+                f"metrics.surface.one_dim must be one of {', '.join(ONE_DIM_MODES)}, got {self.one_dim!r}"
+            )
+
+
+ROUGHNESS_COLUMNS = (
+    Column("roughness", "roughness index of filter-normalised 1-D slices", report=16),
+    Column("roughness_std", "standard deviation of the roughness index over directions"),
+)
+register(
+    Metric(
+        name="surface",
+        spec=SurfaceSpec,
+        family="global",
+        order=105,
+        hashed_when_off=True,
+        columns=lambda s: ROUGHNESS_COLUMNS if s.roughness_directions else (),
+        tables=("surfaces",),
+        passes=("member_surfaces",),
+    )
+)

@@ -6,16 +6,24 @@ large-batch solutions differ in weight scale (with weight decay the small-batch 
 smaller), which is why sharpness must be measured on a scale-normalised landscape. Here each
 parameter tensor of each member gets one row; histograms of a tensor share their bin edges
 across the members of the pack, so the rows of one layer can be compared bin by bin.
+
+The registered metric ``weights`` (family ``pack``) writes a pack's statistics into the
+``params`` table.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from landscape.functional import Stack
+from landscape.metrics.registry import Metric, register
+
+if TYPE_CHECKING:
+    from landscape.pack import TrainedPack
 
 
 def histogram_edges(values: Tensor, bins: int, range_: tuple[float, float] | None) -> Tensor:
@@ -95,3 +103,20 @@ class WeightsSpec:
 
     enabled: bool = False
     bins: int = 50
+
+
+def _weights(pack: TrainedPack, spec: WeightsSpec, seed: int) -> list[dict]:
+    return weight_statistics(pack.final, bins=spec.bins)
+
+
+register(
+    Metric(
+        name="weights",
+        spec=WeightsSpec,
+        family="pack",
+        order=110,
+        hashed_when_off=True,
+        tables=("params",),
+        measure=_weights,
+    )
+)

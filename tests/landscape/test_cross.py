@@ -4,7 +4,7 @@ import torch
 from landscape import DataSpec, ModelSpec, OptimSpec, TrainSpec, Variant, load_dataset
 from landscape.cross import CrossPairSpec, cross_pairs, interpolate_pair
 from landscape.measure import MetricsSpec
-from landscape.metrics.local import HessianTraceSpec
+from landscape.metrics.hessian import HessianTraceSpec
 from landscape.run import run_pack
 from landscape.train import evaluate
 from landscape.variant import ConfigError

@@ -4,15 +4,13 @@ import pytest
 
 from landscape import DataSpec, ModelSpec, OptimSpec, TrainSpec, load_dataset
 from landscape.measure import MetricsSpec, measure_pack
-from landscape.metrics.local import HessianTraceSpec, SpectrumSpec, StiffnessSpec
-from landscape.metrics.pairs import (
-    BarrierSpec,
-    BezierSpec,
-    CKASpec,
-    DistanceSpec,
-    MLISpec,
-    SurfaceSpec,
-)
+from landscape.metrics.bezier import BezierSpec
+from landscape.metrics.cka import CKASpec
+from landscape.metrics.distance import DistanceSpec
+from landscape.metrics.hessian import HessianTraceSpec, SpectrumSpec
+from landscape.metrics.interpolation import BarrierSpec, MLISpec
+from landscape.metrics.stiffness import StiffnessSpec
+from landscape.metrics.surfaces import SurfaceSpec
 from landscape.train import train_pack
 
 SMALL = MetricsSpec(

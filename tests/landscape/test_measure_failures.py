@@ -7,12 +7,14 @@ import pytest
 import torch
 
 import landscape.measure as measure_mod
-import landscape.metrics.local as local_mod
+import landscape.metrics.hessian as hessian_mod
 import landscape.run as run_mod
 from landscape import load_dataset
-from landscape.measure import HessianTraceSpec, MetricsSpec
-from landscape.metrics.local import HessianEigenSpec, smaller_chunks
-from landscape.metrics.pairs import CKASpec, DistanceSpec
+from landscape.measure import MetricsSpec
+from landscape.metrics.cka import CKASpec
+from landscape.metrics.distance import DistanceSpec
+from landscape.metrics.hessian import HessianEigenSpec, HessianTraceSpec
+from landscape.metrics.local import smaller_chunks
 from landscape.run import run_pack
 
 METRICS = MetricsSpec(
@@ -52,7 +54,7 @@ def _pack(tiny_variant, n=3):
 def test_an_exception_in_one_metric_keeps_training_and_the_other_metrics(
     tiny_variant, counted_training, monkeypatch
 ):
-    monkeypatch.setattr(local_mod, "hessian_trace", _raising(RuntimeError("injected")))
+    monkeypatch.setattr(hessian_mod, "hessian_trace", _raising(RuntimeError("injected")))
     variants, dataset = _pack(tiny_variant)
     rows = run_pack(variants, METRICS, dataset)
     assert counted_training == [3]  # trained once, as one pack
@@ -76,7 +78,7 @@ def test_out_of_memory_halves_chunks_then_members_and_never_retrains(
     """The injected product runs out of memory above one probe per call and above one member:
     the metric comes back measured, on one member with one probe at a time; training ran
     once."""
-    real = local_mod.hessian_trace
+    real = hessian_mod.hessian_trace
     seen: list[tuple[int, int]] = []
 
     def tight(net, stack, x, y, **kw):
@@ -86,7 +88,7 @@ def test_out_of_memory_halves_chunks_then_members_and_never_retrains(
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real(net, stack, x, y, **kw)
 
-    monkeypatch.setattr(local_mod, "hessian_trace", tight)
+    monkeypatch.setattr(hessian_mod, "hessian_trace", tight)
     variants, dataset = _pack(tiny_variant)
     rows = run_pack(variants, METRICS, dataset)
     assert counted_training == [3]
@@ -102,7 +104,7 @@ def test_out_of_memory_even_at_one_member_is_nan_and_an_error(
     tiny_variant, counted_training, monkeypatch
 ):
     oom = torch.OutOfMemoryError("CUDA out of memory (injected)")
-    monkeypatch.setattr(local_mod, "hessian_eigenvalues", _raising(oom))
+    monkeypatch.setattr(hessian_mod, "hessian_eigenvalues", _raising(oom))
     variants, dataset = _pack(tiny_variant, n=2)
     rows = run_pack(variants, METRICS, dataset)
     assert counted_training == [2]

@@ -5,8 +5,7 @@ import torch
 
 from landscape import ModelSpec, OptimSpec, TrainSpec, load_dataset
 from landscape.measure import MetricsSpec
-from landscape.metrics.hessian import hessian_eigenvalues
-from landscape.metrics.local import HessianTraceSpec, LocalMetricSpecs
+from landscape.metrics.hessian import HessianTraceSpec, hessian_eigenvalues
 from landscape.optim import MemberHypers, apply_update, init_state
 from landscape.recorder import (
     TrajectoryRecorder,
@@ -55,7 +54,7 @@ def test_recording_does_not_perturb_training(tiny_variant):
     spec = TrajectorySpec(enabled=True, log_points=4, sharpness_every=3)
     recorder = TrajectoryRecorder(
         spec,
-        LocalMetricSpecs(hessian_trace=HessianTraceSpec(n_probes=10, n_samples=32)),
+        MetricsSpec(hessian_trace=HessianTraceSpec(n_probes=10, n_samples=32)),
         seed=0,
         total_steps=18,
         steps_per_epoch=6,
@@ -107,7 +106,7 @@ def test_lca_of_training_adds_up_to_the_loss_change(tiny_variant):
     total, spe = pack_steps(variants[0], dataset)
     spec = TrajectorySpec(enabled=True, metrics=(), lca=True, lca_window=total, lca_rk4_intervals=4)
     recorder = TrajectoryRecorder(
-        spec, LocalMetricSpecs(), seed=0, total_steps=total, steps_per_epoch=spe
+        spec, MetricsSpec(), seed=0, total_steps=total, steps_per_epoch=spe
     )
     result = train_pack(variants, dataset, recorder=recorder)
     x, y = recorder._lca_sample

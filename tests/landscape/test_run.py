@@ -6,8 +6,8 @@ import torch
 
 from landscape import DataSpec, ModelSpec, OptimSpec, TrainSpec, load_dataset
 from landscape.checkpoint import load_checkpoint
-from landscape.measure import HessianTraceSpec, MetricsSpec
-from landscape.metrics.local import HessianEigenSpec, SpectrumSpec
+from landscape.measure import MetricsSpec
+from landscape.metrics.hessian import HessianEigenSpec, HessianTraceSpec, SpectrumSpec
 from landscape.run import metrics_id, run_pack
 from landscape.train import evaluate, train_pack
 
@@ -106,7 +106,9 @@ def test_compiled_step_matches_eager(tiny_variant):
 def test_pairs_from_checkpoints_equal_the_pairs_measured_in_the_pack(tiny_variant, tmp_path):
     """A replicate group's pairs computed later from checkpoints (its members trained in
     different packs) are the pairs the pack would have measured: same rows, same values."""
-    from landscape.metrics.pairs import BarrierSpec, CKASpec, DistanceSpec
+    from landscape.metrics.cka import CKASpec
+    from landscape.metrics.distance import DistanceSpec
+    from landscape.metrics.interpolation import BarrierSpec
     from landscape.run import measure_checkpoint_pairs
 
     spec = MetricsSpec(
@@ -150,11 +152,13 @@ def test_metrics_id_ignores_how_hessian_products_are_computed() -> None:
 def test_a_metric_setting_added_later_keeps_old_ids_at_its_old_behaviour() -> None:
     """bezier.max_pairs = 0 (every pair, as before the setting existed) hashes as a spec
     without the key, so results measured before it stay current; 1 is another id."""
-    from landscape.metrics.pairs import BezierSpec
+    from landscape.metrics.bezier import BezierSpec
+    from landscape.metrics.registry import metrics
     from landscape.variant import short_hash
 
     base = MetricsSpec()
-    old = dataclasses.asdict(base)
+    later = {m.name for m in metrics() if not m.hashed_when_off}  # off here: left out
+    old = {k: v for k, v in dataclasses.asdict(base).items() if k not in later}
     for key in ("hessian_trace", "hessian_eigen", "spectrum"):
         old[key].pop("hvp")
     old["bezier"].pop("max_pairs")

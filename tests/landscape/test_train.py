@@ -6,7 +6,7 @@ import torch
 
 from landscape import DataSpec, ModelSpec, OptimSpec, TrainSpec, load_dataset
 from landscape.measure import MetricsSpec
-from landscape.metrics.local import HessianTraceSpec
+from landscape.metrics.hessian import HessianTraceSpec
 from landscape.run import run_pack
 from landscape.train import train_pack
 from tests.landscape.step_modes import (

@@ -9,33 +9,27 @@ import pytest
 import torch
 
 from landscape.functional import Stack, init_stack
-from landscape.metrics.local import (
-    GradientStatsSpec,
-    HessianEigenSpec,
-    HessianTraceSpec,
-    LocalMetricSpecs,
-    LRRangeSpec,
-    SharpnessSpec,
-    SpectrumSpec,
-    StiffnessSpec,
-    local_columns,
-    measure_local,
-)
+from landscape.metrics.gradients import GradientStatsSpec
+from landscape.metrics.hessian import HessianEigenSpec, HessianTraceSpec, SpectrumSpec
+from landscape.metrics.local import local_columns, measure_local
+from landscape.metrics.lr_range import LRRangeSpec
+from landscape.metrics.sharpness import SharpnessSpec
+from landscape.metrics.stiffness import StiffnessSpec
 from landscape.models import MLP
 from landscape.pack import PackData, TrainedPack
 from landscape.variant import ModelSpec, OptimSpec, Variant
 from tests.landscape.metrics.test_hessian import gen
 
 # Everything on, every knob small: a few seconds on one CPU core.
-SMALL = LocalMetricSpecs(
-    hessian_trace=HessianTraceSpec(n_samples=24, n_probes=20, chunk=10),
-    hessian_eigen=HessianEigenSpec(n_samples=24, k=2, max_iter=20),
-    spectrum=SpectrumSpec(enabled=True, n_samples=24, n_iter=10, n_grid=50),
-    sharpness=SharpnessSpec(n_samples=24, steps=3, n_draws=4, chunk=2),
-    gradient_stats=GradientStatsSpec(n_samples=24, flatness_batches=2, max_iter=10),
-    stiffness=StiffnessSpec(enabled=True, n_samples=18, chunk=8),
-    lr_range=LRRangeSpec(enabled=True, lr_min=1e-3, lr_max=10.0, steps=8),
-)
+SMALL = {
+    "hessian_trace": HessianTraceSpec(n_samples=24, n_probes=20, chunk=10),
+    "hessian_eigen": HessianEigenSpec(n_samples=24, k=2, max_iter=20),
+    "spectrum": SpectrumSpec(enabled=True, n_samples=24, n_iter=10, n_grid=50),
+    "sharpness": SharpnessSpec(n_samples=24, steps=3, n_draws=4, chunk=2),
+    "gradient_stats": GradientStatsSpec(n_samples=24, flatness_batches=2, max_iter=10),
+    "stiffness": StiffnessSpec(enabled=True, n_samples=18, chunk=8),
+    "lr_range": LRRangeSpec(enabled=True, lr_min=1e-3, lr_max=10.0, steps=8),
+}
 
 
 def tiny_pack(members: int = 3) -> TrainedPack:
@@ -116,13 +110,8 @@ def test_all_dead_gives_none_columns_and_empty_tables() -> None:
 
 def test_switching_a_metric_off_changes_no_other(measured) -> None:
     pack, full = measured
-    only_trace = LocalMetricSpecs(
-        **{
-            f.name: dataclasses.replace(getattr(SMALL, f.name), enabled=False)
-            for f in dataclasses.fields(SMALL)
-        }
-    )
-    only_trace = dataclasses.replace(only_trace, hessian_trace=SMALL.hessian_trace)
+    only_trace = {name: dataclasses.replace(s, enabled=False) for name, s in SMALL.items()}
+    only_trace["hessian_trace"] = SMALL["hessian_trace"]
     result = measure_local(pack, only_trace, gen(0))
     assert list(result.columns) == ["hessian_trace", "hessian_trace_se", "hessian_trace_probes"]
     assert result.columns["hessian_trace"] == full.columns["hessian_trace"]

@@ -9,21 +9,18 @@ import torch
 
 from landscape.data import load_dataset
 from landscape.functional import Stack
-from landscape.metrics.pairs import (
-    BarrierSpec,
-    BezierSpec,
-    CKASpec,
-    GlobalMetricSpecs,
-    MLISpec,
-    SurfaceSpec,
-    measure_member_surfaces,
-    measure_pairs,
-    select_pairs,
-)
+from landscape.measure import MetricsSpec
+from landscape.metrics.bezier import BezierSpec
+from landscape.metrics.cka import CKASpec
+from landscape.metrics.distance import DistanceSpec
+from landscape.metrics.interpolation import BarrierSpec, MLISpec
+from landscape.metrics.pairs import measure_member_surfaces, measure_pairs, select_pairs
+from landscape.metrics.surfaces import SurfaceSpec
 from landscape.train import train_pack
 from landscape.variant import ConfigError, DataSpec, ModelSpec, OptimSpec, TrainSpec, Variant
 
-FAST = GlobalMetricSpecs(
+FAST = MetricsSpec(
+    distance=DistanceSpec(),
     cka=CKASpec(n_inputs=64, unbiased_batch_size=32),
     barrier=BarrierSpec(n_samples=128),
     bezier=BezierSpec(epochs=1, batch_size=32, n_samples=128),
@@ -163,7 +160,7 @@ def test_seeded(trained):
         (lambda: SurfaceSpec(one_dim="filter"), "surface.one_dim"),
         (lambda: SurfaceSpec(points_2d=1), "points_2d"),
         (lambda: BarrierSpec(n_alphas=1), "barrier.n_alphas"),
-        (lambda: GlobalMetricSpecs(max_pairs=0), "max_pairs"),
+        (lambda: MetricsSpec(max_pairs=0), "max_pairs"),
     ],
 )
 def test_settings_fail_loudly(build, key):
