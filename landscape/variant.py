@@ -22,8 +22,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from landscape.datasets import DATA_NAMES
+
 MODEL_NAMES = ("mlp", "cnn", "resnet18", "vgg9")
-DATA_NAMES = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
 OPTIM_NAMES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("fp32", "bf16")
@@ -78,7 +79,9 @@ def launch_keys(spec_cls: type, prefix: str) -> list[str]:
 
 def added_keys(spec_cls: type, prefix: str) -> dict[str, Any]:
     """``prefix.name`` -> the value that reproduces the old behaviour, for every added field."""
-    return {key: f.metadata["before"] for key, f in _walk(spec_cls, prefix) if "before" in f.metadata}
+    return {
+        key: f.metadata["before"] for key, f in _walk(spec_cls, prefix) if "before" in f.metadata
+    }
 
 
 def _walk(spec_cls: type, prefix: str):
@@ -122,7 +125,8 @@ class ModelSpec:
 @dataclass(frozen=True)
 class DataSpec:
     name: str = "digits"
-    root: str = setting("data", launch=True)  # where torchvision datasets live (not digits, synthetic)
+    # where torchvision's data sets live (their records' folders are under it)
+    root: str = setting("data", launch=True)
     download: bool = setting(False, launch=True)
     subset: float = (
         1.0  # training subset: a fraction in (0, 1], or a count > 1 (seeded per variant)

@@ -29,9 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from landscape.data import check_files, subset_size
+from landscape.datasets import train_set_size
 from landscape.measure import MetricsSpec
 from landscape.optim import READS, ignored_knobs
-from landscape.variant import ConfigError, DataSpec, Variant, build_spec, canonical_json
+from landscape.variant import ConfigError, Variant, build_spec, canonical_json
 from sweeps.trackers import TrackerSettings
 
 
@@ -44,16 +45,6 @@ def _conf_dir() -> Path:
 
 CONF_DIR = _conf_dir()
 VARIANT_SECTIONS = ("model", "data", "optim", "train")
-
-# Training-set sizes of the torchvision data sets (used to validate batch sizes before anything runs).
-TRAIN_SET_SIZES = {
-    "mnist": 60000,
-    "fashion_mnist": 60000,
-    "cifar10": 50000,
-    "cifar100": 50000,
-    "digits": 1347,
-}
-
 
 _ADDRESS = re.compile(r"local|auto|(ray://)?[\w.\-]+:\d{1,5}|(ray://)?\[[0-9a-fA-F:.]+\]:\d{1,5}")
 
@@ -298,10 +289,6 @@ class _VariantBuilder:
         if seed not in self._seeds:
             self._seeds[seed] = Variant.from_dict({"seed": d.get("seed", 0)}).seed
         return dataclasses.replace(self._bases[key], seed=self._seeds[seed])
-
-
-def train_set_size(spec: DataSpec) -> int:
-    return spec.n_train if spec.name == "synthetic" else TRAIN_SET_SIZES[spec.name]
 
 
 def validate_variant(v: Variant) -> None:
