@@ -131,6 +131,7 @@ _RECORDS = (
     ),
     _idx("mnist", "MNIST", "torchvision's MNIST handwritten digits"),
     _idx("fashion_mnist", "FashionMNIST", "torchvision's Fashion-MNIST clothing images"),
+    _idx("kmnist", "KMNIST", "torchvision's Kuzushiji-MNIST cursive Japanese characters"),
     DataRecord(
         "cifar10",
         "torchvision's CIFAR-10 colour images",
