@@ -48,9 +48,6 @@ ATTRIBUTES = {"path": "pca_path"}
 TEMPERATURE_KNOBS = ("optim.batch_size", "optim.lr", "optim.weight_decay", "optim.momentum")
 LOAD_KNOBS = ("model.width", "data.label_noise", "data.subset", "model.depth")
 
-# Classes of the built-in data sets; synthetic data carries its own ``data.n_classes``.
-NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
-
 
 class ResultsError(ValueError):
     """A results directory that cannot be analysed; the message names the path or value."""
@@ -131,24 +128,54 @@ class Results:
         what an axis may be."""
         return [c for c in self.runs.columns if "." in c or c == "seed"]
 
-    def num_classes(self) -> int | None:
-        """Number of classes of the training data: known data sets by name, else ``data.n_classes``.
+    @property
+    def catalogue(self) -> dict[str, Any]:
+        """The manifest's catalogue (what the sweep's names mean: its data sets, the knobs'
+        roles, each table's columns; see docs/results.md); empty for results written before it."""
+        return _catalogue(self.manifest)
 
-        The name wins because the flattened knobs carry ``data.n_classes`` for every data set
-        (it only means something for synthetic data).
+    def num_classes(self) -> int | None:
+        """Number of classes of the training data, or None when the results cannot tell.
+
+        The catalogue's record of the data set says it: a number, or the knob column that holds
+        it (``data.n_classes`` for synthetic data). Results written before the catalogue carry
+        no record: then the composed config's ``data.n_classes`` where the data set's config
+        declares it (only a data set whose classes are a knob does; the flattened knobs carry
+        the column for every data set, meaningful or not), else the labels of the
+        class-stiffness matrices (every pair of classes 0 .. C-1 is written), else None.
         """
         config = self.manifest.get("config") or {}
         data = config.get("data") if isinstance(config.get("data"), dict) else {}
         name = self._first_value("data.name") or data.get("name")
-        if name in NUM_CLASSES:
-            return NUM_CLASSES[name]
-        n = self._first_value("data.n_classes") or data.get("n_classes")
-        return int(n) if n is not None else None
+        record = (self.catalogue.get("data") or {}).get(name)
+        if isinstance(record, dict) and record.get("classes") is not None:
+            classes = record["classes"]
+            if not isinstance(classes, str):
+                return int(classes)
+            n = self._first_value(classes)  # a knob column: data.n_classes
+            n = data.get(classes.partition(".")[2]) if n is None else n
+            return int(n) if n is not None else None
+        if data.get("n_classes") is not None:
+            return int(self._first_value("data.n_classes") or data["n_classes"])
+        return _classes_of_labels(self.stiffness)
 
     def _first_value(self, column: str) -> Any:
         if column in self.runs and self.runs[column].notna().any():
             return self.runs[column].dropna().iloc[0]
         return None
+
+
+def _catalogue(manifest: dict[str, Any]) -> dict[str, Any]:
+    catalogue = manifest.get("catalogue")
+    return catalogue if isinstance(catalogue, dict) else {}
+
+
+def _classes_of_labels(stiffness: pd.DataFrame | None) -> int | None:
+    """C from class-stiffness rows, which cover every pair of classes 0 .. C-1."""
+    if stiffness is None or not {"class_a", "class_b"} <= set(stiffness.columns):
+        return None
+    labels = pd.to_numeric(stiffness[["class_a", "class_b"]].stack(), errors="coerce").dropna()
+    return int(labels.max()) + 1 if len(labels) else None
 
 
 def _first_in(candidates: tuple[str, ...], varying: list[str], exclude: str | None) -> str | None:
@@ -234,26 +261,33 @@ def load_results(path: str | Path) -> Results:
     # then add any knob that varies within what they would call one cell (a --force'd
     # change): nothing is averaged across a knob by accident.
     axes = {k: v for k, v in axes.items() if k in runs.columns}
-    axes.update(_hidden_axes(runs, axes))
+    axes.update(_hidden_axes(runs, axes, _launch_knobs(manifest, runs)))
     return Results(path=root, manifest=manifest, axes=axes, **tables)
 
 
-# Knobs that change how a run was launched, not what it computed (sweeps' NOT_IDENTITY).
-LAUNCH_KNOBS = (
-    "data.root",
-    "data.download",
-    "train.cuda_graphs",
-    "train.pack_step",
-    "train.pack_streams",
-)
+def _launch_knobs(manifest: dict[str, Any], runs: pd.DataFrame) -> set[str]:
+    """Knob columns that say how a run was launched, not what it computed: the catalogue's
+    ``knobs.launch``. Results written before the catalogue: the knobs that vary among the runs
+    of one replicate group (one ``group_id``, so every knob of its identity but the seed the
+    same); none when the runs carry no ``group_id``."""
+    launch = (_catalogue(manifest).get("knobs") or {}).get("launch")
+    if isinstance(launch, list):
+        return set(launch)
+    knobs = [c for c in runs.columns if "." in c]
+    if "group_id" not in runs.columns or not knobs:
+        return set()
+    counts = runs.groupby("group_id", dropna=False)[knobs].nunique(dropna=False)
+    return {c for c in knobs if (counts[c] > 1).any()}
 
 
-def _hidden_axes(runs: pd.DataFrame, axes: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    """Knob columns that vary among runs sharing every non-seed axis value."""
+def _hidden_axes(
+    runs: pd.DataFrame, axes: dict[str, list[Any]], launch: set[str]
+) -> dict[str, list[Any]]:
+    """Knob columns that vary among runs sharing every non-seed axis value (launch knobs aside)."""
     keys = [k for k in axes if k != "seed"]
     found: dict[str, list[Any]] = {}
     for col, values in infer_axes(runs).items():
-        if col in axes or col == "seed" or col in LAUNCH_KNOBS:
+        if col in axes or col == "seed" or col in launch:
             continue
         groups = runs.groupby(keys, dropna=False)[col] if keys else [(None, runs[col])]
         if any(g.nunique(dropna=False) > 1 for _, g in groups):

@@ -3,10 +3,12 @@
 ``load_dataset(spec)`` returns the whole train and test sets as float tensors (N, C, H, W)
 in [0, 1] (vectors (N, D) for synthetic data), normalised per channel with training-set
 statistics when ``data.normalize``; a batch is an index gather, never a DataLoader.
-MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 are read through torchvision's own dataset
-classes from ``data.root`` (the files torchvision's ``download=True`` writes) and
-converted once. The per-variant knobs (training subset, label noise) are applied by
-:func:`member_view`, seeded by the variant's seed, so members of one pack can differ in them.
+What each data set is (shape, classes, sizes, files) is its record in
+:mod:`landscape.datasets`; torchvision's data sets (MNIST, CIFAR-10, ...) are read through
+torchvision's own dataset classes from ``data.root`` (the files torchvision's
+``download=True`` writes) and converted once. The per-variant knobs (training subset, label
+noise) are applied by :func:`member_view`, seeded by the variant's seed, so members of one
+pack can differ in them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from landscape.datasets import DATA_SETS
 from landscape.variant import ConfigError, DataSpec
 
 
@@ -69,15 +72,17 @@ def _split(x: Tensor, y: Tensor, n_test: int, seed: int) -> tuple[Tensor, Tensor
 
 def _digits(spec: DataSpec) -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes; no download).
-    A fixed seeded split: 1,347 training and 450 test images."""
+    A fixed seeded split: 1,347 training and 450 test images (the record's sizes)."""
     from sklearn.datasets import load_digits
 
+    record = DATA_SETS["digits"]
     bunch = load_digits()
     x = (
         torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     )  # (1797, 1, 8, 8) in [0, 1]
     y = torch.tensor(bunch.target, dtype=torch.long)
-    return Dataset("digits", *_split(x, y, 450, seed=spec.data_seed), num_classes=10)
+    split = _split(x, y, record.test_size_of(spec), seed=spec.data_seed)
+    return Dataset("digits", *split, num_classes=record.classes_of(spec))
 
 
 def _synthetic(spec: DataSpec) -> Dataset:
@@ -98,45 +103,8 @@ def _synthetic(spec: DataSpec) -> Dataset:
     )
 
 
-@dataclass(frozen=True)
-class _TorchvisionSource:
-    """Where torchvision keeps a data set under ``data.root`` and which files it reads there."""
-
-    cls: str  # class in torchvision.datasets
-    folder: str  # directory under data.root
-    files: tuple[str, ...]
-    num_classes: int
-    hint: str  # what torchvision checks, and how download=true gets the files
-
-
-_MNIST_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
-_IDX = "uncompressed; data.download=true fetches the .gz files, or uses .gz files already there, and extracts them"
-_MD5 = "each file's md5 is checked; data.download=true fetches {0}, or uses {0} already in data.root, and extracts it"
-TORCHVISION_SOURCES = {
-    "mnist": _TorchvisionSource("MNIST", os.path.join("MNIST", "raw"), _MNIST_FILES, 10, _IDX),
-    "fashion_mnist": _TorchvisionSource(
-        "FashionMNIST", os.path.join("FashionMNIST", "raw"), _MNIST_FILES, 10, _IDX
-    ),
-    "cifar10": _TorchvisionSource(
-        "CIFAR10",
-        "cifar-10-batches-py",
-        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
-        10,
-        _MD5.format("cifar-10-python.tar.gz"),
-    ),
-    "cifar100": _TorchvisionSource(
-        "CIFAR100",
-        "cifar-100-python",
-        ("train", "test", "meta"),
-        100,
-        _MD5.format("cifar-100-python.tar.gz"),
-    ),
-}
+# the data sets read through torchvision's own classes, from their files under data.root
+TORCHVISION_SOURCES = {n: r for n, r in DATA_SETS.items() if r.loader == "torchvision"}
 
 
 def _images_to_float(data) -> Tensor:
@@ -156,7 +124,7 @@ def _no_files(spec: DataSpec, detail: str) -> ConfigError:
         else "set data.download=true to let torchvision fetch them"
     )
     return ConfigError(
-        f"data.name={spec.name}: no usable {source.cls} files in {where!r} (data.root={spec.root!r}); "
+        f"data.name={spec.name}: no usable {source.torchvision_class} files in {where!r} (data.root={spec.root!r}); "
         f"torchvision expects {', '.join(source.files)} there ({source.hint}). "
         f"{fetch.capitalize()}, or point data.root at a directory that holds {source.folder}/. "
         f"{detail}"
@@ -177,11 +145,11 @@ def check_files(spec: DataSpec) -> None:
 
 
 def _torchvision(spec: DataSpec) -> Dataset:
-    """MNIST, Fashion-MNIST, CIFAR-10 or CIFAR-100 through torchvision's dataset class."""
+    """A data set of :data:`TORCHVISION_SOURCES` through torchvision's own dataset class."""
     import torchvision.datasets
 
     source = TORCHVISION_SOURCES[spec.name]
-    cls = getattr(torchvision.datasets, source.cls)
+    cls = getattr(torchvision.datasets, source.torchvision_class)
     try:
         train = cls(spec.root, train=True, download=spec.download)
         test = cls(spec.root, train=False, download=spec.download)
@@ -194,15 +162,12 @@ def _torchvision(spec: DataSpec) -> Dataset:
         torch.as_tensor(train.targets, dtype=torch.long),
         _images_to_float(test.data),
         torch.as_tensor(test.targets, dtype=torch.long),
-        source.num_classes,
+        source.classes_of(spec),
     )
 
 
-LOADERS = {
-    "digits": _digits,
-    "synthetic": _synthetic,
-    **{name: _torchvision for name in TORCHVISION_SOURCES},
-}
+# a record's ``loader`` -> the function that builds its Dataset
+LOADERS = {"digits": _digits, "synthetic": _synthetic, "torchvision": _torchvision}
 
 
 def _normalize(ds: Dataset) -> Dataset:
@@ -219,11 +184,11 @@ def _normalize(ds: Dataset) -> Dataset:
 
 def load_dataset(spec: DataSpec) -> Dataset:
     """The whole data set as CPU tensors (move with ``.to(device)``)."""
-    if spec.name not in LOADERS:
+    if spec.name not in DATA_SETS:
         raise ConfigError(
-            f"data.name must be one of {', '.join(sorted(LOADERS))}, got {spec.name!r}"
+            f"data.name must be one of {', '.join(sorted(DATA_SETS))}, got {spec.name!r}"
         )
-    ds = LOADERS[spec.name](spec)
+    ds = LOADERS[DATA_SETS[spec.name].loader](spec)
     return _normalize(ds) if spec.normalize else ds
 
 

@@ -47,7 +47,8 @@ DIVERGED_ABOVE = 1e8
 
 @dataclass
 class MemberHypers:
-    """Per-member hyperparameters as (K,) float tensors on the pack's device."""
+    """Per-member hyperparameters as (K,) float tensors on the pack's device; ``lr`` is the peak
+    rate (:func:`base_lr`), which a step's schedule factor scales (``apply_update``'s ``lr``)."""
 
     lr: Tensor
     momentum: Tensor

@@ -36,7 +36,7 @@ from landscape.cudagraph import CudaGraphed
 from landscape.data import Dataset, member_view, subset_size
 from landscape.functional import FunctionalNet, Params, Stack, init_stack, loss_precision
 from landscape.models import build_model, model_forward_flops, native_norm
-from landscape.optim import MemberHypers, apply_update, base_lr, init_state, lr_factor
+from landscape.optim import MemberHypers, apply_update, init_state, lr_factor
 from landscape.pack import PackData, TrainedPack, pack_key
 from landscape.variant import ConfigError, ModelSpec, OptimSpec, Variant
 
@@ -485,7 +485,7 @@ def train_pack(
     # augmentation draws on the device, from each member's own stream (packed = solo)
     aug_generators = [torch.Generator(device).manual_seed(v.seed + 7_000_003) for v in variants]
     pad = dataset.pad_value.to(device) if first.data.augment else 0.0
-    base = torch.tensor([base_lr(v.optim) for v in variants], device=device)
+    base = opt.hypers.lr  # (K,) peak rates; the schedule's factor scales them each step
     precision = first.train.precision
     keep_best = first.train.checkpoint == "best_train_loss"
 

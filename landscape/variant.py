@@ -22,8 +22,9 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from landscape.datasets import DATA_NAMES
+
 MODEL_NAMES = ("mlp", "cnn", "resnet18", "vgg9")
-DATA_NAMES = ("digits", "synthetic", "mnist", "fashion_mnist", "cifar10", "cifar100")
 OPTIM_NAMES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("fp32", "bf16")
@@ -124,9 +125,8 @@ class ModelSpec:
 @dataclass(frozen=True)
 class DataSpec:
     name: str = "digits"
-    root: str = setting(
-        "data", launch=True
-    )  # where torchvision datasets live (not digits, synthetic)
+    # where torchvision's data sets live (their records' folders are under it)
+    root: str = setting("data", launch=True)
     download: bool = setting(False, launch=True)
     subset: float = (
         1.0  # training subset: a fraction in (0, 1], or a count > 1 (seeded per variant)

@@ -30,9 +30,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from landscape.data import check_files, subset_size
+from landscape.datasets import train_set_size
 from landscape.measure import MetricsSpec, base_settings
 from landscape.optim import READS, ignored_knobs
-from landscape.variant import ConfigError, DataSpec, Variant, build_spec, canonical_json
+from landscape.variant import ConfigError, Variant, build_spec, canonical_json
 from sweeps.trackers import TrackerSettings
 
 
@@ -55,15 +56,6 @@ STORED_OPTIONS = {"metrics": {"base": base_settings()}}
 for _group, _options in STORED_OPTIONS.items():
     for _name, _node in _options.items():
         ConfigStore.instance().store(group=_group, name=_name, node=_node, provider="landscape")
-
-# Training-set sizes of the torchvision data sets (used to validate batch sizes before anything runs).
-TRAIN_SET_SIZES = {
-    "mnist": 60000,
-    "fashion_mnist": 60000,
-    "cifar10": 50000,
-    "cifar100": 50000,
-    "digits": 1347,
-}
 
 
 _ADDRESS = re.compile(r"local|auto|(ray://)?[\w.\-]+:\d{1,5}|(ray://)?\[[0-9a-fA-F:.]+\]:\d{1,5}")
@@ -311,10 +303,6 @@ class _VariantBuilder:
         if seed not in self._seeds:
             self._seeds[seed] = Variant.from_dict({"seed": d.get("seed", 0)}).seed
         return dataclasses.replace(self._bases[key], seed=self._seeds[seed])
-
-
-def train_set_size(spec: DataSpec) -> int:
-    return spec.n_train if spec.name == "synthetic" else TRAIN_SET_SIZES[spec.name]
 
 
 def validate_variant(v: Variant) -> None:

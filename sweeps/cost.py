@@ -14,44 +14,23 @@ import math
 from collections.abc import Sequence
 
 from landscape.data import subset_size
+from landscape.datasets import DATA_SETS, train_set_size
 from landscape.measure import MetricsSpec
 from landscape.models import model_forward_flops
 from landscape.variant import Variant
-from sweeps.config import train_set_size
 
-# (input shape, classes) of the built-in data sets; synthetic data carries its own.
-DATA_SHAPES = {
-    "digits": ((1, 8, 8), 10),
-    "mnist": ((1, 28, 28), 10),
-    "fashion_mnist": ((1, 28, 28), 10),
-    "cifar10": ((3, 32, 32), 10),
-    "cifar100": ((3, 32, 32), 100),
-}
-TEST_SET_SIZES = {
-    "digits": 450,
-    "mnist": 10000,
-    "fashion_mnist": 10000,
-    "cifar10": 10000,
-    "cifar100": 10000,
-}
 TAIL_SHARE = 0.5  # no pack may cost more than this fraction of one worker's fair share of the sweep
-
-
-def _data_shape(v: Variant) -> tuple[tuple[int, ...], int]:
-    if v.data.name == "synthetic":
-        return (v.data.n_features,), v.data.n_classes
-    return DATA_SHAPES[v.data.name]
 
 
 def forward_flops(v: Variant) -> float:
     """Forward FLOPs for one example of this variant's model and data."""
-    shape, classes = _data_shape(v)
-    return model_forward_flops(v.model, shape, classes)
+    record = DATA_SETS[v.data.name]
+    return model_forward_flops(v.model, record.shape_of(v.data), record.classes_of(v.data))
 
 
 def variant_cost(v: Variant, metrics: MetricsSpec) -> float:
     n_train = subset_size(v.data, train_set_size(v.data))
-    n_test = v.data.n_test if v.data.name == "synthetic" else TEST_SET_SIZES[v.data.name]
+    n_test = DATA_SETS[v.data.name].test_size_of(v.data)
     steps = (
         n_train // v.optim.batch_size
         if v.train.drop_last

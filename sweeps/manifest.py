@@ -2,11 +2,13 @@
 
 ``manifest.json`` (plain JSON, never a pickle) holds the composed config, the axes (the
 union over every command that added to the directory), the planned variant ids, the code
-and package versions. A command may add to a results directory when its *base config*
-matches: the composed config with the axes left out (their values are the sweep) and the
-run-only keys left out (where and how it runs, which metrics it measures: metrics have
-their own check, by ``metrics_id``), the keys that variant ids leave out among them (where the
-data lives, how the packed step is launched).
+and package versions, and the catalogue (:mod:`landscape.catalogue`: the data sets used,
+the knobs' roles, each table's columns), from which ``analysis`` reads names. A command may
+add to a results directory when its *base config* matches: the composed config with the
+axes left out (their values are the sweep) and the run-only keys left out (where and how it
+runs, which metrics it measures: metrics have their own check, by ``metrics_id``), the keys
+that variant ids leave out among them (where the data lives, how the packed step is
+launched).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
+from landscape.catalogue import catalogue
+from landscape.datasets import DATA_SETS
 from landscape.variant import ADDED_KNOBS, LAUNCH_KNOBS, ConfigError
 from sweeps.config import SweepPlan
 from sweeps.store import code_version, package_versions
@@ -98,6 +102,13 @@ def build_manifest(
     history = list(old.get("forced", []))
     if forced:
         history.append({"at": now, "differences": forced})
+    # the data sets of every command that added to the directory (records as they are now)
+    old_data = (old.get("catalogue") or {}).get("data") or {}
+    old_name = ((old.get("config") or {}).get("data") or {}).get("name")
+    named = [*old_data, old_name, *axes.get("data", []), *axes.get("data.name", [])]
+    names = {v.data.name for v in plan.variants} | {
+        n for n in named if isinstance(n, str) and n in DATA_SETS
+    }
     return {
         "sweep": plan.name,
         "config": plan.config,
@@ -112,4 +123,8 @@ def build_manifest(
         **({"forced": history} if history else {}),
         # each table's column types, as every part has them (the store keeps this up to date)
         **({"schemas": old["schemas"]} if old.get("schemas") else {}),
+        # the store brings its tables' columns up to date with the schemas
+        "catalogue": catalogue(
+            names, axes=axes, analysis=plan.analysis, schemas=old.get("schemas")
+        ),
     }

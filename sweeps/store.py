@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from landscape.catalogue import table_columns
 from landscape.variant import ConfigError
 from sweeps.signals import deferred
 
@@ -582,10 +583,13 @@ class Store:
 
     def write_manifest(self, manifest: dict) -> None:
         """Write atomically, with ``schemas``: each table's column types as its parts have them
-        (kept from the manifest for tables this Store has not written)."""
+        (kept from the manifest for tables this Store has not written), and the catalogue's
+        ``tables`` (each table's columns) from them."""
         schemas = dict(manifest.get("schemas") or {})
         schemas.update({t: schema_record(schema) for t, schema in self._schemas.items()})
         manifest = {**manifest, "schemas": schemas}
+        if isinstance(manifest.get("catalogue"), dict):
+            manifest["catalogue"] = {**manifest["catalogue"], "tables": table_columns(schemas)}
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / ".manifest.json.tmp"
         try:

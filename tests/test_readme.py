@@ -20,6 +20,9 @@ def test_the_readme_lists_every_config_file():
     listed = {}
     for group, names in re.findall(r"^ +conf/(\w+)/\{([^}]*)\}\.yaml", README, re.M):
         listed[group] = sorted(names.split(","))
+    # conf/data/<name>.yaml: one per data set record (tests/landscape/test_data.py checks that)
+    for group in re.findall(r"^ +conf/(\w+)/<name>\.yaml", README, re.M):
+        listed[group] = config_groups().get(group)
     assert listed == config_groups()
 
 

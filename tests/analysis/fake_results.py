@@ -52,6 +52,25 @@ SIGNATURE = {
     "IV-A": (0.01, 1.00, 0.88, 15.0, 0.0, 0.60),
     "IV-B": (0.005, 1.00, 0.94, 8.0, 0.0, 0.95),
 }
+# The parts of landscape.catalogue's catalogue the analysis reads, as a digits sweep writes them.
+CATALOGUE = {
+    "version": 1,
+    "data": {
+        "digits": {
+            "source": "scikit-learn's bundled 8x8 handwritten digits",
+            "loader": "digits",
+            "format": "bundled",
+            "input_shape": [1, 8, 8],
+            "classes": 10,
+            "train_size": 1347,
+            "test_size": 450,
+        }
+    },
+    "knobs": {
+        "launch": ["data.root", "data.download", "train.cuda_graphs", "train.pack_step"],
+        "added": {"data.sample_seed": None},
+    },
+}
 ALL_TABLES = ("runs", "curves", "pairs", "surfaces", "spectra", "stiffness", "lr_range")
 TRAINING_TABLES = ("trajectory", "path", "lca", "params", "reparam")
 TOTAL_STEPS = 200
@@ -456,6 +475,7 @@ def write_results(
     analysis: dict[str, str] | None = None,
     rng_seed: int = 0,
     mc_noise: float = 0.4,
+    catalogue: bool = True,
 ) -> Path:
     """Write a results directory under ``root`` and return it.
 
@@ -463,7 +483,8 @@ def write_results(
     ``tables`` selects which tables exist (``runs`` always does; add
     :data:`TRAINING_TABLES` for the measurements during training). ``mc_noise`` is the
     seed-pair standard deviation of mc in percentage points (training error noise is about
-    0.3 points, less where accuracy is clipped at 1).
+    0.3 points, less where accuracy is clipped at 1). ``catalogue=False`` writes a manifest as
+    sweeps did before the catalogue (:data:`CATALOGUE`) existed.
     """
     root = Path(root)
     phases = dict(phases or PLANTED)
@@ -498,6 +519,7 @@ def write_results(
         "analysis": analysis or {"temperature": "optim.batch_size", "load": "model.width"},
         "versions": {"pandas": pd.__version__},
         "code_version": "test",
+        **({"catalogue": CATALOGUE} if catalogue else {}),
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return root

@@ -77,24 +77,50 @@ def test_bad_manifest_is_named(tmp_path):
         load_results(root)
 
 
-def test_num_classes_from_data_name(results_dir):
-    assert load_results(results_dir).num_classes() == 10
-    assert (
-        json.loads((results_dir / "manifest.json").read_text())["config"]["data"]["name"]
-        == "digits"
-    )
+def test_num_classes_from_the_catalogue_record_of_the_data_set(results_dir):
+    results = load_results(results_dir)
+    assert results.catalogue["data"]["digits"]["classes"] == 10
+    assert results.num_classes() == 10
+    # the fake's class-stiffness matrices have 4 classes: the catalogue wins over labels
+    assert results.stiffness["class_a"].max() == 3
 
 
-def test_num_classes_of_synthetic_data_from_its_knob(tmp_path):
+def _rewrite_runs(root, runs: pd.DataFrame) -> None:
+    for part in (root / "runs").glob("part-*.parquet"):
+        part.unlink()
+    runs.to_parquet(root / "runs" / "part-00000.parquet")
+
+
+def _set_manifest(root, **changes) -> None:
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest.update(changes)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_num_classes_of_synthetic_data_from_the_knob_its_record_names(tmp_path):
     root = write_results(tmp_path / "r", tables=("runs",), local_metrics=())
     runs = load_results(root).runs
-    # digits also carries the (meaningless) synthetic default: the name must win.
-    runs = runs.assign(**{"data.n_classes": 4})
-    runs.to_parquet(root / "runs" / "part-00000.parquet")
-    (root / "runs" / "part-00001.parquet").unlink()
+    # every data set carries the (meaningless) synthetic default: the record decides
+    _rewrite_runs(root, runs.assign(**{"data.n_classes": 4}))
     assert load_results(root).num_classes() == 10
-    runs.assign(**{"data.name": "synthetic"}).to_parquet(root / "runs" / "part-00000.parquet")
+    _rewrite_runs(root, runs.assign(**{"data.name": "synthetic", "data.n_classes": 4}))
+    synthetic = {"classes": "data.n_classes", "input_shape": ["data.n_features"]}
+    _set_manifest(root, catalogue={"data": {"synthetic": synthetic}})
     assert load_results(root).num_classes() == 4
+
+
+def test_num_classes_of_results_written_before_the_catalogue(tmp_path):
+    # no catalogue: the config's data.n_classes where the data set's config declares it (a
+    # synthetic sweep's), else the class-stiffness labels, else unknown
+    root = write_results(tmp_path / "r", tables=("runs", "stiffness"), catalogue=False)
+    assert "catalogue" not in load_results(root).manifest
+    assert load_results(root).num_classes() == 4  # the fake's matrices: classes 0 .. 3
+    (root / "stiffness").rename(root / "no-stiffness")
+    assert load_results(root).num_classes() is None
+    runs = load_results(root).runs.assign(**{"data.name": "synthetic", "data.n_classes": 3})
+    _rewrite_runs(root, runs)
+    _set_manifest(root, config={"data": {"name": "synthetic", "n_classes": 3}})
+    assert load_results(root).num_classes() == 3
 
 
 def test_axes_are_inferred_with_list_valued_knobs(tmp_path):
@@ -141,8 +167,27 @@ def test_a_group_axis_is_its_name_column_and_a_hidden_knob_becomes_an_axis(tmp_p
         }
     )
     _write(tmp_path, runs, {"model": ["mlp", "cnn"], "seed": [0, 1]})
+    _set_manifest(tmp_path, catalogue={"knobs": {"launch": ["train.pack_step"]}})
     axes = load_results(tmp_path).axes
     assert list(axes) == ["model.name", "seed", "train.epochs"]
+
+
+def test_before_the_catalogue_a_knob_varying_within_a_replicate_group_is_no_axis(tmp_path):
+    # no catalogue: launch knobs are those that vary among the runs of one group_id (the seeds
+    # of one point, here run with different pack steps); an identity knob never does
+    runs = _runs(
+        **{
+            "group_id": ["g0", "g0", "g1", "g2"],
+            "model.name": ["mlp", "mlp", "cnn", "cnn"],
+            "seed": [0, 1, 0, 1],
+            "train.epochs": [5, 5, 5, 10],  # varies inside a cell of the manifest's axes
+            "train.pack_step": ["vmap", "loop", "vmap", "vmap"],
+        }
+    )
+    _write(tmp_path, runs, {"model": ["mlp", "cnn"], "seed": [0, 1]})
+    assert list(load_results(tmp_path).axes) == ["model.name", "seed", "train.epochs"]
+    _write(tmp_path, runs.drop(columns="group_id"), {"model": ["mlp", "cnn"], "seed": [0, 1]})
+    assert "train.pack_step" in load_results(tmp_path).axes  # nothing tells it apart
 
 
 def test_list_knob_axes_group_like_any_other(tmp_path):

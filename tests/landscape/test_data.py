@@ -15,6 +15,7 @@ import torch
 import torchvision.datasets as tvd
 
 from landscape.data import (
+    LOADERS,
     TORCHVISION_SOURCES,
     check_files,
     load_dataset,
@@ -23,6 +24,7 @@ from landscape.data import (
     subset_indices,
     subset_size,
 )
+from landscape.datasets import DATA_NAMES, DATA_SETS, IDX_FILES, train_set_size
 from landscape.variant import ConfigError, DataSpec, Variant
 
 N_TRAIN, N_TEST = 12, 5
@@ -35,7 +37,8 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 
 def write_mnist(root: Path, folder: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    raw = root / folder / "raw"
+    """The four IDX files of torchvision's MNIST family under ``root/folder`` (``MNIST/raw``)."""
+    raw = root / folder
     raw.mkdir(parents=True)
     arrays = {
         "train-images-idx3-ubyte": rng.integers(0, 256, (N_TRAIN, 28, 28)),
@@ -94,14 +97,27 @@ def write_cifar(
     return out
 
 
-@pytest.mark.parametrize(
-    ("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
-)
-def test_mnist_formats_load_through_torchvision(tmp_path, name, folder):
-    arrays = write_mnist(tmp_path, folder, np.random.default_rng(0))
+IDX_SETS = [n for n, r in DATA_SETS.items() if r.format == "idx"]  # the MNIST family
+
+
+def test_every_data_set_has_a_config_and_every_config_a_data_set():
+    conf = Path(__file__).resolve().parents[2] / "conf" / "data"
+    assert sorted(p.stem for p in conf.glob("*.yaml")) == sorted(DATA_NAMES)
+    for name in DATA_NAMES:
+        assert f"name: {name}\n" in (conf / f"{name}.yaml").read_text()
+        assert DATA_SETS[name].loader in LOADERS
+
+
+@pytest.mark.parametrize("name", IDX_SETS)
+def test_mnist_formats_load_through_torchvision(tmp_path, name):
+    # written where the record says, read through torchvision's own class for the record
+    record = DATA_SETS[name]
+    assert record.files == IDX_FILES and record.folder == f"{record.torchvision_class}/raw"
+    arrays = write_mnist(tmp_path, record.folder, np.random.default_rng(0))
     ds = load_dataset(DataSpec(name=name, root=str(tmp_path), normalize=False))
     assert ds.x_train.shape == (N_TRAIN, 1, 28, 28) and ds.x_train.dtype == torch.float32
     assert ds.x_test.shape == (N_TEST, 1, 28, 28) and ds.num_classes == 10
+    assert ds.input_shape == record.input_shape and ds.num_classes == record.classes
     expected = (
         torch.tensor(arrays["train-images-idx3-ubyte"], dtype=torch.float32).unsqueeze(1) / 255
     )
@@ -144,16 +160,9 @@ def test_normalisation_uses_training_statistics_per_channel(tmp_path, monkeypatc
     torch.testing.assert_close(ds.pad_value, (-mean / std).flatten())  # a black pixel, normalised
 
 
-@pytest.mark.parametrize(
-    ("name", "folder"),
-    [
-        ("mnist", "MNIST/raw"),
-        ("fashion_mnist", "FashionMNIST/raw"),
-        ("cifar10", "cifar-10-batches-py"),
-        ("cifar100", "cifar-100-python"),
-    ],
-)
-def test_missing_files_say_where_they_go_and_how_to_get_them(tmp_path, name, folder):
+@pytest.mark.parametrize("name", sorted(TORCHVISION_SOURCES))
+def test_missing_files_say_where_they_go_and_how_to_get_them(tmp_path, name):
+    folder = TORCHVISION_SOURCES[name].folder
     root = tmp_path / "nowhere"
     with pytest.raises(ConfigError) as err:
         load_dataset(DataSpec(name=name, root=str(root)))  # download defaults to False: no network
@@ -163,12 +172,11 @@ def test_missing_files_say_where_they_go_and_how_to_get_them(tmp_path, name, fol
     assert not root.exists()  # nothing written
 
 
-@pytest.mark.parametrize(
-    ("name", "folder"), [("mnist", "MNIST/raw"), ("fashion_mnist", "FashionMNIST/raw")]
-)
+@pytest.mark.parametrize("name", IDX_SETS)
 def test_present_but_unreadable_files_are_a_config_error_and_pass_the_presence_check(
-    tmp_path, name, folder
+    tmp_path, name
 ):
+    folder = TORCHVISION_SOURCES[name].folder
     spec = DataSpec(name=name, root=str(tmp_path))
     (tmp_path / folder).mkdir(parents=True)
     for f in TORCHVISION_SOURCES[name].files:
@@ -188,10 +196,14 @@ def test_cifar_with_wrong_checksums_is_a_config_error(tmp_path, monkeypatch):
 def test_digits_and_synthetic_still_load():
     digits = load_dataset(DataSpec(name="digits"))
     assert digits.x_train.shape == (1347, 1, 8, 8) and digits.x_test.shape == (450, 1, 8, 8)
-    synth = load_dataset(
-        DataSpec(name="synthetic", n_train=100, n_test=20, n_features=6, n_classes=3)
-    )
+    small = DataSpec(name="synthetic", n_train=100, n_test=20, n_features=6, n_classes=3)
+    synth = load_dataset(small)
     assert synth.x_train.shape == (100, 6) and synth.num_classes == 3
+    for ds, spec in ((digits, DataSpec(name="digits")), (synth, small)):  # as their records say
+        record = DATA_SETS[spec.name]
+        assert ds.input_shape == record.shape_of(spec) and ds.num_classes == record.classes_of(spec)
+        sizes = (len(ds.y_train), len(ds.y_test))
+        assert sizes == (train_set_size(spec), record.test_size_of(spec))
     torch.testing.assert_close(synth.x_train.mean(0), torch.zeros(6), atol=1e-5, rtol=0)
 
 

@@ -75,6 +75,38 @@ def test_a_knob_added_later_reads_as_its_default_in_an_older_manifest(tmp_path):
         check_same_base(old, tiny_plan(tmp_path, "data.sample_seed=3"), force=False)
 
 
+def test_the_manifest_carries_the_catalogue_that_analysis_reads(tmp_path):
+    from analysis.load import load_results
+    from landscape.datasets import DATA_SETS
+    from landscape.variant import LAUNCH_KNOBS
+
+    plan = tiny_plan(tmp_path, "data.n_classes=3")
+    ids = [v.variant_id for v in plan.variants]
+    store = Store(plan.results_dir)
+    store.write_manifest(build_manifest(plan, None, ids, []))
+    assert Store(plan.results_dir).read_manifest()["catalogue"]["tables"] == {}
+    rows = [{"variant_id": i, "status": "ok", **v.flat()} for i, v in zip(ids, plan.variants)]
+    store.write_pack({"runs": rows[:1]})
+    store.write_pack({"runs": [{**r, "train_loss": 1.0} for r in rows[1:]]})  # a new column
+    manifest = Store(plan.results_dir).read_manifest()
+    catalogue = manifest["catalogue"]
+    # the schemas' columns, in the table's order (the manifest's keys are sorted)
+    assert sorted(catalogue["tables"]["runs"]) == sorted(manifest["schemas"]["runs"])
+    assert list(catalogue["data"]) == ["synthetic"]
+    assert catalogue["data"]["synthetic"] == DATA_SETS["synthetic"].record()
+    assert catalogue["knobs"]["launch"] == list(LAUNCH_KNOBS)
+    assert "model.width" in catalogue["knobs"]["identity"] and "seed" in catalogue["knobs"]["axes"]
+    assert set(catalogue["knobs"]["analysis"]) <= {"temperature", "load"}
+    assert catalogue["tables"]["runs"][:2] == ["variant_id", "status"]
+    assert catalogue["tables"]["runs"][-1] == "train_loss"
+    results = load_results(plan.results_dir)
+    assert results.num_classes() == 3  # synthetic: the knob its record names
+    # a later command over another data set adds its record and keeps the first
+    other = tiny_plan(tmp_path, "data=digits")
+    both = build_manifest(other, Store(plan.results_dir).read_manifest(), ids, [])
+    assert sorted(both["catalogue"]["data"]) == ["digits", "synthetic"]
+
+
 def test_base_config_leaves_out_axes_and_run_only_keys(tmp_path):
     plan = tiny_plan(tmp_path)
     base = base_config(plan.config, ["model.width", "seed", "model"])
