@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from sweeps import cli
+
 SWEEP = [sys.executable, "-m", "sweeps.cli"]
 
 
@@ -91,3 +93,24 @@ def test_hydra_shell_completion(tmp_path):
     )
     assert query.stdout.split() == ["model=cnn", "model=mlp", "model=resnet18", "model=vgg9"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_is_its_own_command_and_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    """The sweep draws its report with ``landscape-report`` in a child process (the report
+    itself: tests/analysis; a sweep that draws one: test_end_to_end.py)."""
+    ran = []
+
+    def full_disk(cmd, **kwargs):
+        ran.append(cmd)
+        stderr = "Traceback (most recent call last):\n  ...\nOSError: [Errno 28] No space left on device\n"
+        return subprocess.CompletedProcess(cmd, 1, stderr=stderr)
+
+    monkeypatch.setattr(cli.subprocess, "run", full_disk)
+    assert cli._report(tmp_path) == 1
+    assert ran == [
+        [sys.executable, "-m", "analysis.report", str(tmp_path), "--out", str(tmp_path / "report")]
+    ]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"no space left on the device of {tmp_path} while writing the report" in lines[0]
+    assert f"run `landscape-report {tmp_path}`" in lines[0]
