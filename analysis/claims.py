@@ -291,7 +291,7 @@ def _knob_order(values: pd.Series) -> np.ndarray:
 
 def evaluate(results: Results, claim: Claim, rule: Rule | None = None) -> Verdict | None:
     """The verdict of ``claim`` on ``results``, or None when the sweep does not test it."""
-    from analysis.correlations import kendall_tau  # (matplotlib: not at import, for sweeps' check)
+    from analysis.correlations import kendall_tau  # (matplotlib: only when a claim is evaluated)
 
     rule = rule or Rule()
     frame = _samples(results, claim)
@@ -379,6 +379,17 @@ def declared(results: Results) -> tuple[str, ...] | None:
     return tuple(names) if names else None
 
 
+def check_declared(results: Results) -> None:
+    """Raise ResultsError (one line) when a sweep's preset names a claim that does not exist:
+    a misspelt name would test nothing."""
+    unknown = [n for n in declared(results) or () if n not in CLAIM_NAMES]
+    if unknown:
+        raise ResultsError(
+            f"{results.path}: sweep.analysis.claims names unknown claim {unknown[0]!r}; "
+            f"allowed: {', '.join(CLAIM_NAMES)}"
+        )
+
+
 def evaluate_all(
     results: Sequence[Results], claims: Sequence[Claim] = CLAIMS, rule: Rule | None = None
 ) -> pd.DataFrame:
@@ -453,6 +464,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"--json={args.json}: allowed is a file path in an existing directory"
             )
         results = [load_results(d) for d in args.dirs]
+        for r in results:
+            check_declared(r)
     except ResultsError as err:
         print(f"landscape-claims: {err}", file=sys.stderr)
         return 2

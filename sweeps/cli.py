@@ -28,9 +28,14 @@ and the same command resumes.
 
 from __future__ import annotations
 
+import argparse
+import errno
+import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from landscape.variant import ConfigError
 
@@ -112,15 +117,21 @@ def _error(message: str) -> int:
     return 2
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's arguments; a bad one is one line, as everywhere in ``landscape-sweep`` (not
+    argparse's usage block), and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.exit(_error(f"{self.prog.split()[-1]}: {message} (see --help)"))
+
+
 def _command(name: str, args: list[str]) -> int:
     """``status <dir>`` or ``compact <dir> [--max-rows N]``."""
-    from analysis.oneline import OneLineParser
-
     about = {
         "status": "counts by status, failures by error, throughput and ETA (reads only)",
         "compact": "merge many small Parquet parts into few with the same rows (crash-safe)",
     }
-    parser = OneLineParser(prog=f"landscape-sweep {name}", description=about[name])
+    parser = _CommandParser(prog=f"landscape-sweep {name}", description=about[name])
     parser.add_argument("results_dir", help="a sweep's results directory, e.g. results/demo")
     if name == "compact":
         parser.add_argument(
@@ -210,7 +221,7 @@ def _sweep(overrides: list[str], flags: set[str], command: str) -> int:
     except ConfigError as exc:
         return _error(str(exc))
 
-    from sweeps.runner import DiskFull, SweepStopped, is_disk_full, run_sweep
+    from sweeps.runner import DiskFull, SweepStopped, run_sweep
 
     try:
         summary = run_sweep(
@@ -245,23 +256,38 @@ def _sweep(overrides: list[str], flags: set[str], command: str) -> int:
     for line in end_of_sweep(plan, summary, command):
         print(line)
     if "--no-report" not in flags:
-        from analysis.load import load_results
-        from analysis.report import build_report
-
-        try:
-            report = build_report(load_results(plan.results_dir), plan.results_dir / "report")
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            print(
-                f"landscape-sweep: error: no space left on the device of {plan.results_dir} "
-                "while writing the report (the sweep's results are complete); free some space "
-                f"and run `landscape-report {plan.results_dir}`",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"report:  {report}")
+        return _report(plan.results_dir)
     return 0
+
+
+# How a child process's error says that the disk is full (Python's and pyarrow's alike)
+DISK_FULL = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT))
+
+
+def _report(results_dir: Path) -> int:
+    """Draw the report with its own command, ``landscape-report``, in a child process (the
+    sweep's code never imports the analysis'), and print where it is. A full disk is one line
+    and exit 1, as is any other failure after the child's own message: the sweep's results are
+    complete either way, and ``landscape-report`` draws the report again."""
+    out = results_dir / "report"
+    cmd = [sys.executable, "-m", "analysis.report", str(results_dir), "--out", str(out)]
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode == 0:
+        sys.stderr.write(done.stderr)  # warnings, as the report command prints them
+        print(f"report:  {out / 'index.html'}")
+        return 0
+    if any(text in done.stderr for text in DISK_FULL):
+        what = f"no space left on the device of {results_dir} while writing the report"
+        then = "free some space and run"
+    else:
+        sys.stderr.write(done.stderr)
+        what, then = f"the report failed (exit {done.returncode}, above)", "run"
+    print(
+        f"landscape-sweep: error: {what} (the sweep's results are complete); "
+        f"{then} `landscape-report {results_dir}`",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

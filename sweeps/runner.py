@@ -1,6 +1,7 @@
 """The sweep driver: take the results directory's lock, repair it after any crash, skip what is
 finished, pack the rest (biggest first), dispatch packs to long-lived Ray workers with a bound
-on work in flight, and write each pack's rows to the store as soon as it returns.
+on work in flight, and write each pack's rows to the store as soon as it returns. What is
+measured in the driver after training, from checkpoints, is in :mod:`sweeps.passes`.
 
 Failure is data: a pack whose worker process dies is run again (on the restarted actor or
 another one); a pack that has killed its worker ``ray.max_pack_attempts`` times is recorded
@@ -10,7 +11,6 @@ another one); a pack that has killed its worker ``ray.max_pack_attempts`` times 
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import math
 import os
@@ -25,29 +25,26 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from ray._private import ray_constants
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from tqdm import tqdm
 
 import landscape
-from landscape.cross import cross_pairs, interpolate_pair
-from landscape.data import Dataset, load_dataset
 from landscape.pack import make_packs
-from landscape.run import failed_rows, measure_checkpoint_pairs, measure_checkpoints, metrics_id
-from landscape.train import resolve_device
+from landscape.run import failed_rows, metrics_id
 from landscape.variant import ConfigError, Variant
 from sweeps.cluster import check_cluster
 from sweeps.config import SweepPlan
 from sweeps.cost import schedule
 from sweeps.lock import ResultsLock, ResultsLockedError
 from sweeps.manifest import build_manifest, check_same_base
+from sweeps.passes import measurable_from_checkpoints, run_passes
 from sweeps.reaper import reap_with_driver
 from sweeps.signals import installed as signals_installed
 from sweeps.signals import keep_handlers
 from sweeps.store import FINISHED, Store
 from sweeps.trackers import PackCallback, make_tracker
-from sweeps.workers import PackWorker, dataset_key
+from sweeps.workers import PackWorker
 
 WAIT_LOG_S = 60.0  # with no result for this long, say what the driver is waiting for
 DIED = (RayActorError, WorkerCrashedError)
@@ -212,7 +209,7 @@ def _stale(
         and recorded[i]["status"] in FINISHED
         and recorded[i].get("metrics_id") != mid
     }
-    stale -= _measurable_from_checkpoints(plan, stale, recorded)
+    stale -= measurable_from_checkpoints(plan, stale, recorded)
     if stale and not remeasure:
         old_ids = sorted({str(recorded[i].get("metrics_id")) for i in stale})
         old_preset = ((old_manifest or {}).get("config", {}).get("metrics") or {}).get(
@@ -226,82 +223,6 @@ def _stale(
             "or choose another sweep.name or out_dir"
         )
     return stale
-
-
-class _DriverData:
-    """Data sets loaded in the driver for its post-training passes, once per source."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.cache: dict[str, Dataset] = {}
-
-    def __call__(self, variant: Variant) -> Dataset:
-        key = dataset_key(variant.data)
-        if key not in self.cache:
-            self.cache[key] = load_dataset(variant.data).to(self.device)
-        return self.cache[key]
-
-
-def _measurable_from_checkpoints(
-    plan: SweepPlan, stale: set[str], recorded: dict[str, dict]
-) -> set[str]:
-    """Stale variants that can be measured again without retraining: finished ``ok`` with a
-    checkpoint file, when the new metrics need nothing taken during training."""
-    if plan.metrics.trajectory.enabled:
-        return set()
-    directory = plan.results_dir / "checkpoints"
-    return {i for i in stale if recorded[i]["status"] == "ok" and (directory / f"{i}.pt").exists()}
-
-
-# Tables written while training: kept when a variant is measured again from its checkpoint.
-TRAINING_TABLES = ("curves", "trajectory", "path", "lca")
-STEPPED_TABLES = ("stiffness", "params")  # rows with a step were taken during training
-TRAINING_COLUMNS = (
-    "best_epoch",
-    "diverged_step",
-    "pack_members",
-    "wall_time_s",
-    "pack_wall_time_s",
-)
-
-
-def _measure_from_checkpoints(
-    plan: SweepPlan, store: Store, ids: list[str], log: Callable[[str], None]
-) -> int:
-    """Measure again, in the driver, the finished variants whose metrics_id is not the plan's
-    and whose checkpoints exist; their rows are replaced, and what training wrote (curves,
-    trajectories, the runs row's training columns) is carried over. Returns how many."""
-    mid = metrics_id(plan.metrics)
-    recorded = store.recorded()
-    stale = {
-        i
-        for i in ids
-        if recorded.get(i, {}).get("status") in FINISHED and recorded[i].get("metrics_id") != mid
-    }
-    todo_ids = _measurable_from_checkpoints(plan, stale, recorded)
-    if not todo_ids:
-        return 0
-    variants = [v for v, i in zip(plan.variants, ids) if i in todo_ids]
-    log(f"measuring {len(variants)} finished variants again from their checkpoints (no retraining)")
-    device = resolve_device(plan.device)
-    data = _DriverData(device)
-    for pack in make_packs(variants, plan.pack.max_members):
-        tables = measure_checkpoints(
-            pack, plan.metrics, data(pack[0]), device, plan.results_dir / "checkpoints"
-        ).tables
-        pack_ids = {v.variant_id for v in pack}
-        old_runs = {r["variant_id"]: r for r in store.rows_of("runs", pack_ids)}
-        for row in tables["runs"]:
-            row.update({c: old_runs[row["variant_id"]].get(c) for c in TRAINING_COLUMNS})
-        for table in TRAINING_TABLES + STEPPED_TABLES:
-            kept = store.rows_of(table, pack_ids)
-            if table in STEPPED_TABLES:  # only the rows taken during training
-                kept = [r for r in kept if r.get("step") is not None]
-            if kept:
-                tables[table] = tables.get(table, []) + kept
-        store.supersede(pack_ids)
-        store.write_pack(tables)
-    return len(variants)
 
 
 def run_sweep(
@@ -386,12 +307,7 @@ def _run_locked(
             _run_on_ray(plan, store, manifest, todo, redo, dispatch)
         else:
             store.write_manifest(manifest)
-        if plan.checkpoints or (plan.results_dir / "checkpoints").is_dir():
-            summary.remeasured = _measure_from_checkpoints(plan, store, ids, log)
-        if plan.metrics.any_pairs:
-            _group_pairs_pass(plan, store, ids, log)
-        if plan.metrics.cross.enabled:
-            _cross_pass(plan, store, ids, log)
+        summary.remeasured = run_passes(plan, store, ids, log)
         for table in store.tables():
             store.harmonize(table)
     except (KeyboardInterrupt, OSError) as exc:
@@ -677,88 +593,3 @@ def progress_bar(total: int, packs: int, name: str, show: bool, log: Callable[[s
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def missing_group_pairs(
-    plan: SweepPlan, store: Store, ids: list[str]
-) -> list[tuple[list[Variant], list[tuple[int, int]]]]:
-    """Replicate groups whose finished (``ok``) members lack pairs rows because they were not
-    trained in one pack (a group larger than ``pack.max_members``, a pack split for memory or
-    retried member by member, a seed run again with ``--retry-failed``): per group, its ok
-    members (by seed) and the missing pairs (positions among them), up to ``metrics.max_pairs``
-    pairs per group counting those recorded."""
-    recorded = store.recorded()
-    groups: dict[str, list[Variant]] = {}
-    for v, i in zip(plan.variants, ids):
-        if recorded.get(i, {}).get("status") == "ok":
-            groups.setdefault(v.group_id, []).append(v)
-    done_rows, _ = store.read_column_values("pairs", ["variant_a", "variant_b"])
-    done = {frozenset((r["variant_a"], r["variant_b"])) for r in done_rows}
-    out = []
-    for members in groups.values():
-        if len(members) < 2:
-            continue
-        members.sort(key=lambda v: v.seed)
-        member_ids = [v.variant_id for v in members]
-        pairs = list(itertools.combinations(range(len(members)), 2))
-        missing = [
-            (a, b) for a, b in pairs if frozenset((member_ids[a], member_ids[b])) not in done
-        ]
-        have = len(pairs) - len(missing)
-        missing = missing[: max(0, plan.metrics.max_pairs - have)]
-        if missing:
-            out.append((members, missing))
-    return out
-
-
-def _group_pairs_pass(
-    plan: SweepPlan, store: Store, ids: list[str], log: Callable[[str], None]
-) -> None:
-    """Measure, from checkpoints and in the driver, the pairs of replicate groups whose members
-    were trained apart; each group's rows are one write committed by a ``passes`` part. Without
-    checkpoints, say how many pairs are missing and how to get them."""
-    todo = missing_group_pairs(plan, store, ids)
-    directory = plan.results_dir / "checkpoints"
-    have = [(m, p) for m, p in todo if all((directory / f"{v.variant_id}.pt").exists() for v in m)]
-    lacking = sum(len(p) for _, p in todo) - sum(len(p) for _, p in have)
-    if lacking:
-        log(
-            f"{lacking} pairs between replicate-group members trained in different packs are "
-            "not measured: their checkpoints are missing (with checkpoints=true they are "
-            "measured after training)"
-        )
-    if not have:
-        return
-    log(
-        f"group pairs: measuring {sum(len(p) for _, p in have)} pairs of {len(have)} replicate "
-        "groups whose members were trained in different packs, from their checkpoints"
-    )
-    device = resolve_device(plan.device)
-    data = _DriverData(device)
-    for members, pairs in have:
-        rows = measure_checkpoint_pairs(
-            members, plan.metrics, data(members[0]), device, directory, pairs
-        ).tables
-        store.write_pass(rows, "group_pairs")
-
-
-def _cross_pass(plan: SweepPlan, store: Store, ids: list[str], log: Callable[[str], None]) -> None:
-    """Interpolate between finished variants of different packs (``metrics.cross``), from their
-    checkpoints, in the driver; each pair's rows are one self-committed part of ``cross``."""
-    spec = plan.metrics.cross
-    recorded = store.recorded()
-    ok = [v for v, i in zip(plan.variants, ids) if recorded.get(i, {}).get("status") == "ok"]
-    done_rows, _ = store.read_column_values("cross", ["variant_a", "variant_b"])
-    done = {(r["variant_a"], r["variant_b"]) for r in done_rows}
-    pairs = [
-        (a, b) for a, b in cross_pairs(ok, spec.vary) if (a.variant_id, b.variant_id) not in done
-    ]
-    pairs = pairs[: max(0, spec.max_pairs - len(done))]
-    if not pairs:
-        return
-    log(f"cross-variant pairs: interpolating {len(pairs)} (varying {', '.join(spec.vary)})")
-    device = resolve_device(plan.device)
-    data = _DriverData(device)
-    for a, b in pairs:
-        rows = interpolate_pair(a, b, plan.checkpoint_dir, data(a), spec, device)
-        store.write_part("cross", rows)

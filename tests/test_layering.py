@@ -1,7 +1,11 @@
-"""The layers hold: landscape/ never imports Ray, Hydra or OmegaConf (a GPU machine without them
-runs it), and analysis/ never imports torch or Ray (it reads Parquet). Each checked in a fresh
-interpreter that imports every module of the package."""
+"""The layers hold: landscape/ never imports Ray, Hydra, OmegaConf (a GPU machine without them
+runs it) or analysis/, analysis/ never imports torch or Ray (it reads Parquet), and sweeps/ never
+imports analysis/ (it runs the report's own command). Checked in the source of every module,
+the imports inside functions too; and for landscape/ and analysis/ also in a fresh interpreter
+that imports every module of the package (and what those import in turn: sweeps/ imports only
+itself, landscape/ and other distributions)."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -18,10 +22,15 @@ def _modules(package: str) -> list[str]:
     )
 
 
-@pytest.mark.parametrize(
-    ("package", "forbidden"),
-    [("landscape", ("ray", "hydra", "omegaconf")), ("analysis", ("torch", "ray"))],
-)
+LAYERS = [
+    ("landscape", ("ray", "hydra", "omegaconf", "analysis")),
+    ("analysis", ("torch", "ray")),
+    ("sweeps", ("analysis",)),
+]
+
+
+# sweeps/ imports only itself, landscape/ and other distributions: its source check suffices
+@pytest.mark.parametrize(("package", "forbidden"), LAYERS[:2])
 def test_a_layer_never_imports_what_it_must_not(package, forbidden):
     code = (
         "import importlib, sys\n"
@@ -33,3 +42,23 @@ def test_a_layer_never_imports_what_it_must_not(package, forbidden):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def _imported(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0:
+        return [node.module]
+    return []
+
+
+@pytest.mark.parametrize(("package", "forbidden"), LAYERS)
+def test_no_module_of_a_layer_names_what_it_must_not_even_in_a_function(package, forbidden):
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno} imports {name}"
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        for name in _imported(node)
+        if name.split(".")[0] in forbidden
+    ]
+    assert found == []

@@ -199,6 +199,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert not (root / "claims.json").exists()
 
 
+def test_a_sweep_that_names_an_unknown_claim_is_one_line_and_exit_2(tmp_path, capsys):
+    analysis = {"temperature": "optim.batch_size", "load": "model.width", "claims": ["bogus"]}
+    root = write_results(tmp_path / "fake", tables=("runs",), analysis=analysis)
+    assert main([str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sweep.analysis.claims names unknown claim 'bogus'; allowed: small_batch" in err
+    assert "\n" not in err
+
+
 def test_one_sample_per_cell_borrows_the_pooled_spread_or_gives_no_z():
     # width 8 has two seeds per batch size (sd^2 = 2 each), width 16 only one: the pooled
     # variance 2 measures width 16's ends too. se^2 = 2 * (1/2 + 1/2 + 1 + 1) = 6.

@@ -7,7 +7,10 @@ import pandas as pd
 import pytest
 import ray
 
+from landscape.run import metrics_id
 from sweeps.config import plan_sweep
+from sweeps.manifest import build_manifest
+from sweeps.store import Store
 
 # 4 widths x 2 seeds of a small MLP on synthetic data: 4 packs of one replicate group each,
 # each well under a second to train and measure on one core.
@@ -27,6 +30,33 @@ TINY = [
 
 def tiny_plan(tmp_path, *extra):
     return plan_sweep([*TINY, f"out_dir={tmp_path / 'results'}", *extra])
+
+
+def finished_plan(tmp_path, *extra):
+    """A results directory as a finished tiny sweep leaves it (rows written directly, no Ray)."""
+    plan = tiny_plan(tmp_path, *extra)
+    store = Store(plan.results_dir)
+    ids = [v.variant_id for v in plan.variants]
+    store.write_manifest(build_manifest(plan, None, ids, []))
+    store.write_pack(
+        {
+            "runs": [
+                {"variant_id": i, "status": "ok", "metrics_id": metrics_id(plan.metrics)}
+                for i in ids
+            ]
+        }
+    )
+    return plan
+
+
+def command(argv: list[str]) -> int:
+    """``landscape-sweep`` in this process (a process costs seconds): its exit status. The
+    SIGINT and SIGTERM handlers it installs are put back as they were."""
+    from sweeps.cli import main
+    from sweeps.signals import keep_handlers
+
+    with keep_handlers():
+        return main(argv)
 
 
 def runs_table(plan) -> pd.DataFrame:

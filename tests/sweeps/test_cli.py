@@ -1,15 +1,23 @@
-"""The command as a user runs it: a real process, real exit codes, real files (or none)."""
+"""The command as a user runs it: a real process, real exit codes, real files (or none). Most
+bad-input cases run the same entry point in this process (a process costs seconds)."""
 
 import subprocess
 import sys
 
 import pytest
 
+from sweeps import cli
+from tests.sweeps.conftest import command
+
 SWEEP = [sys.executable, "-m", "sweeps.cli"]
 
 
 def run(args, cwd):
     return subprocess.run([*SWEEP, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+# Bad input of each kind (a config value, a flag, Hydra's printing flags) in a real process
+IN_A_PROCESS = ("model=transformer", "--frobnicate", "--cfg job model=transformer")
 
 
 @pytest.mark.parametrize(
@@ -32,11 +40,19 @@ def run(args, cwd):
         ("--cfg bogus", "--cfg must be one of job, hydra, all, got 'bogus'"),
     ],
 )
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, override, fragment):
-    result = run([*override.split(), "out_dir=results"], tmp_path)
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and fragment in lines[0], result.stderr
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    tmp_path, monkeypatch, capsys, override, fragment
+):
+    args = [*override.split(), "out_dir=results"]
+    if override in IN_A_PROCESS:
+        result = run(args, tmp_path)
+        status, stderr = result.returncode, result.stderr
+    else:
+        monkeypatch.chdir(tmp_path)
+        status, stderr = command(args), capsys.readouterr().err
+    assert status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], stderr
     assert list(tmp_path.iterdir()) == []
 
 
@@ -64,14 +80,14 @@ def test_hydra_help_lists_config_groups(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_version_and_multirun_flags(tmp_path):
-    version = run(["--version"], tmp_path)
-    assert version.returncode == 0 and version.stdout.startswith("landscape-sweep 0.1.0 (code ")
+def test_version_and_multirun_flags(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert command(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("landscape-sweep 0.1.0 (code ")
     # a sweep is already a multirun: -m / --multirun are accepted, not refused
-    for flag in ("-m", "--multirun"):
-        shown = run([flag, "--cfg", "job", "model.width=12"], tmp_path)
-        assert shown.returncode == 0, shown.stderr
-        assert "width: 12" in shown.stdout
+    shown = run(["-m", "--multirun", "--cfg", "job", "model.width=12"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "width: 12" in shown.stdout
     assert list(tmp_path.iterdir()) == []
 
 
@@ -91,3 +107,24 @@ def test_hydra_shell_completion(tmp_path):
     )
     assert query.stdout.split() == ["model=cnn", "model=mlp", "model=resnet18", "model=vgg9"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_report_is_its_own_command_and_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    """The sweep draws its report with ``landscape-report`` in a child process (the report
+    itself: tests/analysis; a sweep that draws one: test_end_to_end.py)."""
+    ran = []
+
+    def full_disk(cmd, **kwargs):
+        ran.append(cmd)
+        stderr = "Traceback (most recent call last):\n  ...\nOSError: [Errno 28] No space left on device\n"
+        return subprocess.CompletedProcess(cmd, 1, stderr=stderr)
+
+    monkeypatch.setattr(cli.subprocess, "run", full_disk)
+    assert cli._report(tmp_path) == 1
+    assert ran == [
+        [sys.executable, "-m", "analysis.report", str(tmp_path), "--out", str(tmp_path / "report")]
+    ]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"no space left on the device of {tmp_path} while writing the report" in lines[0]
+    assert f"run `landscape-report {tmp_path}`" in lines[0]

@@ -1,7 +1,10 @@
 """A real sweep on a real local Ray instance with 2 CPUs, Parquet read back with pandas.
 
-The default test measures the cheap ``metrics=fast`` preset (the sweep machinery is what it
-tests); the slow one runs the demo preset's local and global metrics through Ray."""
+The default test runs the command in a process of its own (which starts and ends its Ray) on
+the cheap ``metrics=fast`` preset (the sweep machinery is what it tests), then the command
+again in this process, which trains nothing; an extended axis trains only its new variants
+(on the tests' shared Ray instance). The slow ones run the demo preset's local and global
+metrics, checkpoints and what the driver measures from them."""
 
 import subprocess
 import sys
@@ -10,6 +13,8 @@ import pandas as pd
 import pytest
 
 from sweeps.cli import main
+from sweeps.runner import run_sweep
+from tests.sweeps.conftest import command, finished_plan, tiny_plan
 
 ARGS = [
     "model.width=8,16",
@@ -30,47 +35,37 @@ def sweep(cwd, *extra):
     return result.stdout
 
 
-def test_sweep_writes_parquet_and_a_rerun_trains_nothing(tmp_path):
-    out = sweep(tmp_path)
+def test_sweep_writes_parquet_and_a_rerun_trains_nothing(tmp_path, monkeypatch, capsys):
+    small = ["model.width=8", "train.epochs=1"]  # 2 batch sizes x 2 seeds
+    out = sweep(tmp_path, *small)
     results = tmp_path / "results" / "demo"
-    assert "8 to run" in out and "report:" in out
+    assert "4 to run" in out and "report:  results/demo/report/index.html" in out
     runs = pd.read_parquet(results / "runs")
-    assert len(runs) == 8 and runs.variant_id.is_unique
+    assert len(runs) == 4 and runs.variant_id.is_unique
     assert set(runs.status) == {"ok"}
     assert runs["hessian_trace"].notna().all() and (runs["hessian_trace_se"] > 0).all()
-    assert set(runs["model.width"]) == {8, 16} and set(runs["optim.batch_size"]) == {32, 128}
+    assert set(runs["model.width"]) == {8} and set(runs["optim.batch_size"]) == {32, 128}
     assert runs.groupby("group_id").size().eq(2).all()  # each replicate group: both seeds
+    assert runs["finished_at"].notna().all()
     curves = pd.read_parquet(results / "curves")
     assert set(curves.variant_id) == set(runs.variant_id)
-    assert len(curves) == 8 * 3  # epochs 0..2
+    assert len(curves) == 4 * 2  # epochs 0..1
     assert (results / "manifest.json").exists()
     assert (results / "report" / "index.html").exists()
     assert list((results / "report").glob("*.png"))
 
     parts_before = sorted(p.name for p in (results / "runs").iterdir())
-    again = sweep(tmp_path, "--no-report")
-    assert "8 already finished (skipped), 0 to run" in again
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert command(["out_dir=results", *ARGS, *small, "--no-report"]) == 0
+    assert "4 already finished (skipped), 0 to run" in capsys.readouterr().out
     assert sorted(p.name for p in (results / "runs").iterdir()) == parts_before
 
-    # extending an axis trains only the new variants
-    extended = sweep(tmp_path, "model.width=8,16,32", "--no-report")
-    assert "8 already finished (skipped), 4 to run" in extended
-    runs = pd.read_parquet(results / "runs")
-    assert len(runs) == 12 and runs.variant_id.is_unique
-    assert runs["finished_at"].notna().all()
-
     # status reads the directory alone; compact merges the parts and keeps every row as it was
-    status = subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", "status", "results/demo"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert (
-        "12 variants recorded (12 ok)" in status.stdout
-        and "0 of them still to run" in status.stdout
-    )
+    assert main(["status", str(results)]) == 0
+    status = capsys.readouterr().out
+    assert "4 variants recorded (4 ok)" in status and "0 of them still to run" in status
+    runs = pd.read_parquet(results / "runs")
     assert main(["compact", str(results)]) == 0
     compacted = pd.read_parquet(results / "runs")
     assert len(list((results / "runs").iterdir())) == 1
@@ -78,6 +73,20 @@ def test_sweep_writes_parquet_and_a_rerun_trains_nothing(tmp_path):
         compacted.sort_values("variant_id").reset_index(drop=True),
         runs.sort_values("variant_id").reset_index(drop=True),
     )
+
+
+def test_extending_an_axis_trains_only_the_new_variants(local_ray, tmp_path):
+    plan = finished_plan(tmp_path)  # 4 widths x 2 seeds recorded ok, never trained
+    logs: list[str] = []
+    summary = run_sweep(
+        tiny_plan(tmp_path, "model.width=4,5,6,7,8"), progress=False, log=logs.append
+    )
+    assert any("8 already finished (skipped), 2 to run" in line for line in logs), logs
+    assert (summary.skipped, summary.ran, summary.counts) == (8, 2, {"ok": 2})
+    runs = pd.read_parquet(plan.results_dir / "runs")
+    assert len(runs) == 10 and runs.variant_id.is_unique
+    trained = runs[runs.test_acc.notna()]  # the recorded rows have no measurements
+    assert sorted(trained["model.width"]) == [8, 8] and trained.finished_at.notna().all()
 
 
 @pytest.mark.slow

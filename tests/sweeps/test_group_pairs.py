@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
-from sweeps.runner import _group_pairs_pass, missing_group_pairs
+from sweeps.passes import group_pairs_pass, missing_group_pairs
 from sweeps.store import Store
 from tests.sweeps.conftest import tiny_plan
 
@@ -47,7 +47,7 @@ def test_missing_pairs_are_those_across_packs_within_max_pairs(tmp_path):
 def test_without_checkpoints_the_sweep_says_which_pairs_are_missing(tmp_path):
     plan, store, ids = _recorded(tmp_path)
     lines: list[str] = []
-    _group_pairs_pass(plan, store, ids, lines.append)
+    group_pairs_pass(plan, store, ids, lines.append)
     assert len(lines) == 1 and lines[0].startswith("2 pairs between replicate-group members")
     assert "checkpoints=true" in lines[0]
     assert len(pd.read_parquet(plan.results_dir / "pairs")) == 1  # nothing written

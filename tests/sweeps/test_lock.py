@@ -13,7 +13,7 @@ from landscape.variant import ConfigError
 from sweeps.lock import ResultsLock
 from sweeps.runner import run_sweep
 from sweeps.status import sweep_status
-from tests.sweeps.conftest import TINY, tiny_plan
+from tests.sweeps.conftest import TINY, command, tiny_plan
 
 # A stand-in first driver: a real process that takes the lock the way run_sweep does and waits.
 HOLD = textwrap.dedent("""
@@ -25,7 +25,7 @@ HOLD = textwrap.dedent("""
 """)
 
 
-def test_a_second_driver_is_refused_until_the_first_is_killed(tmp_path):
+def test_a_second_driver_is_refused_until_the_first_is_killed(tmp_path, monkeypatch, capsys):
     plan = tiny_plan(tmp_path)
     first = subprocess.Popen(
         [sys.executable, "-c", HOLD, str(plan.results_dir)], stdout=subprocess.PIPE, text=True
@@ -37,18 +37,13 @@ def test_a_second_driver_is_refused_until_the_first_is_killed(tmp_path):
             run_sweep(plan, progress=False, log=lambda line: None)
         assert f"pid {first.pid}" in sweep_status(plan.results_dir).running
 
-        cli = subprocess.run(
-            [sys.executable, "-m", "sweeps.cli", *TINY, "out_dir=results", "--quiet"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert cli.returncode == 2
-        lines = cli.stderr.strip().splitlines()
+        monkeypatch.chdir(tmp_path)
+        assert command([*TINY, "out_dir=results", "--quiet"]) == 2
+        stderr = capsys.readouterr().err
+        lines = stderr.strip().splitlines()
         assert (
             len(lines) == 1 and f"in use by another landscape-sweep (pid {first.pid}" in lines[0]
-        ), cli.stderr
+        ), stderr
         written = sorted(p.name for p in plan.results_dir.iterdir())
         assert written == [".lock"]  # nothing else
     finally:

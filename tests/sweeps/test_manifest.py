@@ -1,34 +1,15 @@
 """A results directory only takes variants of its own base config and its own metrics settings,
 unless asked explicitly; axes, where and how it runs may change freely."""
 
-import subprocess
-import sys
-
 import pytest
 
 from landscape.run import metrics_id
 from landscape.variant import ConfigError
-from sweeps.manifest import base_config, build_manifest, check_same_base
+from sweeps.manifest import base_config, check_same_base
 from sweeps.runner import run_sweep
 from sweeps.store import Store
-from tests.sweeps.conftest import TINY, tiny_plan
-
-
-def _finished(tmp_path, *extra):
-    """A results directory as a finished tiny sweep leaves it (rows written directly, no Ray)."""
-    plan = tiny_plan(tmp_path, *extra)
-    store = Store(plan.results_dir)
-    ids = [v.variant_id for v in plan.variants]
-    store.write_manifest(build_manifest(plan, None, ids, []))
-    store.write_pack(
-        {
-            "runs": [
-                {"variant_id": i, "status": "ok", "metrics_id": metrics_id(plan.metrics)}
-                for i in ids
-            ]
-        }
-    )
-    return plan
+from tests.sweeps.conftest import TINY, command, tiny_plan
+from tests.sweeps.conftest import finished_plan as _finished
 
 
 @pytest.mark.parametrize(
@@ -115,21 +96,16 @@ def test_base_config_leaves_out_axes_and_run_only_keys(tmp_path):
     assert base["train"]["epochs"] == 1
 
 
-def test_the_command_refuses_another_base_config_in_one_line_and_changes_nothing(tmp_path):
+def test_the_command_refuses_another_base_config_in_one_line_and_changes_nothing(
+    tmp_path, monkeypatch, capsys
+):
     plan = _finished(tmp_path)
     before = {p: p.stat().st_mtime_ns for p in plan.results_dir.rglob("*")}
-    result = subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", *TINY, "out_dir=results", "train.epochs=3", "--quiet"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "another base config (train.epochs: 1 -> 3)" in lines[0], (
-        result.stderr
-    )
+    monkeypatch.chdir(tmp_path)
+    assert command([*TINY, "out_dir=results", "train.epochs=3", "--quiet"]) == 2
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and "another base config (train.epochs: 1 -> 3)" in lines[0], stderr
     after = {p: p.stat().st_mtime_ns for p in plan.results_dir.rglob("*")}
     lock = plan.results_dir / ".lock"
     assert {p: t for p, t in after.items() if p != lock} == {

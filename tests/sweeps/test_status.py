@@ -100,6 +100,17 @@ def test_status_of_a_directory_that_is_no_sweep_is_one_line_and_exit_2(tmp_path,
     assert len(err) == 1 and "is not a sweep's results directory" in err[0]
 
 
+def test_a_bad_argument_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["compact", str(tmp_path), "--max-rows", "many"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "landscape-sweep: error: compact: argument --max-rows"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_status_says_how_to_retry_failed_variants(tmp_path, capsys):
     plan = _half_done(tmp_path)
     assert main(["status", str(plan.results_dir)]) == 0
