@@ -20,6 +20,7 @@ from typing import Any
 
 from landscape.catalogue import catalogue
 from landscape.datasets import DATA_SETS
+from landscape.metrics.registry import metric_catalogue
 from landscape.variant import ADDED_KNOBS, LAUNCH_KNOBS, ConfigError
 from sweeps.config import SweepPlan
 from sweeps.store import code_version, package_versions
@@ -125,6 +126,10 @@ def build_manifest(
         **({"schemas": old["schemas"]} if old.get("schemas") else {}),
         # the store brings its tables' columns up to date with the schemas
         "catalogue": catalogue(
-            names, axes=axes, analysis=plan.analysis, schemas=old.get("schemas")
+            names,
+            axes=axes,
+            analysis=plan.analysis,
+            schemas=old.get("schemas"),
+            metrics=metric_catalogue(plan.metrics),
         ),
     }

@@ -5,7 +5,7 @@ import pytest
 
 from landscape.run import metrics_id
 from landscape.variant import ConfigError
-from sweeps.manifest import base_config, check_same_base
+from sweeps.manifest import base_config, build_manifest, check_same_base
 from sweeps.runner import run_sweep
 from sweeps.store import Store
 from tests.sweeps.conftest import TINY, command, tiny_plan
@@ -59,6 +59,7 @@ def test_a_knob_added_later_reads_as_its_default_in_an_older_manifest(tmp_path):
 def test_the_manifest_carries_the_catalogue_that_analysis_reads(tmp_path):
     from analysis.load import load_results
     from landscape.datasets import DATA_SETS
+    from landscape.metrics.registry import metric_catalogue
     from landscape.variant import LAUNCH_KNOBS
 
     plan = tiny_plan(tmp_path, "data.n_classes=3")
@@ -80,6 +81,9 @@ def test_the_manifest_carries_the_catalogue_that_analysis_reads(tmp_path):
     assert set(catalogue["knobs"]["analysis"]) <= {"temperature", "load"}
     assert catalogue["tables"]["runs"][:2] == ["variant_id", "status"]
     assert catalogue["tables"]["runs"][-1] == "train_loss"
+    # the metrics the plan measures, as their registry declares them
+    assert catalogue["metrics"] == metric_catalogue(plan.metrics)
+    assert "hessian_trace" in [c["name"] for c in catalogue["metrics"]["hessian_trace"]["columns"]]
     results = load_results(plan.results_dir)
     assert results.num_classes() == 3  # synthetic: the knob its record names
     # a later command over another data set adds its record and keeps the first
