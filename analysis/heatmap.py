@@ -17,47 +17,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-# Metrics that span orders of magnitude and are positive: shown as log10 by default.
-LOG_METRICS = frozenset(
-    {
-        "hessian_trace",
-        "hessian_top_eig",
-        "eps_sharpness",
-        "adaptive_sharpness_worst",
-        "adaptive_sharpness_avg",
-        "fisher_trace",
-        "grad_diversity",
-        "grad_norm_mean",
-        "grad_agreement_r",
-        "flatness_ratio",
-        "train_loss",
-        "l2_distance",
-        "dist_to_init",
-    }
-)
-
-
-# Units of stored columns, for colour bars: the store keeps mc and the error barrier in
-# percentage points of training error, losses and the loss barrier in nats (natural-log
-# cross-entropy), accuracies as fractions.
-UNITS = {
-    "mc": "percentage points",
-    "barrier_error": "percentage points",
-    "barrier_loss": "nats",
-    "train_loss": "nats",
-    "test_loss": "nats",
-    "mli_max_bump": "nats",
-    "train_acc": "fraction",
-    "test_acc": "fraction",
-    "gen_gap": "fraction",
-}
-
-
-def metric_label(metric: str, log: bool = False) -> str:
-    """A colour-bar label: ``mc (percentage points)``, ``log10 train_loss (nats)``."""
-    name = f"log10 {metric}" if log else metric
-    unit = UNITS.get(metric)
-    return f"{name} ({unit})" if unit else name
+from analysis.columns import Shown
 
 
 def text_colour(rgba: Any) -> str:
@@ -187,6 +147,7 @@ def metric_heatmap(
     y: str,
     *,
     ax: plt.Axes | None = None,
+    shown: Shown | None = None,
     log: bool | None = None,
     cmap: str | None = None,
     center: float | None = None,
@@ -194,21 +155,25 @@ def metric_heatmap(
 ) -> plt.Axes:
     """Heatmap of ``metric`` over axes ``x`` and ``y`` (mean over seeds and any other knob).
 
-    ``log=None`` shows log10 of the metric when it is one of :data:`LOG_METRICS` and positive.
+    ``shown`` is how the results' catalogue draws the column (``Results.columns``; plain when
+    None): its unit labels the colour bar, ``log=None`` shows log10 where it is a log column
+    and every value is positive, and ``center=None`` takes its diverging centre.
     """
     if metric not in runs:
         raise ValueError(f"metric {metric!r} is not a column; columns are {list(runs.columns)}")
+    shown = shown or Shown(metric)
     table = grid(runs, metric, x, y)
     if log is None:
         values = table.to_numpy(dtype=float)
         values = values[np.isfinite(values)]
-        log = metric in LOG_METRICS and len(values) > 0 and bool((values > 0).all())
-    label = metric_label(metric, log=bool(log))
+        log = shown.log and len(values) > 0 and bool((values > 0).all())
+    label = shown.colour_label(log=bool(log))
     if log:
         table = np.log10(table.where(table > 0))
     if ax is None:
         size = (max(5.0, 1.6 + 0.8 * table.shape[1]), max(4.0, 1.2 + 0.6 * table.shape[0]))
         _, ax = plt.subplots(figsize=size)
+    center = shown.centre if center is None else center
     cmap = cmap or ("RdBu" if center is not None else "viridis")
     name = f"log10 {metric}" if log else metric
     return draw_grid(table, ax, title=title or name, cmap=cmap, center=center, cbar_label=label)

@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from analysis.columns import Shown, shown_columns
+
 TABLES = (
     "runs",
     "curves",
@@ -133,6 +135,12 @@ class Results:
         """The manifest's catalogue (what the sweep's names mean: its data sets, the knobs'
         roles, each table's columns; see docs/results.md); empty for results written before it."""
         return _catalogue(self.manifest)
+
+    @property
+    def columns(self) -> dict[str, Shown]:
+        """How each column is drawn (label, unit, scale, place in the report), as the catalogue
+        declares it (:func:`analysis.columns.shown_columns`); empty for older results."""
+        return shown_columns(self.catalogue)
 
     def num_classes(self) -> int | None:
         """Number of classes of the training data, or None when the results cannot tell.

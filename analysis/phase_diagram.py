@@ -4,8 +4,9 @@ The main figure is the test-accuracy heatmap over (temperature, load) with the p
 regions drawn on top: thick lines along every cell edge where the phase changes and the
 phase name at the centre of each connected region. Companion panels show the signals the
 classifier read (training loss, log Hessian trace and top eigenvalue, mc on a diverging
-colormap centred at 0, CKA, L2 distance), each with the same boundaries. Panels for
-metrics that were not measured are left out.
+colormap centred at 0, CKA, L2 distance: the columns the results' catalogue marks
+``phase_diagram``), each with the same boundaries. Panels for metrics that were not measured
+are left out.
 
 Every function takes cells for one setting of any extra axes (see
 :func:`analysis.cells.aggregate_cells`); :func:`slices` splits a larger frame.
@@ -13,24 +14,15 @@ Every function takes cells for one setting of any extra axes (see
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import matplotlib.patheffects as pe
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from analysis.heatmap import draw_grid, format_value, grid, metric_label, text_colour
-
-# (column, title, log10?, diverging around 0?)
-PANELS = (
-    ("train_loss", "training loss (log10)", True, False),
-    ("hessian_trace", "Hessian trace (log10)", True, False),
-    ("hessian_top_eig", "top Hessian eigenvalue (log10)", True, False),
-    ("mc", "mode connectivity mc", False, True),
-    ("cka_linear_softmax", "CKA (softmax)", False, False),
-    ("l2_distance", "L2 distance between seeds", False, False),
-)
+from analysis.columns import Shown, in_report_order, shown
+from analysis.heatmap import draw_grid, format_value, grid, text_colour
 
 
 def slices(cells: pd.DataFrame, keys: Sequence[str]) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -107,11 +99,18 @@ def overlay_phases(ax: plt.Axes, cells: pd.DataFrame, x: str, y: str, names: boo
 
 
 def plot_phase_diagram(
-    cells: pd.DataFrame, x: str, y: str, *, ax: plt.Axes | None = None, title: str = ""
+    cells: pd.DataFrame,
+    x: str,
+    y: str,
+    *,
+    ax: plt.Axes | None = None,
+    title: str = "",
+    columns: Mapping[str, Shown] | None = None,
 ) -> plt.Axes:
     """Test accuracy heatmap (``x`` across, ``y`` up) with phase regions overlaid.
 
-    ``cells`` needs ``test_acc`` and ``phase`` (from :func:`analysis.phases.classify_phases`).
+    ``cells`` needs ``test_acc`` and ``phase`` (from :func:`analysis.phases.classify_phases`);
+    ``columns`` (``Results.columns``) gives the colour bar its unit.
     """
     for col in ("test_acc", "phase"):
         if col not in cells:
@@ -127,7 +126,7 @@ def plot_phase_diagram(
         title=title or "test accuracy and phases",
         cmap="viridis",
         annot=False,
-        cbar_label=metric_label("test_acc"),
+        cbar_label=shown(columns, "test_acc").colour_label(),
     )
     mesh = ax.collections[0]  # seaborn's QuadMesh: the colour of each cell
     for (r, c), value in np.ndenumerate(acc.to_numpy(dtype=float)):
@@ -145,41 +144,47 @@ def plot_phase_diagram(
     return ax
 
 
-def present_panels(cells: pd.DataFrame) -> list[tuple[str, str, bool, bool]]:
-    """The :data:`PANELS` whose metric has at least one finite value in ``cells``."""
-    out = []
-    for col, title, log, diverging in PANELS:
-        if col in cells and np.isfinite(pd.to_numeric(cells[col], errors="coerce")).any():
-            out.append((col, title, log, diverging))
-    return out
+def present_panels(cells: pd.DataFrame, columns: Mapping[str, Shown]) -> list[Shown]:
+    """The phase-diagram columns of ``columns`` with at least one finite value in ``cells``,
+    in report order."""
+    finite = [c for c in cells if np.isfinite(pd.to_numeric(cells[c], errors="coerce")).any()]
+    return [c for c in in_report_order(columns, finite) if c.phase_diagram]
 
 
-def plot_phase_panels(cells: pd.DataFrame, x: str, y: str, title: str = "") -> plt.Figure | None:
-    """One heatmap per measured signal, phase boundaries drawn on each; ``None`` if none measured."""
-    panels = present_panels(cells)
+def plot_phase_panels(
+    cells: pd.DataFrame,
+    x: str,
+    y: str,
+    title: str = "",
+    columns: Mapping[str, Shown] | None = None,
+) -> plt.Figure | None:
+    """One heatmap per measured signal, phase boundaries drawn on each; ``None`` if none measured.
+
+    The signals are the columns ``columns`` (``Results.columns``) marks ``phase_diagram``."""
+    panels = present_panels(cells, columns or {})
     if not panels:
         return None
     ncols = min(3, len(panels))
     nrows = -(-len(panels) // ncols)
-    shape = grid(cells, panels[0][0], x, y).shape
+    shape = grid(cells, panels[0].name, x, y).shape
     w, h = max(4.5, 1.4 + 0.7 * shape[1]), max(3.5, 1.0 + 0.55 * shape[0])
     fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False)
-    for ax, (col, name, log, diverging) in zip(axes.flat, panels):
-        table = grid(cells, col, x, y)
-        if log:
+    for ax, column in zip(axes.flat, panels):
+        table = grid(cells, column.name, x, y)
+        if column.log:
             table = np.log10(table.where(table > 0))
-        unit = metric_label(col, log)
-        if diverging:
-            lim = float(np.nanmax(np.abs(table.to_numpy(dtype=float)))) or 1.0
+        name, unit = column.title(column.log), column.colour_label(column.log)
+        if column.centre is not None:
+            lim = float(np.nanmax(np.abs(table.to_numpy(dtype=float) - column.centre))) or 1.0
             draw_grid(
                 table,
                 ax,
                 title=name,
                 cmap="RdBu",
-                center=0.0,
+                center=column.centre,
                 annot=False,
-                vmin=-lim,
-                vmax=lim,
+                vmin=column.centre - lim,
+                vmax=column.centre + lim,
                 cbar_label=unit,
             )
         else:

@@ -40,6 +40,7 @@ import pandas as pd  # noqa: E402
 
 from analysis.cells import aggregate_cells  # noqa: E402
 from analysis.claims import evaluate_all  # noqa: E402
+from analysis.columns import Shown, in_report_order  # noqa: E402
 from analysis.correlations import (  # noqa: E402
     correlation_table,
     plot_correlations,
@@ -52,7 +53,7 @@ from analysis.curves import (  # noqa: E402
     variant_labels,
     variant_order,
 )
-from analysis.heatmap import LOG_METRICS, metric_heatmap, save_figure  # noqa: E402
+from analysis.heatmap import metric_heatmap, save_figure  # noqa: E402
 from analysis.lca import plot_lca  # noqa: E402
 from analysis.load import Results, ResultsError, load_results  # noqa: E402
 from analysis.oneline import OneLineParser  # noqa: E402
@@ -76,48 +77,6 @@ from analysis.surfaces import (  # noqa: E402
 from analysis.training import plot_trajectory, trajectory_metrics  # noqa: E402
 from analysis.weights import plot_weight_histograms, plot_weight_norms  # noqa: E402
 
-# Heatmaps in this order; any other measured numeric metric follows.
-RUN_METRICS = (
-    "test_acc",
-    "train_acc",
-    "gen_gap",
-    "train_loss",
-    "test_loss",
-    "hessian_trace",
-    "hessian_top_eig",
-    "eps_sharpness",
-    "adaptive_sharpness_worst",
-    "adaptive_sharpness_avg",
-    "fisher_trace",
-    "grad_diversity",
-    "grad_cos_mean",
-    "grad_norm_mean",
-    "grad_agreement_r",
-    "flatness_ratio",
-    "stiffness_within_cos",
-    "stiffness_between_cos",
-    "mli_monotonic",
-    "mli_max_bump",
-    "dist_to_init",
-    "roughness",
-)
-PAIR_METRICS = (
-    "mc",
-    "cka_linear_softmax",
-    "cka_linear_logits",
-    "cka_linear_features",
-    "l2_distance",
-    "barrier_loss",
-    "barrier_error",
-)
-SUMMARY_COLUMNS = (
-    "test_acc",
-    "train_loss",
-    "hessian_trace",
-    "hessian_top_eig",
-    "mc",
-    "cka_linear_softmax",
-)
 MAX_SLICES = 6  # phase diagrams drawn for at most this many settings of extra axes
 
 
@@ -168,7 +127,11 @@ def summary_section(results: Results, cells: pd.DataFrame, keys: list[str], out:
     for i, (title, part) in enumerate(list(slices(cells, keys))[:MAX_SLICES]):
         if _finite(part, "test_acc"):
             ax = plot_phase_diagram(
-                part, t, load, title=f"test accuracy and phases {title}".strip()
+                part,
+                t,
+                load,
+                title=f"test accuracy and phases {title}".strip(),
+                columns=results.columns,
             )
             section.add(f"phase diagram {title}".strip(), ax.figure, out / f"phase_diagram_{i}.png")
     status = (
@@ -185,7 +148,7 @@ def summary_section(results: Results, cells: pd.DataFrame, keys: list[str], out:
         columns=["", "value"],
     )
     section.add_html(_table_html(facts))
-    cols = [c for c in SUMMARY_COLUMNS if c in cells]
+    cols = [c.name for c in in_report_order(results.columns, cells) if c.summary]
     by_phase = (
         cells.groupby("phase")[cols].mean() if cols else pd.DataFrame(index=cells["phase"].unique())
     )
@@ -209,28 +172,30 @@ def summary_section(results: Results, cells: pd.DataFrame, keys: list[str], out:
     return section
 
 
-def panels_section(cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
+def panels_section(results: Results, cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
     section = Section("Signals of the phase rule")
     for i, (title, part) in enumerate(list(slices(cells, keys))[:MAX_SLICES]):
-        fig = plot_phase_panels(part, keys[0], keys[1], title=title)
+        fig = plot_phase_panels(part, keys[0], keys[1], title=title, columns=results.columns)
         section.add(f"phase signals {title}".strip(), fig, out / f"phase_panels_{i}.png")
     return section
 
 
-def heatmaps_section(cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
+def heatmap_columns(results: Results, cells: pd.DataFrame) -> list[Shown]:
+    """The measured columns that get a heatmap, in the catalogue's report order. Results whose
+    catalogue declares no columns (written before it did): every aggregated measurement (a
+    column with its ``_std`` and ``_n``), in table order, drawn plainly."""
+    measured = [c for c in cells if _finite(cells, c)]
+    if results.columns:
+        return in_report_order(results.columns, measured)
+    return [Shown(c) for c in measured if {f"{c}_std", f"{c}_n"} <= set(cells.columns)]
+
+
+def heatmaps_section(results: Results, cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
     extra = f" and {', '.join(keys[2:])}" if keys[2:] else ""
     section = Section(f"Metrics over {keys[0]} x {keys[1]} (mean over seeds{extra})")
-    for metric in [m for m in (*RUN_METRICS, *PAIR_METRICS) if _finite(cells, m)]:
-        center = 0.0 if metric == "mc" else None
-        ax = metric_heatmap(
-            cells,
-            metric,
-            keys[0],
-            keys[1],
-            center=center,
-            log=None if metric in LOG_METRICS else False,
-        )
-        section.add(metric, ax.figure, out / f"heatmap_{metric}.png")
+    for column in heatmap_columns(results, cells):
+        ax = metric_heatmap(cells, column.name, keys[0], keys[1], shown=column)
+        section.add(column.name, ax.figure, out / f"heatmap_{column.name}.png")
     return section
 
 
@@ -442,8 +407,8 @@ def build_report(results: Results, out: Path, opts: ReportOptions | None = None)
     cells.to_csv(out / "cells.csv", index=False)
     sections = [
         summary_section(results, cells, keys, out),
-        panels_section(cells, keys, out),
-        heatmaps_section(cells, keys, out),
+        panels_section(results, cells, keys, out),
+        heatmaps_section(results, cells, keys, out),
         correlations_section(cells, keys, out),
         curves_section(results, keys, out, opts.curves_by),
         surfaces_section(results, keys, out, opts),

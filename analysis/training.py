@@ -27,8 +27,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
+from analysis.columns import shown
 from analysis.curves import curve_axis
-from analysis.heatmap import LOG_METRICS, format_value, is_geometric, sort_values
+from analysis.heatmap import format_value, is_geometric, sort_values
 from analysis.load import Results
 
 SHARPNESS = "sharpness"
@@ -199,7 +200,7 @@ def plot_trajectory(
         if edge:
             ax.plot(line["step"], line["edge"], color=colour, ls="--", lw=1)
     set_step_axis(ax, data["step"])
-    if metric in LOG_METRICS or edge:
+    if shown(results.columns, metric).log or edge:
         log_if_wide(ax, pd.concat([data[metric], data["edge"] if edge else None]))
     if ax.get_yscale() == "log":  # standard-error bands below zero: clip them to the data
         ax.set_ylim(bottom=float(data[metric].min()) / 1.5)

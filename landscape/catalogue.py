@@ -2,18 +2,20 @@
 
 Readers of results (``analysis``) take the names they need from here instead of keeping their
 own lists: the data sets a sweep used (shapes, classes, sizes, files), the roles of its knobs,
-each table's columns and, later, its metrics. Every section derives from the one place that
-declares it (:data:`landscape.datasets.DATA_SETS`, the ``setting(...)`` roles of the variant's
-fields, the store's schemas), so nothing is listed twice. Plain JSON throughout::
+each table's columns, and the columns training and the metrics write with how a report draws
+them. Every section derives from the one place that declares it
+(:data:`landscape.datasets.DATA_SETS`, the ``setting(...)`` roles of the variant's fields, the
+store's schemas, the metric registry), so nothing is listed twice. Plain JSON throughout::
 
     {
-      "version": 1,
+      "version": 2,
       "data": {name: {"source", "loader", "format", "input_shape", "classes", "train_size",
                       "test_size", ["torchvision_class", "folder", "files"]}},
       "knobs": {"identity": [...], "launch": [...], "added": {knob: old value},
                 "axes": [...], "analysis": {"temperature": knob, "load": knob}},
       "tables": {table: [column, ...]},
-      "metrics": {...}  # only when given: metric columns, tables, labels and units
+      "training": [{"name", "label", "table", "unit", "log", "report", ...}, ...],
+      "metrics": {metric: {"family", "enabled", "columns": [...], ...}}  # only when given
     }
 
 A size, class count or dimension is a number, or the knob column (``data.n_classes``) whose
@@ -27,9 +29,11 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from landscape.datasets import DATA_SETS
+from landscape.metrics.registry import training_catalogue
 from landscape.variant import ADDED_KNOBS, LAUNCH_KNOBS, Variant
 
-CATALOGUE_VERSION = 1
+# 2: the training columns, and every metric (with "enabled") rather than the enabled ones only
+CATALOGUE_VERSION = 2
 ANALYSIS_ROLES = ("temperature", "load")  # knob roles of ``sweep.analysis`` (claims are not knobs)
 
 
@@ -69,14 +73,16 @@ def catalogue(
 ) -> dict[str, Any]:
     """The catalogue of a sweep over ``data_names`` (every data set when None).
 
-    ``metrics`` is the metric settings' own catalogue (``metric_catalogue(spec)``, columns,
-    tables, labels and units), stored as given under ``"metrics"``; without it the key is
-    absent (a reader then knows nothing of the metrics beyond the tables' columns)."""
+    ``training`` holds the columns training writes for every member. ``metrics`` is the metric
+    settings' own catalogue (``metric_catalogue(spec)``: columns, tables, labels, units, how a
+    report draws them), stored as given under ``"metrics"``; without it the key is absent (a
+    reader then knows nothing of the metrics beyond the tables' columns)."""
     out: dict[str, Any] = {
         "version": CATALOGUE_VERSION,
         "data": data_catalogue(data_names),
         "knobs": knob_roles(axes, analysis),
         "tables": table_columns(schemas),
+        "training": training_catalogue(),
     }
     if metrics is not None:
         out["metrics"] = dict(metrics)

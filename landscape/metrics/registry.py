@@ -108,6 +108,23 @@ class Metric:
         return [c.name for c in self.columns(spec)]
 
 
+# What training writes for every member (``landscape.train.evaluate_pack``), with the metrics'
+# columns in the catalogue: first among the report's heatmaps (negative places).
+TRAINING_COLUMNS = (
+    Column("test_acc", "test accuracy", unit="fraction", report=-5, summary=True),
+    Column("train_acc", "training accuracy", unit="fraction", report=-4),
+    Column(
+        "train_loss",
+        "training loss",
+        unit="nats",
+        log=True,
+        report=-2,
+        summary=True,
+        phase_diagram=True,
+    ),
+    Column("test_loss", "test loss", unit="nats", report=-1),
+)
+
 _REGISTRY: dict[str, Metric] = {}
 _discovered = False
 
@@ -161,20 +178,27 @@ def metric_names(family: str | None = None) -> tuple[str, ...]:
 
 
 def metric_catalogue(spec: Any) -> dict[str, dict]:
-    """What ``spec`` (a ``MetricsSpec``) measures, as plain JSON-able data: for every enabled
-    metric, in order, ``{"family", "passes", "tables", "columns": [{"name", "label", "table",
-    "unit", "log", "report", "summary", "phase_diagram", "centre"}, ...]}``."""
+    """Every metric and the columns ``spec`` (a ``MetricsSpec``) gives it, as plain JSON-able
+    data, in order: ``{"family", "enabled", "passes", "tables", "columns": [{"name", "label",
+    "table", "unit", "log", "report", "summary", "phase_diagram", "centre"}, ...]}``. Metrics
+    that are off are listed too: measurements during training (``metrics.trajectory``) write
+    their columns whether or not the metric runs on the final model."""
     out = {}
     for m in metrics():
         settings = getattr(spec, m.name)
-        if settings.enabled:
-            out[m.name] = {
-                "family": m.family,
-                "passes": list(m.passes),
-                "tables": list(m.tables),
-                "columns": [dataclasses.asdict(c) for c in m.columns(settings)],
-            }
+        out[m.name] = {
+            "family": m.family,
+            "enabled": bool(settings.enabled),
+            "passes": list(m.passes),
+            "tables": list(m.tables),
+            "columns": [dataclasses.asdict(c) for c in m.columns(settings)],
+        }
     return out
+
+
+def training_catalogue() -> list[dict[str, Any]]:
+    """:data:`TRAINING_COLUMNS` as plain JSON-able data."""
+    return [dataclasses.asdict(c) for c in TRAINING_COLUMNS]
 
 
 def check_ranges(

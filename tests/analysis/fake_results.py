@@ -33,6 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from landscape.measure import MetricsSpec
+from landscape.metrics.registry import metric_catalogue, metrics, training_catalogue
+from landscape.variant import build_spec
+
 WIDTHS = (4, 8, 16, 32)
 BATCH_SIZES = (16, 64, 256, 1024)
 _MAP = [  # rows: widths ascending; columns: batch sizes ascending
@@ -52,9 +56,14 @@ SIGNATURE = {
     "IV-A": (0.01, 1.00, 0.88, 15.0, 0.0, 0.60),
     "IV-B": (0.005, 1.00, 0.94, 8.0, 0.0, 0.95),
 }
-# The parts of landscape.catalogue's catalogue the analysis reads, as a digits sweep writes them.
+# The parts of landscape.catalogue's catalogue the analysis reads, as a digits sweep writes them;
+# its columns (how the report draws each) come from where landscape declares them, with every
+# metric on.
+_EVERY_METRIC = build_spec(
+    MetricsSpec, {m.name: {"enabled": True} for m in metrics() if m.family != "setting"}, "metrics"
+)
 CATALOGUE = {
-    "version": 1,
+    "version": 2,
     "data": {
         "digits": {
             "source": "scikit-learn's bundled 8x8 handwritten digits",
@@ -70,6 +79,8 @@ CATALOGUE = {
         "launch": ["data.root", "data.download", "train.cuda_graphs", "train.pack_step"],
         "added": {"data.sample_seed": None},
     },
+    "training": training_catalogue(),
+    "metrics": metric_catalogue(_EVERY_METRIC),
 }
 ALL_TABLES = ("runs", "curves", "pairs", "surfaces", "spectra", "stiffness", "lr_range")
 TRAINING_TABLES = ("trajectory", "path", "lca", "params", "reparam")

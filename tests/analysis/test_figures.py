@@ -83,8 +83,9 @@ def test_curves_overlay_learning_rate_when_swept(tmp_path, results_dir):
 
 
 def test_phase_panels_leave_out_unmeasured_metrics(results_dir, minimal_dir):
-    full = aggregate_cells(load_results(results_dir))
-    assert [p[0] for p in present_panels(full)] == [
+    results = load_results(results_dir)
+    full = aggregate_cells(results)
+    assert [p.name for p in present_panels(full, results.columns)] == [
         "train_loss",
         "hessian_trace",
         "hessian_top_eig",
@@ -92,9 +93,10 @@ def test_phase_panels_leave_out_unmeasured_metrics(results_dir, minimal_dir):
         "cka_linear_softmax",
         "l2_distance",
     ]
-    bare = classify_phases(aggregate_cells(load_results(minimal_dir)), num_classes=10)
-    assert [p[0] for p in present_panels(bare)] == ["train_loss"]
-    fig = plot_phase_panels(bare, *KEYS)
+    minimal = load_results(minimal_dir)
+    bare = classify_phases(aggregate_cells(minimal), num_classes=10)
+    assert [p.name for p in present_panels(bare, minimal.columns)] == ["train_loss"]
+    fig = plot_phase_panels(bare, *KEYS, columns=minimal.columns)
     assert sum(ax.get_visible() for ax in fig.axes) == 2  # one panel and its colorbar
     plt.close("all")
 
@@ -124,7 +126,9 @@ def _colour_bar_label(fig) -> list[str]:
 
 
 def test_colour_bars_name_their_units(results_dir):
-    cells = aggregate_cells(load_results(results_dir))
+    """Units, log scale and the diverging centre come from the results' catalogue."""
+    results = load_results(results_dir)
+    cells = aggregate_cells(results)
     for metric, label in (
         ("mc", "mc (percentage points)"),
         ("barrier_loss", "barrier_loss (nats)"),
@@ -132,12 +136,40 @@ def test_colour_bars_name_their_units(results_dir):
         ("train_loss", "log10 train_loss (nats)"),
         ("test_acc", "test_acc (fraction)"),
     ):
-        ax = metric_heatmap(cells, metric, *KEYS)
+        ax = metric_heatmap(cells, metric, *KEYS, shown=results.columns[metric])
         assert _colour_bar_label(ax.figure) == [label]
-    panels = plot_phase_panels(classify_phases(cells, num_classes=10), *KEYS)
+        assert _colour_bar_label(metric_heatmap(cells, metric, *KEYS).figure) == [metric]
+    classified = classify_phases(cells, num_classes=10)
+    panels = plot_phase_panels(classified, *KEYS, columns=results.columns)
     bars = _colour_bar_label(panels)
     assert "mc (percentage points)" in bars and "log10 train_loss (nats)" in bars
+    assert plot_phase_panels(classified, *KEYS) is None  # nothing declares a phase signal
     plt.close("all")
+
+
+def test_results_before_the_catalogue_declared_columns_are_drawn_plainly(tmp_path):
+    """Without the catalogue's columns every aggregated measurement gets a plain heatmap."""
+    from analysis.report import heatmap_columns
+
+    old = load_results(write_results(tmp_path / "old", tables=("runs", "pairs"), catalogue=False))
+    assert old.columns == {}
+    drawn = heatmap_columns(old, aggregate_cells(old))
+    names = [c.name for c in drawn]
+    assert {"test_acc", "train_loss", "gen_gap", "hessian_trace", "mc"} <= set(names)
+    assert all(c.unit is None and not c.log for c in drawn)
+    assert not {"n_ok", "n_runs", "model.width"} & set(names)
+    plt.close("all")
+
+
+def test_the_report_draws_the_catalogues_columns_in_their_order(results_dir):
+    from analysis.report import heatmap_columns
+
+    results = load_results(results_dir)
+    names = [c.name for c in heatmap_columns(results, aggregate_cells(results))]
+    assert names[:6] == ["test_acc", "train_acc", "gen_gap", "train_loss", "test_loss",
+                         "hessian_trace"]  # fmt: skip
+    assert names.index("mc") < names.index("cka_linear_softmax") < names.index("barrier_error")
+    assert "hessian_trace_se" not in names  # no place in the report
 
 
 def test_phase_diagram_numbers_are_dark_on_light_cells_and_white_on_dark(results_dir):

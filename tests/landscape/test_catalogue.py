@@ -12,7 +12,7 @@ from landscape.variant import ADDED_KNOBS, LAUNCH_KNOBS, ConfigError, DataSpec, 
 def test_the_catalogue_is_plain_json_with_every_data_set_by_default():
     out = catalogue()
     assert json.loads(json.dumps(out)) == out
-    assert set(out) == {"version", "data", "knobs", "tables"}  # "metrics" only when given
+    assert set(out) == {"version", "data", "knobs", "tables", "training"}  # "metrics" if given
     assert list(out["data"]) == list(DATA_NAMES)
     assert out["data"]["cifar100"]["classes"] == 100
     assert out["data"]["mnist"]["input_shape"] == [1, 28, 28]

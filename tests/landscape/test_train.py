@@ -7,6 +7,7 @@ import torch
 from landscape import DataSpec, ModelSpec, OptimSpec, TrainSpec, load_dataset
 from landscape.measure import MetricsSpec
 from landscape.metrics.hessian import HessianTraceSpec
+from landscape.metrics.registry import TRAINING_COLUMNS
 from landscape.run import run_pack
 from landscape.train import train_pack
 from tests.landscape.step_modes import (
@@ -40,6 +41,12 @@ def _assert_pack_equals_solo(variants, dataset, atol=2e-5):
         for key, values in solo.final_metrics.items():
             assert packed.final_metrics[key][k] == pytest.approx(values[0], abs=1e-5)
     return packed
+
+
+def test_the_catalogues_training_columns_are_what_training_writes(tiny_variant):
+    variant = tiny_variant(train=TrainSpec(epochs=1))
+    result = train_pack([variant], load_dataset(variant.data))
+    assert sorted(result.final_metrics) == sorted(c.name for c in TRAINING_COLUMNS)
 
 
 @pytest.mark.parametrize("batch_norm", [False, True], ids=["plain", "batchnorm"])

@@ -53,4 +53,4 @@ def test_it_is_a_runs_column_of_the_catalogue_when_enabled():
     spec = MetricsSpec(param_norm=ParamNormSpec(enabled=True))
     assert "param_norm" in measure_pack(pack, spec).columns
     assert metric_catalogue(spec)["param_norm"]["columns"][0]["table"] == "runs"
-    assert "param_norm" not in metric_catalogue(MetricsSpec())
+    assert not metric_catalogue(MetricsSpec())["param_norm"]["enabled"]

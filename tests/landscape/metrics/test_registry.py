@@ -170,11 +170,12 @@ def test_metrics_id_leaves_out_the_declared_settings():
     assert metrics_id(MetricsSpec()) == "528b3f56"
 
 
-def test_the_catalogue_describes_what_is_enabled():
+def test_the_catalogue_describes_every_metric_and_what_is_enabled():
     spec = MetricsSpec()
     catalogue = metric_catalogue(spec)
     assert json.loads(json.dumps(catalogue)) == catalogue
-    assert list(catalogue) == ["hessian_trace", "batch_norm"]
+    assert list(catalogue) == list(metric_names())
+    assert [m for m, e in catalogue.items() if e["enabled"]] == ["hessian_trace", "batch_norm"]
     trace = catalogue["hessian_trace"]
     assert trace["family"] == "local" and trace["tables"] == [] and trace["passes"] == []
     assert trace["columns"][0] == {
@@ -195,6 +196,10 @@ def test_the_catalogue_describes_what_is_enabled():
 
 
 def test_report_places_are_unique():
+    """Training's columns and the analysis's own gen_gap take the negative places, metrics
+    0, 1, ...: no two columns share a place."""
+    from analysis.columns import GEN_GAP
+
     everything = build_spec(MetricsSpec, EVERYTHING, "metrics")
     places = [
         c["report"]
@@ -202,6 +207,8 @@ def test_report_places_are_unique():
         for c in entry["columns"]
         if c["report"] is not None
     ]
+    training = [c.report for c in registry.TRAINING_COLUMNS] + [GEN_GAP.report]
+    assert sorted(training) == list(range(-len(training), 0))
     assert sorted(places) == list(range(len(places)))
 
 
@@ -210,32 +217,6 @@ def test_the_names_other_settings_accept_are_registered():
     assert set(PROBES) <= runs  # the reparametrisation probe takes local metrics' columns
     with pytest.raises(ValueError, match="must be a subset of hessian_trace, hessian_eigen"):
         MetricsSpec().trajectory.__class__(metrics=("vibes",))
-
-
-def test_the_reports_lists_agree_with_the_registry():
-    """Until the report reads the catalogue from the manifest, its own lists of metric columns
-    (log scale, units, heatmap order, summary, phase-diagram panels) must say what the
-    registry says."""
-    from analysis.heatmap import LOG_METRICS, UNITS
-    from analysis.phase_diagram import PANELS
-    from analysis.report import PAIR_METRICS, RUN_METRICS, SUMMARY_COLUMNS
-
-    everything = build_spec(MetricsSpec, EVERYTHING, "metrics")
-    columns = [
-        c
-        for m in metrics()
-        if m.family != "setting"
-        for c in m.columns(getattr(everything, m.name))
-    ]
-    names = {c.name for c in columns}
-    placed = sorted((c for c in columns if c.report is not None), key=lambda c: c.report)
-    assert LOG_METRICS & names == {c.name for c in columns if c.log}
-    assert {k: v for k, v in UNITS.items() if k in names} == {
-        c.name: c.unit for c in columns if c.unit
-    }
-    assert [m for m in (*RUN_METRICS, *PAIR_METRICS) if m in names] == [c.name for c in placed]
-    assert [m for m in SUMMARY_COLUMNS if m in names] == [c.name for c in placed if c.summary]
-    assert [p[0] for p in PANELS if p[0] in names] == [c.name for c in placed if c.phase_diagram]
 
 
 def test_a_metric_added_later_changes_no_id_until_it_is_used(monkeypatch):
