@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all lint bench literature setup clean
+.PHONY: demo test test-slow test-all lint bench literature setup clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,12 @@ lint: $(BIN)/.installed
 test: lint
 	$(BIN)/pytest
 
-# Also the slow end-to-end and fault tests.
+# Only the slow ones: real Ray end to end, workers and drivers killed by signals, a cluster,
+# the literature sweeps, the README's tour (about 9 minutes on 2 cores).
+test-slow: $(BIN)/.installed
+	$(BIN)/pytest -m "slow and not gpu"
+
+# Both: the default suite and the slow end-to-end and fault tests.
 test-all: lint
 	$(BIN)/pytest -m "not gpu"
 
