@@ -27,7 +27,7 @@ test: lint
 # Only the slow ones: real Ray end to end, workers and drivers killed by signals, a cluster,
 # the literature sweeps, the README's tour (about 9 minutes on 2 cores).
 test-slow: $(BIN)/.installed
-	$(BIN)/pytest -m "slow and not gpu"
+	$(BIN)/pytest -o addopts="" -m "slow and not gpu"
 
 # Both: the default suite and the slow end-to-end and fault tests.
 test-all: lint

@@ -11,37 +11,32 @@ generalisation gap ``train_acc - test_acc``),
 - **Psi**, the granulated score, is the mean of psi_i over the knobs.
 
 Cells are the seed-averaged points of :func:`analysis.cells.aggregate_cells`, so run
-metrics and pair metrics (mc, CKA) are ranked on the same footing. Kendall's tau-b (ties
+metrics and pair metrics (mc, CKA) are ranked on the same footing. The measures are the
+columns the results' catalogue declares (training's and the metrics'), less the targets and
+the test set's own numbers; a new bookkeeping column never becomes a measure. Kendall's tau-b (ties
 corrected) is computed here with numpy, so nothing beyond numpy is needed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.columns import Shown
+
 TARGETS = ("test_acc", "gen_gap")
-# Never measures: the targets themselves, test-set quantities, bookkeeping.
-NOT_MEASURES = frozenset(
-    {
-        "test_acc",
-        "test_loss",
-        "gen_gap",
-        "wall_time_s",
-        "pack_wall_time_s",
-        "pack_members",
-        "best_epoch",
-        "n_runs",
-        "n_ok",
-        "n_diverged",
-        "n_failed",
-        "n_groups",
-    }
-)
+# What generalisation is, not what predicts it: the targets and the test set's own numbers.
+NOT_PREDICTORS = frozenset({*TARGETS, "test_loss"})
+# Results written before the catalogue declared columns: the bookkeeping columns of their runs
+# and cells (a closed set; newer results name their measures in the catalogue).
+_OLD_BOOKKEEPING = frozenset(
+    {"wall_time_s", "pack_wall_time_s", "pack_members", "best_epoch", "n_runs", "n_ok",
+     "n_diverged", "n_failed", "n_groups"}
+)  # fmt: skip
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
@@ -86,11 +81,18 @@ def granulated_taus(
     return out
 
 
-def measure_columns(cells: pd.DataFrame, keys: Sequence[str]) -> list[str]:
-    """Cell columns that are measures: seed means, not keys, spreads, counts or targets."""
+def measure_columns(
+    cells: pd.DataFrame, keys: Sequence[str], columns: Mapping[str, Shown] | None = None
+) -> list[str]:
+    """Cell columns that are measures: seed means of the columns ``columns`` declares
+    (``Results.columns``), not targets, test-set numbers, spreads or probe counts, that vary.
+    Without declared columns (older results): every numeric column but keys, counts and the
+    old bookkeeping."""
     out = []
     for col in cells.columns:
-        if col in keys or col in NOT_MEASURES or col.endswith(("_std", "_n", "_se", "_probes")):
+        if col in keys or col in NOT_PREDICTORS or col.endswith(("_std", "_n", "_se", "_probes")):
+            continue
+        if (col not in columns) if columns else (col in _OLD_BOOKKEEPING):
             continue
         values = pd.to_numeric(cells[col], errors="coerce") if cells[col].dtype != object else None
         if values is not None and np.isfinite(values).sum() >= 2 and values.nunique() > 1:
@@ -99,16 +101,20 @@ def measure_columns(cells: pd.DataFrame, keys: Sequence[str]) -> list[str]:
 
 
 def correlation_table(
-    cells: pd.DataFrame, keys: Sequence[str], targets: Sequence[str] = TARGETS
+    cells: pd.DataFrame,
+    keys: Sequence[str],
+    targets: Sequence[str] = TARGETS,
+    columns: Mapping[str, Shown] | None = None,
 ) -> pd.DataFrame:
     """One row per (measure, target): ``n``, overall ``tau``, ``tau[<knob>]`` per knob, ``Psi``.
 
-    ``keys`` are the knob columns of the cells (temperature, load, extra axes). Targets
-    absent from ``cells`` are skipped; rows are sorted by target, then by ``|Psi|``.
+    ``keys`` are the knob columns of the cells (temperature, load, extra axes); ``columns``
+    the results' declared columns (:func:`measure_columns`). Targets absent from ``cells`` are
+    skipped; rows are sorted by target, then by ``|Psi|``.
     """
     rows = []
     for target in [t for t in targets if t in cells]:
-        for measure in measure_columns(cells, keys):
+        for measure in measure_columns(cells, keys, columns):
             psi = granulated_taus(cells, measure, target, keys)
             finite = [v for v in psi.values() if np.isfinite(v)]
             n = int(

@@ -199,9 +199,11 @@ def heatmaps_section(results: Results, cells: pd.DataFrame, keys: list[str], out
     return section
 
 
-def correlations_section(cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
+def correlations_section(
+    results: Results, cells: pd.DataFrame, keys: list[str], out: Path
+) -> Section:
     section = Section("Correlation with generalisation (Kendall tau; Jiang et al. 2019)")
-    table = correlation_table(cells, keys)
+    table = correlation_table(cells, keys, columns=results.columns)
     if table.empty:
         return section
     table.to_csv(out / "correlations.csv", index=False)
@@ -409,7 +411,7 @@ def build_report(results: Results, out: Path, opts: ReportOptions | None = None)
         summary_section(results, cells, keys, out),
         panels_section(results, cells, keys, out),
         heatmaps_section(results, cells, keys, out),
-        correlations_section(cells, keys, out),
+        correlations_section(results, cells, keys, out),
         curves_section(results, keys, out, opts.curves_by),
         surfaces_section(results, keys, out, opts),
         matrices_section(results, keys, out, opts),

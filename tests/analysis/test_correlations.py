@@ -48,12 +48,19 @@ def test_granulated_tau_isolates_each_knob():
 
 
 def test_table_covers_every_measure_for_both_targets(results_dir):
-    cells = aggregate_cells(load_results(results_dir))
-    table = correlation_table(cells, cells.attrs["keys"])
+    results = load_results(results_dir)
+    cells = aggregate_cells(results)
+    # a bookkeeping column the catalogue does not declare is no measure
+    cells["pack_peak_bytes"] = np.arange(len(cells), dtype=float)
+    table = correlation_table(cells, cells.attrs["keys"], columns=results.columns)
     assert set(table["target"]) == {"test_acc", "gen_gap"}
     measures = set(table["measure"])
     assert {"hessian_trace", "mc", "cka_linear_softmax", "train_loss"} <= measures
-    assert not measures & {"test_acc", "gen_gap", "test_loss", "n_ok"}
+    assert not measures & {"test_acc", "gen_gap", "test_loss", "n_ok", "pack_peak_bytes"}
+    assert not measures & {"hessian_trace_se", "wall_time_s"}
+    # results without declared columns: every numeric column but keys, counts, old bookkeeping
+    old = set(correlation_table(cells, cells.attrs["keys"])["measure"])
+    assert measures <= old and "pack_peak_bytes" in old and "n_ok" not in old
     assert {"tau[optim.batch_size]", "tau[model.width]", "Psi"} <= set(table.columns)
     # Planted: sharper cells generalise worse.
     row = table[(table["measure"] == "hessian_trace") & (table["target"] == "test_acc")].iloc[0]
