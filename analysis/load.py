@@ -75,6 +75,8 @@ class Results:
     reparam: pd.DataFrame | None = None
     cross: pd.DataFrame | None = None
     axes: dict[str, list[Any]] = field(default_factory=dict)
+    # tables the catalogue names that have no attribute above (a new metric's own table)
+    others: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -90,7 +92,7 @@ class Results:
     def tables(self) -> dict[str, pd.DataFrame]:
         """The tables that are present, by name."""
         present = {t: getattr(self, ATTRIBUTES.get(t, t)) for t in TABLES}
-        return {t: frame for t, frame in present.items() if frame is not None}
+        return {t: frame for t, frame in {**present, **self.others}.items() if frame is not None}
 
     def analysis_axes(
         self, temperature: str | None = None, load: str | None = None
@@ -270,7 +272,14 @@ def load_results(path: str | Path) -> Results:
     # change): nothing is averaged across a knob by accident.
     axes = {k: v for k, v in axes.items() if k in runs.columns}
     axes.update(_hidden_axes(runs, axes, _launch_knobs(manifest, runs)))
-    return Results(path=root, manifest=manifest, axes=axes, **tables)
+    named = _catalogue(manifest).get("tables") or {}
+    others = {
+        name: _deduplicated(name, read_table(root / name))
+        for name in named
+        if isinstance(name, str) and name not in TABLES and name.isidentifier()
+    }
+    others = {name: t for name, t in others.items() if t is not None}
+    return Results(path=root, manifest=manifest, axes=axes, others=others, **tables)
 
 
 def _launch_knobs(manifest: dict[str, Any], runs: pd.DataFrame) -> set[str]:

@@ -221,3 +221,16 @@ def test_duplicated_rows_count_once(tmp_path):
     assert sorted(results.runs["variant_id"]) == ["v0", "v1"]
     assert results.runs.set_index("variant_id")["train_loss"].to_dict() == {"v0": 5.0, "v1": 2.0}
     assert len(results.curves) == 2
+
+
+def test_a_table_the_catalogue_names_and_results_has_no_attribute_for_is_loaded(tmp_path):
+    """A new metric's own table reaches the analysis with no change to the loader."""
+    root = write_results(tmp_path / "r", tables=("runs",), local_metrics=())
+    (root / "echoes").mkdir()
+    frame = pd.DataFrame({"variant_id": ["a", "b"], "echo": [1.0, 2.0]})
+    frame.to_parquet(root / "echoes" / "part-0.parquet")
+    assert "echoes" not in load_results(root).tables()  # not named: not read
+    _set_manifest(root, catalogue={"tables": {"runs": [], "echoes": ["variant_id", "echo"]}})
+    results = load_results(root)
+    assert results.others["echoes"]["echo"].tolist() == [1.0, 2.0]
+    assert "echoes" in results.tables()
