@@ -176,9 +176,16 @@ def _fill(directory: Path) -> Path:
     return filler
 
 
+# One worker, one pack in flight, 60 epochs: the four packs' parts land 1.3-2.4 s apart (2
+# cores), and filling the 4 MB disk takes milliseconds, so it is full before the second pack
+# is written. (Two workers with 3 epochs wrote every pack within ~0.1 s of the first, and the
+# sweep could finish before the disk filled.)
+SEQUENTIAL = ("train.epochs=60", "ray.num_workers=1", "ray.max_in_flight=1")
+
+
 @pytest.mark.slow
 def test_a_full_disk_ends_the_sweep_with_one_line_and_resume_finishes_it(tmp_path, small_disk):
-    proc = _driver(tmp_path, "train.epochs=3", out=small_disk)
+    proc = _driver(tmp_path, *SEQUENTIAL, out=small_disk)
     try:
         runs = small_disk / "demo" / "runs"
         wait_for(lambda: runs.is_dir() and any(runs.glob("part-*.parquet")), 180, "a first pack")
@@ -191,7 +198,7 @@ def test_a_full_disk_ends_the_sweep_with_one_line_and_resume_finishes_it(tmp_pat
     line = _one_line(err)
     assert "no space left on the device" in line and "again to resume" in line
     filler.unlink()
-    again = _driver(tmp_path, "train.epochs=3", out=small_disk)
+    again = _driver(tmp_path, *SEQUENTIAL, out=small_disk)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err
     assert "0 to run" not in out and "already finished" in out
