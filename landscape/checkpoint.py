@@ -7,6 +7,7 @@ someone else's results directory cannot run code.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -20,7 +21,11 @@ from landscape.variant import Variant, canonical_json
 
 def save_checkpoints(pack: TrainedPack, directory: Path | str) -> list[Path]:
     """Write ``<variant_id>.pt`` for every member that did not diverge (atomically: temporary
-    name, then rename). A diverged member has no model worth keeping: the engine zeroes it."""
+    name, then rename). A diverged member has no model worth keeping: the engine zeroes it.
+
+    The file is serialised in memory and written by Python, so a full disk raises ``OSError``
+    (ENOSPC) and leaves no temporary file; ``torch.save`` writing to the path itself reports it
+    as ``RuntimeError: ... unexpected pos``, which no caller can tell from a bug."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -36,8 +41,15 @@ def save_checkpoints(pack: TrainedPack, directory: Path | str) -> list[Path]:
         }
         path = directory / f"{v.variant_id}.pt"
         tmp = directory / f".{v.variant_id}.pt.tmp"
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getbuffer())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         paths.append(path)
     return paths
 

@@ -120,14 +120,11 @@ def _train(
     metrics: MetricsSpec,
     dataset: Dataset,
     device: torch.device,
-    checkpoint_dir: Path | None,
 ) -> _Trained:
-    """Train the pack (and save its checkpoints): the part that a failure may repeat."""
+    """Train the pack: the part that a failure may repeat."""
     t0 = time.perf_counter()
     recorder = metrics.recorder(*pack_steps(variants[0], dataset))
     result = train_pack(variants, dataset, device, recorder=recorder)
-    if checkpoint_dir is not None:
-        save_checkpoints(result.pack, checkpoint_dir)
     return _Trained(result, recorder, time.perf_counter() - t0)
 
 
@@ -222,7 +219,10 @@ def run_pack(
     checkpoint_dir: Path | str | None = None,
 ) -> PackRows:
     """Train and measure a pack; every variant comes back as exactly one ``runs`` row.
-    With ``checkpoint_dir``, each variant's checkpoint is also saved there as ``<variant_id>.pt``."""
+
+    With ``checkpoint_dir``, each variant's checkpoint is also saved there as ``<variant_id>.pt``.
+    A checkpoint that cannot be written (a full disk) raises its ``OSError``: the machine failed,
+    not the pack, so the pack is not trained again (the sweep stops with one line and resumes)."""
     checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     device = torch.device(device)
     if device.type == "cuda" and len(variants) > 1:
@@ -243,7 +243,7 @@ def run_pack(
                 )
             return out
     try:
-        trained = _train(variants, metrics, dataset, device, checkpoint_dir)
+        trained = _train(variants, metrics, dataset, device)
     except torch.OutOfMemoryError:
         if len(variants) == 1:
             return failed_rows(
@@ -274,6 +274,8 @@ def run_pack(
                 run_pack([v], metrics, dataset, device, log=log, checkpoint_dir=checkpoint_dir)
             )
         return out
+    if checkpoint_dir is not None:
+        save_checkpoints(trained.result.pack, checkpoint_dir)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # training's graphs and temporaries: the metrics' memory now
     return _measure(variants, metrics, trained, device, log)

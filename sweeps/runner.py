@@ -471,6 +471,8 @@ class _Dispatch:
             self._on_death(w, exc)
             return
         except RayTaskError as exc:  # an error outside run_pack's own handling (e.g. data missing)
+            if is_disk_full(exc.cause or exc):  # a checkpoint write: every later pack would fail
+                raise exc.cause or exc from None
             error = _first_line(exc.cause or exc)
             tables = failed_rows(job.pack, self.plan.metrics, error, self.plan.device).tables
         del self.jobs[ref]

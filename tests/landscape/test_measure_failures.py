@@ -1,7 +1,9 @@
 """Measuring a trained pack never trains it again: failures injected into metrics after
 training, with the training runs counted and the rows checked."""
 
+import errno
 import math
+import subprocess
 
 import pytest
 import torch
@@ -151,3 +153,31 @@ def test_smaller_chunks_halve_down_to_one():
     assert smaller_chunks(smaller_chunks(spec)).chunk == 1
     assert smaller_chunks(HessianTraceSpec(chunk=1)) is None
     assert smaller_chunks(HessianEigenSpec()) is None  # nothing to halve: members split next
+
+
+@pytest.fixture
+def one_page_disk(tmp_path):
+    """A 4 KB tmpfs: a full disk for real (ENOSPC from the kernel), not an injected error."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_while_saving_checkpoints_raises_it_and_never_retrains(
+    tiny_variant, counted_training, one_page_disk
+):
+    """Saving is not training: a checkpoint the disk has no room for raises ENOSPC (not
+    torch.save's ``RuntimeError: unexpected pos``), after one training run, with no temporary
+    file left behind."""
+    variants, dataset = _pack(tiny_variant)
+    with pytest.raises(OSError) as info:
+        run_pack(variants, METRICS, dataset, checkpoint_dir=one_page_disk)
+    assert info.value.errno == errno.ENOSPC
+    assert counted_training == [3]
+    assert not list(one_page_disk.glob(".*.tmp"))

@@ -204,3 +204,33 @@ def test_a_full_disk_ends_the_sweep_with_one_line_and_resume_finishes_it(tmp_pat
     assert "0 to run" not in out and "already finished" in out
     store = Store(small_disk / "demo")
     assert len(store.recorded()) == 8
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_a_workers_checkpoint_write_stops_the_sweep_and_resume_finishes(
+    tmp_path,
+):
+    """The checkpoints' own disk (a 4 KB tmpfs at <results>/checkpoints) fills while a worker
+    writes: the sweep stops with the same one line as a full results disk, records no pack as
+    failed and trains nothing again; with room, the same command finishes."""
+    checkpoints = tmp_path / "results" / "demo" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(checkpoints)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        proc = _driver(tmp_path, "checkpoints=true", *SEQUENTIAL)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        subprocess.run(["umount", str(checkpoints)], check=True)
+    assert proc.returncode == 1, err
+    line = _one_line(err)
+    assert "no space left on the device" in line and "again to resume" in line
+    store = Store(tmp_path / "results" / "demo")
+    assert "failed" not in {r.get("status") for r in store.recorded().values()}
+    again = _driver(tmp_path, "checkpoints=true", *SEQUENTIAL)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err
+    assert len(store.recorded()) == 8 and len(list(checkpoints.glob("*.pt"))) == 8
