@@ -3,7 +3,6 @@ training, with the training runs counted and the rows checked."""
 
 import errno
 import math
-import subprocess
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from landscape.metrics.distance import DistanceSpec
 from landscape.metrics.hessian import HessianEigenSpec, HessianTraceSpec
 from landscape.metrics.local import smaller_chunks
 from landscape.run import run_pack
+from tests.conftest import tmpfs
 
 METRICS = MetricsSpec(
     hessian_trace=HessianTraceSpec(n_probes=8, n_samples=32, chunk=4, tol=0.0),
@@ -158,15 +158,8 @@ def test_smaller_chunks_halve_down_to_one():
 @pytest.fixture
 def one_page_disk(tmp_path):
     """A 4 KB tmpfs: a full disk for real (ENOSPC from the kernel), not an injected error."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    with tmpfs(tmp_path / "disk", "4k") as mount:
+        yield mount
 
 
 def test_a_full_disk_while_saving_checkpoints_raises_it_and_never_retrains(

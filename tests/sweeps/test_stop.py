@@ -17,6 +17,7 @@ import pytest
 
 from sweeps import signals
 from sweeps.store import Store
+from tests.conftest import tmpfs
 from tests.sweeps.conftest import TINY, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,15 +154,8 @@ def test_a_driver_killed_with_sigkill_takes_its_embedded_ray_with_it(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    with tmpfs(tmp_path / "disk", "4m") as mount:
+        yield mount
 
 
 def _fill(directory: Path) -> Path:
@@ -214,17 +208,9 @@ def test_a_full_disk_in_a_workers_checkpoint_write_stops_the_sweep_and_resume_fi
     writes: the sweep stops with the same one line as a full results disk, records no pack as
     failed and trains nothing again; with room, the same command finishes."""
     checkpoints = tmp_path / "results" / "demo" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(checkpoints)], capture_output=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(checkpoints, "4k"):
         proc = _driver(tmp_path, "checkpoints=true", *SEQUENTIAL)
         _, err = proc.communicate(timeout=300)
-    finally:
-        subprocess.run(["umount", str(checkpoints)], check=True)
     assert proc.returncode == 1, err
     line = _one_line(err)
     assert "no space left on the device" in line and "again to resume" in line
