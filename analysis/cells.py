@@ -67,7 +67,9 @@ def metric_columns(frame: pd.DataFrame, exclude: frozenset[str] = NOT_METRICS) -
             continue
         if pd.api.types.is_numeric_dtype(frame[col]) or pd.api.types.is_bool_dtype(frame[col]):
             cols.append(col)
-    return cols
+    # a metric's own spread column (roughness_std: over directions, of one model) would take the
+    # name of that metric's spread over seeds: in cells, <metric>_std is always the seeds' spread
+    return [c for c in cols if not (c.endswith("_std") and c[: -len("_std")] in cols)]
 
 
 def with_gen_gap(runs: pd.DataFrame) -> pd.DataFrame:

@@ -147,8 +147,11 @@ def plot_phase_diagram(
 def present_panels(cells: pd.DataFrame, columns: Mapping[str, Shown]) -> list[Shown]:
     """The phase-diagram columns of ``columns`` with at least one finite value in ``cells``,
     in report order."""
-    finite = [c for c in cells if np.isfinite(pd.to_numeric(cells[c], errors="coerce")).any()]
-    return [c for c in in_report_order(columns, finite) if c.phase_diagram]
+    return [
+        c
+        for c in in_report_order(columns, cells)
+        if c.phase_diagram and np.isfinite(pd.to_numeric(cells[c.name], errors="coerce")).any()
+    ]
 
 
 def plot_phase_panels(

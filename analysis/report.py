@@ -184,9 +184,9 @@ def heatmap_columns(results: Results, cells: pd.DataFrame) -> list[Shown]:
     """The measured columns that get a heatmap, in the catalogue's report order. Results whose
     catalogue declares no columns (written before it did): every aggregated measurement (a
     column with its ``_std`` and ``_n``), in table order, drawn plainly."""
-    measured = [c for c in cells if _finite(cells, c)]
     if results.columns:
-        return in_report_order(results.columns, measured)
+        return [c for c in in_report_order(results.columns, cells) if _finite(cells, c.name)]
+    measured = [c for c in cells if _finite(cells, c)]
     return [Shown(c) for c in measured if {f"{c}_std", f"{c}_n"} <= set(cells.columns)]
 
 

@@ -64,3 +64,25 @@ def test_extra_axes_stay_keys_and_axes_can_be_overridden(tmp_path):
     assert len(cells) == 32
     swapped = aggregate_cells(results, temperature="optim.lr", load="model.width")
     assert swapped.attrs["keys"] == ["optim.lr", "model.width", "optim.batch_size"]
+
+
+def test_a_metrics_own_spread_column_does_not_collide_with_the_seed_spread():
+    """``roughness_std`` (over directions, of one model) and the seeds' spread of ``roughness``
+    would share a name in cells (they did: duplicate columns, and the report failed on them):
+    in cells ``<metric>_std`` is always the seeds' spread."""
+    import pandas as pd
+
+    from analysis.cells import aggregate_runs
+
+    runs = pd.DataFrame(
+        {
+            "model.width": [4, 4, 8, 8],
+            "seed": [0, 1, 0, 1],
+            "status": "ok",
+            "roughness": [1.0, 3.0, 2.0, 2.0],
+            "roughness_std": [0.5, 0.5, 0.1, 0.1],
+        }
+    )
+    cells = aggregate_runs(runs, ["model.width"])
+    assert cells.columns.is_unique
+    assert cells["roughness_std"].tolist() == pytest.approx([np.sqrt(2.0), 0.0])
