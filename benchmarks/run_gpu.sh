@@ -5,7 +5,7 @@
 # All steps take up to 24 minutes on an H100 (each step's time limit), more than one device call
 # may run: name steps to split them over calls (in priority order):
 #
-#     bash benchmarks/run_gpu.sh OUT_DIR tests taxonomy          # at most 8 minutes (5.5 on an H200)
+#     bash benchmarks/run_gpu.sh OUT_DIR tests replay taxonomy   # at most 8 minutes (~6.5 on an H200)
 #     bash benchmarks/run_gpu.sh OUT_DIR concurrency layouts     # at most 6 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR hessian                 # at most 4.7 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR streams surfaces        # at most 5 minutes
@@ -16,7 +16,7 @@
 # Needs torch with CUDA, torchvision, numpy and scikit-learn (no Ray, no Hydra): landscape/ is
 # imported from this checkout. Each step has a time limit, so one slow step cannot eat the rest.
 set -u
-all="tests taxonomy concurrency layouts hessian streams packing surfaces profile"
+all="tests replay taxonomy concurrency layouts hessian streams packing surfaces profile"
 out=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR [STEP ...] (steps: $all)}
 shift
 steps=${*:-$all}
@@ -32,6 +32,9 @@ for step in $steps; do
     tests)
         timeout 150 "$py" -m pytest -q -m gpu tests/landscape 2>&1 | tail -15 |
             tee "$out/gpu_tests.txt" ;;
+    replay)  # which part of the packed bf16 step a graph replay computes differently (issue 15)
+        timeout 90 "$py" benchmarks/diagnose_replay.py --out "$out/diagnose_replay.json" 2>&1 |
+            tee "$out/diagnose_replay.txt" ;;
     taxonomy)  # the flagship preset's cells end to end (capped at an H100's 80 GB), projection, concurrency
         timeout 330 "$py" benchmarks/bench_taxonomy.py --budget-s 240 --concurrency --memory-gb 80 \
             --out "$out/bench_taxonomy.json" 2>&1 | tee "$out/bench_taxonomy.log" | tail -4 ;;
