@@ -80,6 +80,9 @@ class RaySettings:
     max_in_flight: int = 2  # packs queued per worker (backpressure)
     max_pack_attempts: int = 3  # a pack whose worker dies this many times is recorded as failed
     ship_code: bool = False  # send landscape/ and sweeps/ to the cluster (runtime_env py_modules)
+    # start NVIDIA MPS for the embedded instance, so that workers sharing a GPU
+    # (gpus_per_worker < 1) run their kernels concurrently (sweeps/mps.py)
+    mps: bool = False
     # seconds each step of joining a cluster may take (reach the port, Ray's answer) before the
     # driver gives up with the reason
     connect_timeout_s: float = 20.0
@@ -111,6 +114,11 @@ class RaySettings:
             raise ConfigError(f"ray.max_in_flight must be >= 1, got {self.max_in_flight!r}")
         if self.max_pack_attempts < 1:
             raise ConfigError(f"ray.max_pack_attempts must be >= 1, got {self.max_pack_attempts!r}")
+        if self.mps and self.address not in (None, "local"):
+            raise ConfigError(
+                f"ray.mps=true starts the MPS daemon for an embedded Ray instance only, got "
+                f"ray.address={self.address!r}; on a cluster start it on each node before `ray start`"
+            )
         if self.num_workers is not None and self.num_workers < 1:
             raise ConfigError(f"ray.num_workers must be >= 1 or null, got {self.num_workers!r}")
 

@@ -38,6 +38,7 @@ from sweeps.config import SweepPlan
 from sweeps.cost import schedule
 from sweeps.lock import ResultsLock, ResultsLockedError
 from sweeps.manifest import build_manifest, check_same_base
+from sweeps.mps import check_mps_available, mps_daemon
 from sweeps.passes import measurable_from_checkpoints, run_passes
 from sweeps.reaper import reap_with_driver
 from sweeps.signals import installed as signals_installed
@@ -244,6 +245,8 @@ def run_sweep(
     summary: SweepSummary | None = None
     joined = False
     try:
+        if plan.ray.mps:  # before anything is written
+            check_mps_available()
         if plan.ray.resolved_address() != "local":  # the cluster answers before anything is written
             joined = _init_ray(plan, log)
         if on_pack is None:  # tracker.kind from the config (none by default)
@@ -342,20 +345,39 @@ def _run_on_ray(
     redo: set[str],
     dispatch: _Dispatch,
 ) -> None:
-    """Start or join Ray, then (only once Ray says the workers fit) write the manifest, drop
-    the rows being replaced, and dispatch the packs, biggest first."""
-    started = _init_ray(plan, dispatch.log)
-    try:
-        _check_resources(plan)
-        store.write_manifest(manifest)
-        store.supersede(redo)
-        packs = make_packs(todo, plan.pack.max_members)
-        n_workers = _num_workers(plan, len(packs))
-        scheduled = schedule(packs, plan.metrics, n_workers)
-        dispatch.run(scheduled, n_workers)
-    finally:
-        if started:
-            ray.shutdown()
+    """Start or join Ray (with ``ray.mps``, under the MPS daemon), then (only once Ray says the
+    workers fit) write the manifest, drop the rows being replaced, and dispatch the packs,
+    biggest first."""
+    with _mps(plan, dispatch.log):
+        started = _init_ray(plan, dispatch.log)
+        try:
+            _check_resources(plan)
+            store.write_manifest(manifest)
+            store.supersede(redo)
+            packs = make_packs(todo, plan.pack.max_members)
+            n_workers = _num_workers(plan, len(packs))
+            scheduled = schedule(packs, plan.metrics, n_workers)
+            dispatch.run(scheduled, n_workers)
+        finally:
+            if started:
+                ray.shutdown()
+
+
+@contextmanager
+def _mps(plan: SweepPlan, log: Callable[[str], None]) -> Iterator[None]:
+    """The MPS daemon around the embedded instance when ``ray.mps``; nothing otherwise."""
+    if not plan.ray.mps:
+        yield
+        return
+    if plan.ray.resolved_address() != "local":
+        raise ConfigError(
+            f"ray.mps=true starts the MPS daemon for an embedded Ray instance only; this sweep "
+            f"joins {plan.ray.resolved_address()} (RAY_ADDRESS): start it on each node before `ray start`"
+        )
+    if ray.is_initialized():
+        log("warning: ray.mps: Ray was already running here; its workers do not use the daemon")
+    with mps_daemon(log):
+        yield
 
 
 @dataclass

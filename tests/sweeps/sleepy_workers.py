@@ -40,6 +40,7 @@ class SleepyWorker(NoopPackWorker):
         record = {
             "pid": os.getpid(),
             "gpus": [str(g) for g in ray.get_gpu_ids()],
+            "mps_pipe": os.environ.get("CUDA_MPS_PIPE_DIRECTORY"),
             "start": start,
             "end": time.time(),
         }
