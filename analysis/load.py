@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ class Results:
         roles, each table's columns; see docs/results.md); empty for results written before it."""
         return _catalogue(self.manifest)
 
-    @property
+    @cached_property
     def columns(self) -> dict[str, Shown]:
         """How each column is drawn (label, unit, scale, place in the report), as the catalogue
         declares it (:func:`analysis.columns.shown_columns`); empty for older results."""

@@ -27,8 +27,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 
@@ -47,6 +45,8 @@ from landscape.train import (  # noqa: E402
     step_mode,
     train_step,
 )
+from landscape.variant import ConfigError  # noqa: E402
+from sweeps.mps import mps_daemon  # noqa: E402  (no Ray: the device machine has none)
 
 
 def make_pack(width: int, batch: int, offset: int, device: torch.device):
@@ -122,29 +122,18 @@ def in_processes(args, device: torch.device, n: int) -> float:
 
 
 @contextlib.contextmanager
-def mps_daemon():
-    """NVIDIA MPS for the block, started and stopped here; yields False when unavailable."""
-    control = shutil.which("nvidia-cuda-mps-control")
-    if control is None:
-        yield False
-        return
-    env = {**os.environ, "CUDA_MPS_PIPE_DIRECTORY": "/tmp/landscape-mps-pipe", "CUDA_MPS_LOG_DIRECTORY": "/tmp/landscape-mps-log"}  # fmt: skip
-    for d in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
-        os.makedirs(env[d], exist_ok=True)
-    if subprocess.run([control, "-d"], env=env, capture_output=True).returncode != 0:
-        yield False
-        return
-    saved = {k: os.environ.get(k) for k in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")}
-    os.environ.update({k: env[k] for k in saved})
+def mps_or_nothing():
+    """The sweep's own MPS daemon (``sweeps.mps.mps_daemon``) for the block; yields False, and
+    says why, when MPS is unavailable here."""
+    daemon = contextlib.ExitStack()
     try:
+        daemon.enter_context(mps_daemon(log=lambda line: None))
+    except ConfigError as exc:
+        print(f"mps skipped: {exc}", flush=True)
+        yield False
+        return
+    with daemon:
         yield True
-    finally:
-        subprocess.run([control], input=b"quit\n", env=env, capture_output=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def main() -> None:
@@ -170,7 +159,7 @@ def main() -> None:
             row["streams"] = round(in_process(args, device, n, streams=True), 1)
         row["processes"] = round(in_processes(args, device, n), 1)
         if device.type == "cuda":
-            with mps_daemon() as running:
+            with mps_or_nothing() as running:
                 row["mps"] = round(in_processes(args, device, n), 1) if running else None
         row.update({f"{k}_over_one": round(v / one, 2) for k, v in list(row.items()) if k not in ("packs", "one_pack") and v})  # fmt: skip
         rows.append(row)

@@ -46,7 +46,7 @@ def mps_daemon(log: Callable[[str], None] = print) -> Iterator[Path]:
     control = check_mps_available()
     # a short path: the daemon's Unix sockets live in the pipe directory (108-byte limit)
     root = Path(tempfile.mkdtemp(prefix="landscape-mps-"))
-    dirs = {"CUDA_MPS_PIPE_DIRECTORY": root / "pipe", "CUDA_MPS_LOG_DIRECTORY": root / "log"}
+    dirs = dict(zip(ENV, (root / "pipe", root / "log")))
     for d in dirs.values():
         d.mkdir()
     env = {**os.environ, **{k: str(v) for k, v in dirs.items()}}

@@ -246,7 +246,7 @@ def run_sweep(
     joined = False
     try:
         if plan.ray.mps:  # before anything is written
-            check_mps_available()
+            _check_mps(plan)
         if plan.ray.resolved_address() != "local":  # the cluster answers before anything is written
             joined = _init_ray(plan, log)
         if on_pack is None:  # tracker.kind from the config (none by default)
@@ -363,17 +363,23 @@ def _run_on_ray(
                 ray.shutdown()
 
 
+def _check_mps(plan: SweepPlan) -> None:
+    """``ray.mps`` needs the control binary and an embedded instance (RAY_ADDRESS may name a
+    cluster the config did not); one line otherwise."""
+    check_mps_available()
+    if plan.ray.resolved_address() != "local":
+        raise ConfigError(
+            f"ray.mps=true starts the MPS daemon for an embedded Ray instance only; this sweep "
+            f"joins {plan.ray.resolved_address()} (RAY_ADDRESS): start it on each node before `ray start`"
+        )
+
+
 @contextmanager
 def _mps(plan: SweepPlan, log: Callable[[str], None]) -> Iterator[None]:
     """The MPS daemon around the embedded instance when ``ray.mps``; nothing otherwise."""
     if not plan.ray.mps:
         yield
         return
-    if plan.ray.resolved_address() != "local":
-        raise ConfigError(
-            f"ray.mps=true starts the MPS daemon for an embedded Ray instance only; this sweep "
-            f"joins {plan.ray.resolved_address()} (RAY_ADDRESS): start it on each node before `ray start`"
-        )
     if ray.is_initialized():
         log("warning: ray.mps: Ray was already running here; its workers do not use the daemon")
     with mps_daemon(log):
