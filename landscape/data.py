@@ -34,6 +34,13 @@ class Dataset:
     num_classes: int
     mean: Tensor | None = None  # (C,) per-channel training mean subtracted by normalisation
     std: Tensor | None = None  # (C,) per-channel training std divided out by normalisation
+    # 0: float inputs; > 0: x_* hold int64 token ids in [0, vocab) (see DataRecord.vocab)
+    vocab: int = 0
+
+    @property
+    def tokens(self) -> bool:
+        """True when inputs are integer token ids (no normalisation, augmentation or mixup)."""
+        return self.vocab > 0
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -61,6 +68,7 @@ class Dataset:
             self.num_classes,
             move(self.mean),
             move(self.std),
+            self.vocab,
         )
 
 

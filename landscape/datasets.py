@@ -42,6 +42,9 @@ class DataRecord:
     folder: str | None = None  # directory under data.root that holds ``files``
     files: tuple[str, ...] = ()
     hint: str = ""  # what torchvision checks, and how data.download=true gets the files
+    # 0: float inputs (images (C, H, W), vectors (D,)); > 0: integer token ids in [0, vocab),
+    # inputs of shape (T,) and dtype int64 (generated algorithmic tasks)
+    vocab: Size = 0
 
     def resolve(self, value: Size, spec: DataSpec) -> int:
         """A number as it is; a knob (``data.n_classes``) read from ``spec``."""
@@ -59,6 +62,9 @@ class DataRecord:
     def test_size_of(self, spec: DataSpec) -> int:
         return self.resolve(self.test_size, spec)
 
+    def vocab_of(self, spec: DataSpec) -> int:
+        return self.resolve(self.vocab, spec)
+
     def record(self) -> dict[str, Any]:
         """The record as plain JSON (lists for tuples; torchvision's fields only where set)."""
         out: dict[str, Any] = {
@@ -70,6 +76,8 @@ class DataRecord:
             "train_size": self.train_size,
             "test_size": self.test_size,
         }
+        if self.vocab:
+            out["vocab"] = self.vocab
         if self.torchvision_class:
             out |= {
                 "torchvision_class": self.torchvision_class,
