@@ -220,6 +220,8 @@ def _sweep(overrides: list[str], flags: set[str], command: str) -> int:
         plan = plan_sweep(overrides)
     except ConfigError as exc:
         return _error(str(exc))
+    for note in plan.notes:
+        print(note)
 
     from sweeps.runner import DiskFull, SweepStopped, run_sweep
 
