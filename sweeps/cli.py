@@ -174,13 +174,16 @@ def _command(name: str, args: list[str]) -> int:
 def _version() -> str:
     from importlib import metadata
 
-    from sweeps.store import DISTRIBUTION, code_version
+    from sweeps.store import DISTRIBUTION, INSTALLED, code_version
 
     try:
         version = metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         version = "unknown"
-    return f"landscape-sweep {version} (code {code_version()})"
+    code = code_version()
+    if code.endswith(f"({INSTALLED})"):
+        return f"landscape-sweep {version} ({INSTALLED})"
+    return f"landscape-sweep {version} (code {code})"
 
 
 def main(argv: list[str] | None = None) -> int:

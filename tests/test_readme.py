@@ -46,6 +46,18 @@ def test_bash_n_catches_an_unquoted_sweep_function():
     assert done.returncode != 0 and "syntax error" in done.stderr
 
 
+def test_the_readme_says_how_to_install_pytorchs_cpu_build():
+    """Before ``make`` (which installs into .venv only what is missing), from PyTorch's CPU
+    wheel index; the Makefile itself stays a plain install."""
+    (block,) = [b for page, b in bash_blocks() if page == "README.md" and "whl/cpu" in b]
+    lines = block.splitlines()
+    pip = next(i for i, line in enumerate(lines) if "--index-url" in line)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in lines[pip]
+    assert "torch" in lines[pip].split() and lines[pip].startswith(".venv/bin/python -m pip")
+    assert any(line.startswith("make ") for line in lines[pip + 1 :])
+    assert "index-url" not in (REPO / "Makefile").read_text()
+
+
 # Commands that need more than a plan: a results directory, Hydra's help and completion, the
 # version (each tested in tests/sweeps/test_cli.py)
 NOT_PLANNED = ("status", "compact", "--help", "-h", "-sc", "--version")
