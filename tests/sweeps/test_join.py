@@ -1,9 +1,11 @@
 """Joining a Ray cluster is bounded and says why it failed; the README's recipe works as written.
 
 The fast tests check the address before Ray is involved (a port out of range, a port where
-nothing listens). The slow one starts a real head on the loopback interface with ``ray start``
-(token authentication on, as the README's recipe has it), joins it by HOST:PORT and by
-``auto``, is refused with a wrong token, and stops the head by its own PID."""
+nothing listens). The slow ones start real nodes on the loopback interface with ``ray start``
+(token authentication on, as docs/cluster.md's recipe has it): a head joined by HOST:PORT and
+by ``auto`` (the driver without RAY_AUTH_MODE: it uses this machine's token), refused with a
+wrong token, stopped by its own PID; and a head with a worker node, RAY_AUTH_MODE=token on
+both and for the driver, the worker node killed by its PID mid-sweep."""
 
 import os
 import signal

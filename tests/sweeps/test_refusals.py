@@ -3,6 +3,8 @@ the embedded instance cannot have, a pack whose estimated memory cannot fit its 
 the small surprises of the override grammar said in one line (duplicate values in an axis, a
 decimal comma)."""
 
+from types import SimpleNamespace
+
 import pytest
 import ray
 import torch
@@ -99,3 +101,17 @@ def test_a_decimal_comma_is_named_as_typed(tmp_path, monkeypatch, capsys):
     line = _refused(tmp_path, monkeypatch, capsys, "optim.lr=0,01")
     assert "optim.lr must be finite and > 0, got 0.0 (from 'optim.lr=0,01' as typed" in line
     assert "optim.lr=0.01" in line
+
+
+def test_the_memory_of_a_device_is_a_gpus_total_or_the_machines_available(monkeypatch):
+    import psutil
+
+    available = psutil.virtual_memory().available
+    what, have = config.device_memory("cpu")
+    assert what == "this machine's available memory" and abs(have - available) < 2**30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda i: SimpleNamespace(total_memory=80 * 2**30 + i)
+    )
+    assert config.device_memory("auto") == ("the memory of cuda:0", 80 * 2**30)
+    assert config.device_memory("cuda:1") == ("the memory of cuda:1", 80 * 2**30 + 1)
