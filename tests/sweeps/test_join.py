@@ -289,6 +289,19 @@ def _start_worker_node(env: dict, port: int) -> subprocess.Popen:
     )
 
 
+def _active_nodes(env: dict, port: int) -> int:
+    """How many nodes ``ray status`` lists as active (with the token in ``env``)."""
+    shown = subprocess.run(
+        [str(BIN / "ray"), "status", f"--address=127.0.0.1:{port}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    active = shown.partition("Active:")[2].partition("Pending:")[0]
+    return sum("node_" in line for line in active.splitlines())
+
+
 @pytest.mark.slow
 def test_a_worker_node_joins_runs_packs_and_is_killed_mid_sweep(tmp_path):
     """The recipe with RAY_AUTH_MODE=token exported on every node and for the driver: a head
@@ -305,6 +318,13 @@ def test_a_worker_node_joins_runs_packs_and_is_killed_mid_sweep(tmp_path):
     helpers = [head.pid]
     try:
         worker = _start_worker_node(env, port)
+        # the sweep starts once the worker node has joined (a tiny sweep would be over first)
+        wait_for(
+            lambda: _active_nodes(env, port) >= 2 or worker.poll() is not None,
+            120,
+            "the worker node to join",
+        )
+        assert worker.poll() is None, "the worker node exited (refused by the head?)"
         signals = tmp_path / "signals"
         signals.mkdir()
         out = tmp_path / "results"
