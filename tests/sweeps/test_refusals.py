@@ -115,3 +115,23 @@ def test_the_memory_of_a_device_is_a_gpus_total_or_the_machines_available(monkey
     )
     assert config.device_memory("auto") == ("the memory of cuda:0", 80 * 2**30)
     assert config.device_memory("cuda:1") == ("the memory of cuda:1", 80 * 2**30 + 1)
+
+
+def test_on_a_cluster_its_gpus_count_checked_once_joined_before_anything_is_written(
+    tmp_path, monkeypatch
+):
+    """Planning leaves a cluster's GPUs alone (the driver's machine may have none); joining
+    (here a stand-in for it) is followed by the check, before the lock or the manifest."""
+    from sweeps import runner
+    from tests.sweeps.conftest import tiny_plan
+
+    plan = tiny_plan(tmp_path, "ray.address=127.0.0.1:6379", "ray.gpus_per_worker=1")
+    monkeypatch.setattr(runner, "_init_ray", lambda plan, log: True)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    with pytest.raises(
+        config.ConfigError,
+        match=r"ray.gpus_per_worker must be <= the GPUs of the Ray cluster \(0\), got 1",
+    ):
+        runner.run_sweep(plan, progress=False, log=lambda line: None)
+    assert not (tmp_path / "results").exists()
