@@ -21,7 +21,9 @@ on an axis train only the new variants. Flags:
 Bad input (unknown option or key, invalid value, unwritable out_dir) prints one line naming
 the key, the value and what is allowed, exits with 2 and writes nothing. So does a refused
 results directory (another driver holds it, another base config, other metrics settings) and
-a Ray cluster that cannot be joined. Ctrl-C or SIGTERM stops the sweep within seconds with one
+a Ray cluster that cannot be joined, and, before the embedded Ray instance starts, a worker
+share this machine lacks (``ray.gpus_per_worker``) or a pack whose estimated memory cannot fit
+its device. An axis listing a value twice is said in one line. Ctrl-C or SIGTERM stops the sweep within seconds with one
 line (exit 130 or 143); a full disk ends it with one line (exit 1); both keep what finished,
 and the same command resumes.
 """
@@ -106,9 +108,11 @@ def _checked_passthrough(args: list[str]) -> int:
         from sweeps.config import plan_sweep
 
         try:
-            plan_sweep([a for a in args if "=" in a and not a.startswith("-")])
+            plan = plan_sweep([a for a in args if "=" in a and not a.startswith("-")])
         except ConfigError as exc:
             return _error(str(exc))
+        for note in plan.notes:  # stdout is the composed config
+            print(note, file=sys.stderr)
     return _hydra_passthrough(args)
 
 
@@ -174,13 +178,16 @@ def _command(name: str, args: list[str]) -> int:
 def _version() -> str:
     from importlib import metadata
 
-    from sweeps.store import DISTRIBUTION, code_version
+    from sweeps.store import DISTRIBUTION, INSTALLED, code_version
 
     try:
         version = metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         version = "unknown"
-    return f"landscape-sweep {version} (code {code_version()})"
+    code = code_version()
+    if code.endswith(f"({INSTALLED})"):
+        return f"landscape-sweep {version} ({INSTALLED})"
+    return f"landscape-sweep {version} (code {code})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,6 +227,8 @@ def _sweep(overrides: list[str], flags: set[str], command: str) -> int:
         plan = plan_sweep(overrides)
     except ConfigError as exc:
         return _error(str(exc))
+    for note in plan.notes:
+        print(note)
 
     from sweeps.runner import DiskFull, SweepStopped, run_sweep
 

@@ -150,6 +150,7 @@ class SweepPlan:
     variants: list[Variant] = field(default_factory=list)
     checkpoints: bool = False  # save each variant's checkpoint under <results>/checkpoints/
     tracker: TrackerSettings = field(default_factory=TrackerSettings)
+    notes: list[str] = field(default_factory=list)  # one line each, printed before the sweep
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -386,12 +387,17 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
             d = copy.deepcopy(plain)
             for key, value in zip(scalar_axes, values):
                 _set_path(d, key, value)
-            v = build(d)
+            try:
+                v = build(d)
+            except ConfigError as exc:
+                raise ConfigError(_as_typed(str(exc), args)) from exc
             variants.setdefault(v.variant_id, v)
     for v in variants.values():
         validate_variant(v)
+    notes = _duplicate_notes(axes, len(variants))
 
     run = OmegaConf.to_container(base, resolve=True)
+    pack = build_spec(PackSettings, run.get("pack") or {}, "pack")
     if not isinstance(run["out_dir"], str) or not run["out_dir"].strip():
         raise ConfigError(f"out_dir must be a directory path, got {run['out_dir']!r}")
     out_dir = Path(run["out_dir"])
@@ -420,7 +426,7 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
         out_dir=out_dir,
         device=str(run["device"]),
         ray=ray,
-        pack=build_spec(PackSettings, run.get("pack") or {}, "pack"),
+        pack=pack,
         metrics=metrics,
         axes=axes,
         analysis=analysis,
@@ -428,7 +434,153 @@ def plan_sweep(args: list[str], conf_dir: Path = CONF_DIR) -> SweepPlan:
         variants=list(variants.values()),
         checkpoints=_checkpoints(run),
         tracker=build_spec(TrackerSettings, run.get("tracker") or {}, "tracker"),
+        notes=notes,
     )
+
+
+def _duplicate_notes(axes: dict[str, list], n_variants: int) -> list[str]:
+    """One line per axis that lists a value more than once (``model.width=8,8``): each variant
+    runs once, so the sweep is smaller than the product of the axes' lengths."""
+    notes = []
+    for key, values in axes.items():
+        seen: dict[str, int] = {}
+        for value in values:
+            text = canonical_json(value)
+            seen[text] = seen.get(text, 0) + 1
+        repeated = [json.loads(t) for t, n in seen.items() if n > 1]
+        if repeated:
+            listed = ", ".join(str(r) for r in repeated)
+            notes.append(
+                f"note: the axis {key} lists {listed} more than once ({len(values)} values, "
+                f"{len(seen)} distinct); each variant runs once: {n_variants} variants, not "
+                f"{math.prod(len(v) for v in axes.values())}"
+            )
+    return notes
+
+
+_DECIMAL_COMMA = re.compile(r"-?\d+,\d+")
+
+
+def _as_typed(message: str, args: list[str]) -> str:
+    """A bad value from a command-line axis, also as the user typed it: Hydra's grammar reads
+    ``optim.lr=0,01`` as the two values 0 and 1, and the error names the parsed 0.0."""
+    for arg in args:
+        key, eq, text = arg.lstrip("+").partition("=")
+        if not eq or not message.startswith(f"{key} "):
+            continue
+        hint = ""
+        if _DECIMAL_COMMA.fullmatch(text):
+            hint = (
+                f"; ',' separates the values of an axis (here {', '.join(text.split(','))}): "
+                f"a decimal number is written with '.', {key}={text.replace(',', '.')}"
+            )
+        return f"{message} (from {arg!r} as typed{hint})"
+    return message
+
+
+def check_fits_this_machine(plan: SweepPlan, ray_started: bool = False) -> None:
+    """For the embedded Ray instance, before it starts and before anything is written: a
+    worker's share must fit this machine (:func:`check_local_resources`, unless a Ray instance
+    is already running in this process, whose resources count then) and every pack its device
+    (:func:`check_memory`). Not in :func:`plan_sweep`: a GPU preset is planned on a laptop to
+    be shown (``--cfg job``) or sent to a cluster. On a cluster, its resources count: the
+    runner checks them as soon as it has joined, also before anything is written."""
+    if plan.ray.resolved_address() != "local":
+        return
+    if not ray_started:
+        check_local_resources(plan.ray)
+    check_memory(plan.variants, plan.device, plan.pack.max_members)
+
+
+def check_local_resources(ray: RaySettings) -> None:
+    """A worker's share must fit the embedded Ray instance, which has this machine's CPUs (or
+    ray.num_cpus) and GPUs: otherwise no worker could start."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if ray.gpus_per_worker > gpus:
+        raise ConfigError(
+            f"ray.gpus_per_worker must be <= the GPUs of this machine ({gpus}), where the embedded "
+            f"Ray instance runs, got {ray.gpus_per_worker:g}; a cluster's GPUs count when joining "
+            "one (ray.address=HOST:PORT)"
+        )
+    cpus = ray.num_cpus or os.cpu_count() or 1
+    if ray.cpus_per_worker > cpus:
+        where = f"ray.num_cpus={ray.num_cpus}" if ray.num_cpus else "this machine's"
+        raise ConfigError(
+            f"ray.cpus_per_worker must be <= the CPUs of the embedded Ray instance ({cpus}, "
+            f"{where}), got {ray.cpus_per_worker:g}"
+        )
+
+
+def device_memory(device: str) -> tuple[str, int]:
+    """(what, bytes): the memory a pack may use on ``device`` as this machine resolves it:
+    a CUDA device's total memory, or for the CPU the machine's available RAM."""
+    import psutil
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "this machine's available memory", int(psutil.virtual_memory().available)
+    index = int(device.partition(":")[2] or 0)
+    total = torch.cuda.get_device_properties(index).total_memory
+    return f"the memory of cuda:{index}", int(total)
+
+
+def _size_knobs(v: Variant) -> str:
+    """The knobs that set a member's memory, as the command line writes them."""
+    m = v.model
+    depth = f" model.depth={m.depth}" if m.name == "mlp" else ""
+    return (
+        f"model={m.name} model.width={m.width}{depth} optim.batch_size={v.optim.batch_size} "
+        f"(data={v.data.name})"
+    )
+
+
+def check_memory(variants: list[Variant], device: str, max_members: int) -> None:
+    """Refuse a sweep whose packs cannot fit the device, by the estimate of training memory
+    the runner plans with (:func:`landscape.pack.member_bytes`). On a GPU a pack too large is
+    trained a few members at a time, so one member must fit; on the CPU a pack trains all its
+    members at once, so the largest pack must fit the machine's available memory."""
+    from landscape.datasets import DATA_SETS
+    from landscape.pack import make_packs, member_bytes
+
+    if not variants:
+        return
+    what, have = device_memory(device)
+    on_cpu = what.startswith("this machine")
+    estimates: dict[tuple, int] = {}
+
+    def need(v: Variant) -> int:
+        key = (v.model, v.data.name, v.optim.name, v.optim.batch_size, v.train.precision)
+        if key not in estimates:
+            record = DATA_SETS[v.data.name]
+            estimates[key] = member_bytes(v, record.shape_of(v.data), record.classes_of(v.data))
+        return estimates[key]
+
+    packs = make_packs(variants, max_members) if on_cpu else [[v] for v in variants]
+    pack = max(packs, key=lambda p: len(p) * need(p[0]))
+    one = need(pack[0])
+    total = len(pack) * one
+    if total <= have:
+        return
+    members = f"a pack of {len(pack)} members" if len(pack) > 1 else "one pack member"
+    fits = have // one
+    then = (
+        f"; pack.max_members={fits} would fit"
+        if fits >= 1
+        else "; use a smaller model or batch size"
+    )
+    raise ConfigError(
+        f"{_size_knobs(pack[0])}: {members} needs about {_bytes(total)} by the estimate of "
+        f"training memory ({_bytes(one)} each), more than {what} ({_bytes(have)}, "
+        f"device={device}){then}"
+    )
+
+
+def _bytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 _NAME = re.compile(r"[\w.\-]+")

@@ -34,7 +34,7 @@ from landscape.pack import make_packs
 from landscape.run import failed_rows, metrics_id
 from landscape.variant import ConfigError, Variant
 from sweeps.cluster import check_cluster
-from sweeps.config import SweepPlan
+from sweeps.config import SweepPlan, check_fits_this_machine
 from sweeps.cost import schedule
 from sweeps.lock import ResultsLock, ResultsLockedError
 from sweeps.manifest import build_manifest, check_same_base
@@ -249,6 +249,9 @@ def run_sweep(
             _check_mps(plan)
         if plan.ray.resolved_address() != "local":  # the cluster answers before anything is written
             joined = _init_ray(plan, log)
+            _check_resources(plan)  # the cluster's CPUs and GPUs, before anything is written
+        else:  # the embedded instance's: this machine's, and each pack's memory on its device
+            check_fits_this_machine(plan, ray_started=ray.is_initialized())
         if on_pack is None:  # tracker.kind from the config (none by default)
             on_pack = make_tracker(plan.tracker, plan.results_dir)
         summary = _run_locked(

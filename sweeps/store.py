@@ -610,16 +610,28 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+INSTALLED = "installed from a wheel or sdist: no git commit recorded"
+
+
 def code_version() -> str:
-    """The git commit of the code (with ``-dirty`` for uncommitted changes), or the package version."""
+    """The git commit of the code (with ``-dirty`` for uncommitted changes) when it runs from a
+    git checkout that tracks it; else the package version, said to be an installed package
+    (a wheel in a virtual environment inside some other checkout is not that checkout's code)."""
     here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, check=True
-        ).stdout.strip()
+        git("ls-files", "--error-unmatch", Path(__file__).name)  # this file is tracked here
+        sha = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain")
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return metadata.version(DISTRIBUTION)
+        try:
+            version = metadata.version(DISTRIBUTION)
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        return f"{version} ({INSTALLED})"

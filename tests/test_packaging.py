@@ -70,3 +70,17 @@ def test_a_wheel_installs_and_runs_without_the_checkout(tmp_path):
     assert job.returncode == 0, job.stderr
     assert "width: 7" in job.stdout
     assert not (tmp_path / "results").exists()
+    # no checkout of this code around the installed code (a git repository that does not
+    # track it, as a virtual environment inside some other checkout): no commit, says so
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    version = subprocess.run(
+        [str(target / "bin" / "landscape-sweep"), "--version"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert version.stdout.strip() == (
+        "landscape-sweep 0.1.0 (installed from a wheel or sdist: no git commit recorded)"
+    ), version.stderr

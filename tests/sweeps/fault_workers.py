@@ -5,7 +5,10 @@ The test and the worker processes talk through files in ``signal_dir``:
 - a pack with a member of width ``hold_width`` writes ``hold-<pid>`` (its content: the Ray
   node id) and waits, up to a minute, to be killed; once ``killed`` exists (the test writes it
   just before ``SIGKILL``), such packs run normally;
-- a pack with a member of width ``poison_width`` kills its own process with ``SIGKILL``, every time.
+- a pack with a member of width ``poison_width`` kills its own process with ``SIGKILL``, every time;
+- every pack writes ``ran-<node id>-<pid>`` as it starts; on a node whose processes have
+  ``HOLD_ON_THIS_NODE=1`` in their environment (set for its ``ray start``), every pack holds as
+  ``hold_width``'s do, so that the test knows a pack is in flight there when it kills the node.
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ class FaultyWorker(PackWorker):
 
     def run(self, variants, metrics, checkpoint_dir=None):
         widths = {v.model.width for v in variants}
+        node = ray.get_runtime_context().get_node_id()
+        (self.signals / f"ran-{node}-{os.getpid()}").touch()
+        held = self.hold_width in widths or os.environ.get("HOLD_ON_THIS_NODE") == "1"
         if self.poison_width in widths:
             (self.signals / f"poisoned-{os.getpid()}").touch()
             os.kill(os.getpid(), signal.SIGKILL)
-        if self.hold_width in widths and not (self.signals / "killed").exists():
-            (self.signals / f"hold-{os.getpid()}").write_text(
-                ray.get_runtime_context().get_node_id()
-            )
+        if held and not (self.signals / "killed").exists():
+            (self.signals / f"hold-{os.getpid()}").write_text(node)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 time.sleep(0.1)

@@ -1,9 +1,11 @@
 """Joining a Ray cluster is bounded and says why it failed; the README's recipe works as written.
 
 The fast tests check the address before Ray is involved (a port out of range, a port where
-nothing listens). The slow one starts a real head on the loopback interface with ``ray start``
-(token authentication on, as the README's recipe has it), joins it by HOST:PORT and by
-``auto``, is refused with a wrong token, and stops the head by its own PID."""
+nothing listens). The slow ones start real nodes on the loopback interface with ``ray start``
+(token authentication on, as docs/cluster.md's recipe has it): a head joined by HOST:PORT and
+by ``auto`` (the driver without RAY_AUTH_MODE: it uses this machine's token), refused with a
+wrong token, stopped by its own PID; and a head with a worker node, RAY_AUTH_MODE=token on
+both and for the driver, the worker node killed by its PID mid-sweep."""
 
 import os
 import signal
@@ -86,7 +88,7 @@ def _env(home: Path, ray_tmp: Path, **extra) -> dict:
     return env
 
 
-def _start_head(env: dict, port: int) -> subprocess.Popen:
+def _start_head(env: dict, port: int, num_cpus: int = 2) -> subprocess.Popen:
     """The README's recipe: a token, then ``ray start --head --block`` in the background."""
     subprocess.run(
         [str(BIN / "ray"), "get-auth-token", "--generate"],
@@ -107,7 +109,7 @@ def _start_head(env: dict, port: int) -> subprocess.Popen:
             "--block",
             f"--port={port}",
             "--node-ip-address=127.0.0.1",
-            "--num-cpus=2",
+            f"--num-cpus={num_cpus}",
             "--include-dashboard=false",
             "--disable-usage-stats",
             *(f"{flag}={value}" for flag, value in ports.items()),
@@ -238,3 +240,132 @@ def test_a_cluster_of_another_version_or_token_is_refused_with_the_reason(
     finally:
         listening.close()
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+# --- a second node joins the head: the recipe's worker node --------------------------------
+
+DRIVER = """
+import sys
+from sweeps.config import plan_sweep
+from sweeps.runner import run_sweep
+from tests.sweeps.fault_workers import FaultyWorker
+
+plan = plan_sweep(sys.argv[2:])
+summary = run_sweep(
+    plan, progress=False, worker_cls=FaultyWorker, worker_kwargs={"signal_dir": sys.argv[1]}
+)
+print(f"worker deaths: {summary.worker_deaths}")
+"""
+
+
+def _start_worker_node(env: dict, port: int) -> subprocess.Popen:
+    """The recipe's worker node, ``ray start --address=... --block`` with every port of its own
+    (distinct from the head's: both run on this machine)."""
+    low = free_port()
+    ports = {
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--min-worker-port": low,
+        "--max-worker-port": low + 200 if low + 200 < 65536 else low,
+    }
+    return subprocess.Popen(
+        [
+            str(BIN / "ray"),
+            "start",
+            "--block",
+            f"--address=127.0.0.1:{port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            "--disable-usage-stats",
+            *(f"{flag}={value}" for flag, value in ports.items()),
+        ],
+        env={**env, "HOLD_ON_THIS_NODE": "1"},  # FaultyWorker: its packs wait to be killed
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _active_nodes(env: dict, port: int) -> int:
+    """How many nodes ``ray status`` lists as active (with the token in ``env``)."""
+    shown = subprocess.run(
+        [str(BIN / "ray"), "status", f"--address=127.0.0.1:{port}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    active = shown.partition("Active:")[2].partition("Pending:")[0]
+    return sum("node_" in line for line in active.splitlines())
+
+
+@pytest.mark.slow
+def test_a_worker_node_joins_runs_packs_and_is_killed_mid_sweep(tmp_path):
+    """The recipe with RAY_AUTH_MODE=token exported on every node and for the driver: a head
+    and a worker node on this machine (one CPU each), a sweep with one worker on each node; the
+    worker node's packs wait until the node is killed by the PID of its ``ray start --block``,
+    then run again on the head: every variant once, all ok."""
+    home = tmp_path / "home"
+    home.mkdir()
+    ray_tmp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    env = _env(home, ray_tmp, RAY_AUTH_MODE="token")
+    port = free_port()
+    head = _start_head(env, port, num_cpus=1)
+    worker = None
+    helpers = [head.pid]
+    try:
+        worker = _start_worker_node(env, port)
+        # the sweep starts once the worker node has joined (a tiny sweep would be over first)
+        wait_for(
+            lambda: _active_nodes(env, port) >= 2 or worker.poll() is not None,
+            120,
+            "the worker node to join",
+        )
+        assert worker.poll() is None, "the worker node exited (refused by the head?)"
+        signals = tmp_path / "signals"
+        signals.mkdir()
+        out = tmp_path / "results"
+        driver = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, str(signals), *TINY, f"out_dir={out}"]
+            + [f"ray.address=127.0.0.1:{port}", "ray.cpus_per_worker=1", "ray.num_workers=2"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        hold = wait_for(
+            lambda: next(signals.glob("hold-*"), None) or driver.poll() is not None,
+            180,
+            "a pack to start on the worker node",
+        )
+        assert driver.poll() is None, driver.communicate()
+        helpers = [
+            head.pid,
+            worker.pid,
+            *(p.pid for n in (head, worker) for p in psutil.Process(n.pid).children(True)),
+        ]
+        assert worker.poll() is None, "the worker node died (authentication?)"
+        (signals / "killed").touch()
+        worker.send_signal(signal.SIGTERM)  # the recipe's `kill $(cat ray-worker.pid)`
+        worker.wait(60)
+        stdout, stderr = driver.communicate(timeout=300)
+        assert driver.returncode == 0, stderr[-3000:]
+        assert "worker deaths: 0" not in stdout, stdout  # the held pack's worker died with it
+        runs = pd.read_parquet(out / "demo" / "runs")
+        assert runs.variant_id.is_unique and len(runs) == 8
+        assert set(runs.status) == {"ok"}
+        nodes = {p.name.split("-")[1] for p in signals.glob("ran-*")}
+        assert hold.read_text() in nodes and len(nodes) == 2  # packs ran on both nodes
+    finally:
+        for node in (worker, head):
+            if node is not None and node.poll() is None:
+                node.send_signal(signal.SIGTERM)
+                node.wait(60)
+    assert wait_for(
+        lambda: not [p for p in helpers if psutil.pid_exists(p) and _alive(p)],
+        60,
+        "the nodes' processes to end",
+    )
