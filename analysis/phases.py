@@ -54,10 +54,18 @@ stated default (all in :class:`PhaseThresholds`, resolved per sweep by
    them (``mc_std``), otherwise ``mc_std`` pooled over the cells of the same local regime
    (fitted cells for the III/IV decision). A spread from fewer pairs is itself too noisy to
    set a band: from 3 pairs (2 degrees of freedom) about one cell in five would get a band
-   under half the true one. With one pair per cell (two seeds) the seed-to-seed spread of the training
-   error pooled over the same regime stands in (mc is a difference of training errors along
-   the curve, so its seed noise is of that size; the store keeps mc in percentage points and
-   accuracies as fractions, so the proxy is ``100 * s(train_acc)``). ``mc_floor`` is a lower
+   under half the true one. When no cell of the regime has two pairs (one curve per cell,
+   Yang's protocol), there is no seed spread of mc at all, and the seed spread of the
+   endpoints' training accuracy is not the noise of one curve's mc (fitted cells spread by
+   hundredths of a point, so every barrier would be III). The band is then, as for the loss
+   and the Hessian, Otsu's two-means split of log10 |mc| over the regime's cells
+   (``mc_split=otsu``): ``|mc| <= 10^split`` is near 0, so connected cells and cells with a
+   barrier are the two regimes of the fitted cells' barriers. With the same one-regime guard:
+   if the two sides' means are closer than ``mc_min_decades`` (0.5) the barriers are one
+   regime, and the proxy stands in: the seed-to-seed spread of the training error pooled over
+   the same regime (mc is a difference of training errors along the curve, so its seed noise
+   is of that size; the store keeps mc in percentage points and accuracies as fractions, so
+   the proxy is ``100 * s(train_acc)``; ``mc_split=proxy`` always uses it). ``mc_floor`` is a lower
    bound on the band. Fitted cells: ``mc < -band`` -> III, else IV (a positive mc beyond the
    band means the curve beats its endpoints: connected). Unfitted cells: the sign of mc
    decides, ``< 0`` -> I, ``>= 0`` -> II (the table has no "near 0" row for high loss).
@@ -91,6 +99,7 @@ HESSIAN_METRICS = ("hessian_trace", "hessian_top_eig")
 CKA_METRICS = ("cka_linear_softmax", "cka_linear_logits", "cka_linear_features")
 SPLITS = ("otsu", "median")
 LOSS_SPLITS = ("otsu", "chance")
+MC_SPLITS = ("otsu", "proxy")
 # mc is stored in training-error percentage points, accuracies as fractions.
 MC_PER_ACCURACY = 100.0
 LOCAL_RULES = ("nearest", "agree", "loss", "hessian")
@@ -144,6 +153,15 @@ class PhaseThresholds:
     )
     mc_band: float | None = _knob(None, "absolute half-width of the mc near-0 band; overrides mc_k")
     mc_floor: float = _knob(0.0, "lower bound on the mc band half-width")
+    mc_split: str = _knob(
+        "otsu",
+        "band when cells have no mc seed spread: Otsu split of log10 |mc| over the regime's "
+        "cells (otsu), or 100 x the pooled seed spread of training accuracy (proxy)",
+        MC_SPLITS,
+    )
+    mc_min_decades: float = _knob(
+        0.5, "log10 |mc| Otsu sides closer than this: one mc regime, the proxy band is used"
+    )
     cka: str = _knob(
         "cka_linear_softmax", "CKA metric for IV-A/IV-B (falls back to the others)", CKA_METRICS
     )
@@ -161,7 +179,8 @@ class PhaseThresholds:
         _check(fin(self.mc_k) and self.mc_k > 0, "mc_k", self.mc_k, "finite and > 0")
         _check(fin(self.mc_floor) and self.mc_floor >= 0, "mc_floor", self.mc_floor, "finite, >= 0")
         _check(self.mc_min_pairs >= 2, "mc_min_pairs", self.mc_min_pairs, ">= 2")
-        for name in ("hessian_min_decades", "loss_min_decades", "cka_min_gap"):
+        _check(self.mc_split in MC_SPLITS, "mc_split", self.mc_split, f"one of {MC_SPLITS}")
+        for name in ("hessian_min_decades", "loss_min_decades", "mc_min_decades", "cka_min_gap"):
             value = getattr(self, name)
             _check(fin(value) and value >= 0, name, value, "finite and >= 0")
         _check(
@@ -217,6 +236,8 @@ class ResolvedThresholds:
     cka_source: str
     loss_half_gap: float | None = None
     hessian_half_gap: float | None = None
+    # regime -> half-width of the mc band from the split of log10 |mc| (cells without own pairs)
+    mc_split_band: dict[str, float] = field(default_factory=dict)
 
     def describe(self) -> list[tuple[str, str]]:
         """(signal, rule) rows for a summary table."""
@@ -241,6 +262,8 @@ class ResolvedThresholds:
             if regime in self.mc_source:
                 sd = self.mc_sd.get(regime)
                 spread = "no spread" if sd is None else f"s = {sd:.3g} points"
+                if regime in self.mc_split_band:
+                    spread = f"band {self.mc_split_band[regime]:.3g} points"
                 rows.append(
                     (
                         f"mc near 0 ({regime} cells)",
@@ -375,16 +398,32 @@ def _pooled_sd(cells: pd.DataFrame, col: str) -> float | None:
     return float(np.sqrt(((n[ok] - 1) * s[ok] ** 2).sum() / dof)) if dof > 0 else None
 
 
+def _split_mc(same: pd.DataFrame, thr: PhaseThresholds, where: str):
+    """Band from Otsu's split of log10 |mc| over ``same`` (one curve per cell): None when the
+    sides' means are closer than ``mc_min_decades`` (one mc regime) or there is no split."""
+    mc = np.abs(_finite(same, "mc"))
+    split = otsu_split(np.log10(mc[mc > 0]))
+    if split is None or split[1] < thr.mc_min_decades:
+        gap = 0.0 if split is None else split[1]
+        return None, f"one mc regime: log10 |mc| Otsu sides {gap:.2g} < {thr.mc_min_decades:g}"
+    return float(
+        10 ** split[0]
+    ), f"Otsu split of log10 |mc| over {where}, sides {split[1]:.2g} decades apart"
+
+
 def _resolve_mc(cells: pd.DataFrame, regimes: pd.Series, thr: PhaseThresholds):
-    """Per local regime, the pooled seed-to-seed spread of mc and its source.
+    """Per local regime, the pooled seed-to-seed spread of mc (or the split band) and its source.
 
     Pooled over the cells of one regime only: unfitted cells spread by points and fitted ones
-    by hundredths, so a band pooled over both would hide the fitted cells' barriers.
+    by hundredths, so a band pooled over both would hide the fitted cells' barriers. Where no
+    cell of the regime has two pairs, the band is Otsu's split of log10 |mc| over the regime's
+    cells (module docstring, step 4), with the proxy only for one mc regime.
     """
     sds: dict[str, float | None] = {}
     sources: dict[str, str] = {}
+    bands: dict[str, float] = {}
     if not len(_finite(cells, "mc")):
-        return sds, sources
+        return sds, sources, bands
     for regime in REGIMES:
         same = cells[regimes == regime]
         if not len(same):
@@ -392,15 +431,27 @@ def _resolve_mc(cells: pd.DataFrame, regimes: pd.Series, thr: PhaseThresholds):
         where = f"the {len(same)} {regime} cells"
         if thr.mc_band is not None:
             sds[regime], sources[regime] = None, f"given band {thr.mc_band:g}"
-        elif (sd := _pooled_sd(same, "mc")) is not None:
+            continue
+        if (sd := _pooled_sd(same, "mc")) is not None:
             own = f"a cell's own pairs when >= {thr.mc_min_pairs}"
             sds[regime], sources[regime] = sd, f"{own}, else seed pairs pooled over {where}"
-        elif (sd := _pooled_sd(same, "train_acc")) is not None:
+            continue
+        why = ""
+        if thr.mc_split == "otsu":
+            band, why = _split_mc(same, thr, where)
+            if band is not None:
+                sds[regime], sources[regime], bands[regime] = None, why, band
+                continue
+            why = f"{why}; "
+        if (sd := _pooled_sd(same, "train_acc")) is not None:
             sds[regime] = MC_PER_ACCURACY * sd
-            sources[regime] = f"proxy: seed spread of training error in %, pooled over {where}"
+            sources[regime] = f"{why}proxy: seed spread of training error in %, pooled over {where}"
         else:
-            sds[regime], sources[regime] = None, f"no seed spread: band = mc_floor {thr.mc_floor:g}"
-    return sds, sources
+            sds[regime], sources[regime] = (
+                None,
+                f"{why}no seed spread: band = mc_floor {thr.mc_floor:g}",
+            )
+    return sds, sources, bands
 
 
 def _resolve_cka(cells: pd.DataFrame, thr: PhaseThresholds, candidates: pd.DataFrame):
@@ -448,8 +499,8 @@ def resolve_thresholds(
     regimes = pd.Series(
         [_local_regime(row, res, thr.local_rule)[0] for _, row in ok.iterrows()], index=ok.index
     )
-    mc_sd, mc_src = _resolve_mc(ok, regimes, thr)
-    res = dataclasses.replace(res, mc_sd=mc_sd, mc_source=mc_src)
+    mc_sd, mc_src, mc_bands = _resolve_mc(ok, regimes, thr)
+    res = dataclasses.replace(res, mc_sd=mc_sd, mc_source=mc_src, mc_split_band=mc_bands)
     candidates = ok[[_is_iv_candidate(row, res, thr) for _, row in ok.iterrows()]]
     c_metric, c_thr, c_src = _resolve_cka(ok, thr, candidates)
     return dataclasses.replace(res, cka_metric=c_metric, cka_threshold=c_thr, cka_source=c_src)
@@ -567,6 +618,8 @@ def _mc_band(
     own = _value(row, "mc_std")
     if own is not None and n >= thr.mc_min_pairs:
         sd, whose = own, f"own {n:g} pairs"
+    elif (band := res.mc_split_band.get(regime or "")) is not None:
+        return max(band, thr.mc_floor), f"log10 |mc| split over {regime} cells"
     else:
         sd, whose = res.mc_sd.get(regime or ""), f"pooled over {regime} cells"
     if sd is None:

@@ -45,9 +45,11 @@ def test_two_seeds_use_training_error_spread_for_the_mc_band(tmp_path, rng_seed)
         mc_noise=0.05,
         rng_seed=rng_seed,
     )
+    proxy = PhaseThresholds(mc_split="proxy")
     assert _phases(root) == PLANTED
+    assert _phases(root, proxy) == PLANTED
     cells = aggregate_cells(load_results(root))
-    resolved = resolve_thresholds(cells, num_classes=10)
+    resolved = resolve_thresholds(cells, proxy, num_classes=10)
     fitted = [
         PLANTED[(w, b)] not in ("I", "II")
         for w, b in zip(cells["model.width"], cells["optim.batch_size"])
@@ -56,6 +58,68 @@ def test_two_seeds_use_training_error_spread_for_the_mc_band(tmp_path, rng_seed)
     pooled = np.sqrt(((n - 1) * s**2).sum() / (n - 1).sum())
     assert "proxy" in resolved.mc_source["fitted"]
     assert resolved.mc_sd["fitted"] == pytest.approx(100 * pooled)
+
+
+def _one_curve_cells(mc):
+    """The issue's reproduction: two unfitted cells and four fitted ones, one curve each, whose
+    training accuracy barely spreads between seeds (3e-4)."""
+    n = len(mc)
+    return pd.DataFrame(
+        {
+            "train_loss": [1.0, 0.9, 0.0015, 0.0013, 0.0025, 0.0022][:n],
+            "train_acc": [0.6, 0.62, 1, 1, 1, 1][:n],
+            "train_acc_std": [0.03, 0.03, 3e-4, 3e-4, 3e-4, 3e-4][:n],
+            "train_acc_n": [5] * n,
+            "hessian_trace": [5e3, 4e3, 80, 90, 130, 150][:n],
+            "mc": mc,
+            "mc_n": [1] * n,
+            "cka_linear_softmax": [0.4, 0.4, 0.56, 0.6, 0.5, 0.45][:n],
+        }
+    )
+
+
+def test_one_curve_per_cell_splits_log_mc_over_fitted_cells():
+    # log10 |mc| of the fitted cells: -0.52, -0.10 | 0.70, 1.02. Otsu splits between -0.10
+    # and 0.70 (sides 1.17 decades apart > 0.5), so the band is 10^0.30 = 2 points: the two
+    # sub-point barriers are IV, the 5 and 10.5 point ones III.
+    cells = _one_curve_cells([-20, -15, -0.3, -0.8, -5, -10.5])
+    out = classify_phases(cells, None, 10)
+    assert out.phase.tolist() == ["I", "I", "IV", "IV", "III", "III"]
+    res = resolve_thresholds(cells, None, 10)
+    assert res.mc_split_band["fitted"] == pytest.approx(10 ** ((np.log10(0.8) + np.log10(5)) / 2))
+    assert "log10 |mc| split" in out.phase_reason[2]
+    # The old proxy (100 x 3e-4 x 3 = 0.09 points) calls every barrier III.
+    old = classify_phases(cells, PhaseThresholds(mc_split="proxy"), 10)
+    assert old.phase.tolist() == ["I", "I", "III", "III", "III", "III"]
+
+
+def test_one_mc_regime_falls_back_to_the_proxy():
+    # Fitted |mc| 4, 5, 6, 7: Otsu sides 0.16 decades apart < 0.5, one mc regime; the proxy
+    # band (0.09 points) decides and every barrier is III; the source says why.
+    cells = _one_curve_cells([-20, -15, -4, -5, -6, -7])
+    res = resolve_thresholds(cells, None, 10)
+    assert "fitted" not in res.mc_split_band
+    assert res.mc_source["fitted"].startswith("one mc regime")
+    assert "proxy" in res.mc_source["fitted"]
+    assert classify_phases(cells, None, 10).phase.tolist()[2:] == ["III"] * 4
+
+
+def test_own_pairs_outrank_the_split():
+    # A cell with mc_min_pairs pairs of its own uses its own spread even when others split.
+    cells = _one_curve_cells([-20, -15, -0.3, -0.8, -5, -10.5])
+    cells["mc_n"] = [1, 1, 1, 1, 1, 10]
+    cells["mc_std"] = [np.nan] * 5 + [40.0]
+    res = resolve_thresholds(cells, PhaseThresholds(mc_split="otsu"), 10)
+    # mc_std present on one cell: the pooled seed spread needs n >= 2, here the 10-pair cell.
+    out = classify_phases(cells, None, 10)
+    assert "own 10 pairs" in out.phase_reason[5]
+    assert out.phase[5].startswith("IV")  # 3 * 40 / sqrt(10) = 38 > 10.5
+    assert res.mc_sd["fitted"] == pytest.approx(40.0)
+
+
+def test_mc_split_option_is_checked():
+    with pytest.raises(ValueError, match="mc_split"):
+        PhaseThresholds(mc_split="median")
 
 
 def test_reason_names_the_values():
@@ -140,8 +204,11 @@ def test_issue_reproductions_classify_as_the_paper():
     )
     out = classify_phases(cells, None, 10)
     assert list(out["phase"])[:3] == ["I", "I", "III"]
+    # With the proxy band (mc_split=proxy) the spread is pooled over the two cells of each
+    # regime, in percentage points.
+    out = classify_phases(cells, PhaseThresholds(mc_split="proxy"), 10)
+    assert list(out["phase"])[:3] == ["I", "I", "III"]
     sd = out.attrs["phase_thresholds"].mc_sd
-    # pooled over the two cells of each regime, in percentage points
     assert sd["fitted"] == pytest.approx(0.01) and sd["unfitted"] == pytest.approx(3.0)
 
 
