@@ -26,6 +26,7 @@ import base64
 import html
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -515,12 +516,24 @@ def _check_out(out: Path) -> None:
                 p.rmdir()
 
 
+def _load_warning(path: str) -> Results:
+    """``load_results``, its warnings (a skipped damaged part, an unfinished store operation)
+    printed one line each, also when the load then fails (every runs part damaged)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return load_results(path)
+        finally:
+            for w in caught:
+                print(f"landscape-report: warning: {w.message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 on bad input, with nothing written)."""
     args = parser().parse_args(argv)
     try:
         opts = options(args)
-        results = load_results(args.results)
+        results = _load_warning(args.results)
         results.analysis_axes(opts.temperature, opts.load)
         if opts.curves_by is not None and opts.curves_by not in results.runs:
             raise ResultsError(

@@ -65,3 +65,15 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, message, tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and err.startswith("landscape-report: error:")
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_truncated_part_is_skipped_with_a_warning_and_the_report_written(tmp_path, capsys):
+    from .test_load import _truncate_a_runs_part
+
+    root = write_results(tmp_path / "r", tables=("runs", "curves"), local_metrics=())
+    name, _ = _truncate_a_runs_part(root)
+    assert main([str(root), "--out", str(tmp_path / "page")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("landscape-report: warning: skipped unreadable part")
+    assert name in err[0]
+    assert (tmp_path / "page" / "index.html").is_file()
