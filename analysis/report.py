@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import html
 import os
 import sys
@@ -399,6 +400,36 @@ p.warning {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.3em
 """
 
 
+FINGERPRINT = ".fingerprint"  # beside index.html: what the report was drawn from
+
+
+def fingerprint(results_dir: Path, out: Path, options: str) -> str:
+    """What a report depends on: every file of the results directory by name, size and
+    modification time (a new, rewritten, quarantined or removed part changes it), the
+    drawing code (the ``analysis`` package's sources) and the options it was drawn with.
+    The report's own directory is left out, so drawing it does not change it."""
+    digest = hashlib.sha256()
+    out = out.resolve()
+    for path in sorted(results_dir.rglob("*")):
+        resolved = path.resolve()
+        if resolved == out or out in resolved.parents or path.name == ".lock" or not path.is_file():
+            continue
+        stat = path.stat()
+        digest.update(
+            f"{path.relative_to(results_dir)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+        )
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    digest.update(options.encode())
+    return digest.hexdigest()
+
+
+def _unchanged(out: Path, print_: str) -> bool:
+    """Whether ``out`` holds a report drawn from exactly ``print_``."""
+    stored = out / FINGERPRINT
+    return (out / "index.html").is_file() and stored.is_file() and stored.read_text() == print_
+
+
 def build_report(results: Results, out: Path, opts: ReportOptions | None = None) -> Path:
     """Write every figure the data supports, the CSVs and ``index.html`` under ``out``."""
     opts = opts or ReportOptions()
@@ -447,6 +478,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("results", help="results directory of one sweep (results/<sweep>)")
     p.add_argument("--out", help="output directory (default: <results>/report)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="draw the report even when the results and options are as when it was last drawn",
+    )
     p.add_argument(
         "--temperature", help="temperature axis, a runs column (default: the manifest's)"
     )
@@ -531,6 +567,17 @@ def _load_warning(path: str) -> Results:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 on bad input, with nothing written)."""
     args = parser().parse_args(argv)
+    print_ = None
+    if Path(args.results).is_dir():  # nothing to redraw when nothing changed since the last drawing
+        out = Path(args.out) if args.out else Path(args.results) / "report"
+        drawn_with = repr(sorted((k, v) for k, v in vars(args).items() if k != "force"))
+        print_ = fingerprint(Path(args.results), out, drawn_with)
+        if not args.force and _unchanged(out, print_):
+            print(
+                f"report unchanged: {out / 'index.html'} (the results are as when it was drawn; "
+                "--force draws it again)"
+            )
+            return 0
     try:
         opts = options(args)
         results = _load_warning(args.results)
@@ -545,7 +592,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:  # ResultsError is a ValueError
         print(f"landscape-report: error: {err}", file=sys.stderr)
         return 2
+    (out / FINGERPRINT).unlink(missing_ok=True)  # a drawing cut short is drawn again
     page = build_report(results, out, opts)
+    if print_ is not None:
+        _write_atomically(out / FINGERPRINT, print_)
     print(f"report written to {page}")
     return 0
 

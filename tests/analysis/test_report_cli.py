@@ -77,3 +77,31 @@ def test_a_truncated_part_is_skipped_with_a_warning_and_the_report_written(tmp_p
     assert len(err) == 1 and err[0].startswith("landscape-report: warning: skipped unreadable part")
     assert name in err[0]
     assert (tmp_path / "page" / "index.html").is_file()
+
+
+def test_an_unchanged_results_dir_is_not_redrawn_and_a_changed_one_is(
+    tmp_path, monkeypatch, capsys
+):
+    root = write_results(tmp_path / "r", tables=("runs", "curves"), local_metrics=())
+    drawn = []
+
+    def fake_build(results, out, opts):  # the skip is under test here, not the figures
+        drawn.append(len(results.runs))
+        out.mkdir(exist_ok=True)
+        (out / "index.html").write_text("")
+        return out / "index.html"
+
+    monkeypatch.setattr(report, "build_report", fake_build)
+    assert main([str(root)]) == 0 and len(drawn) == 1
+    assert main([str(root)]) == 0 and len(drawn) == 1  # nothing changed: not drawn again
+    assert "report unchanged" in capsys.readouterr().out
+    assert main([str(root), "--force"]) == 0 and len(drawn) == 2
+    assert main([str(root), "--cka-threshold", "0.5"]) == 0 and len(drawn) == 3  # other options
+    # A part added by a sweep (a new file in a table directory): drawn again.
+    part = sorted((root / "runs").glob("part-*.parquet"))[0]
+    (root / "runs" / "part-77777.parquet").write_bytes(part.read_bytes())
+    assert main([str(root), "--cka-threshold", "0.5"]) == 0 and len(drawn) == 4
+    assert main([str(root), "--cka-threshold", "0.5"]) == 0 and len(drawn) == 4
+    # A part removed (as a quarantine moves one aside): drawn again.
+    (root / "runs" / "part-77777.parquet").unlink()
+    assert main([str(root), "--cka-threshold", "0.5"]) == 0 and len(drawn) == 5
