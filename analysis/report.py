@@ -118,8 +118,19 @@ def _finite(frame: pd.DataFrame, col: str) -> bool:
     return col in frame and bool(np.isfinite(pd.to_numeric(frame[col], errors="coerce")).any())
 
 
-def _table_html(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}")
+TAU_ZERO = 1e-9  # a tau lies in [-1, 1], from at most millions of pairs: smaller is rounding
+
+
+def _table_html(frame: pd.DataFrame, zero_below: float = 0.0) -> str:
+    """``frame`` as HTML, 4 significant digits; values smaller than ``zero_below`` in magnitude
+    (a Kendall tau of 1.388e-17 is a sum of +-1 terms that cancelled) are printed as 0."""
+    return frame.to_html(
+        index=False, border=0, na_rep="", float_format=lambda v: _number(v, zero_below)
+    )
+
+
+def _number(value: float, zero_below: float = 0.0) -> str:
+    return "0" if abs(value) < zero_below else f"{value:.4g}"
 
 
 def summary_section(results: Results, cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
@@ -209,14 +220,16 @@ def correlations_section(
     if table.empty:
         return section
     table.to_csv(out / "correlations.csv", index=False)
-    (out / "correlations.html").write_text(_table_html(table))
+    (out / "correlations.html").write_text(_table_html(table, TAU_ZERO))
     warnings = "".join(
         f"<p class='warning'>Warning: {html.escape(w)}</p>"
         for w in small_sample_warnings(table, cells, keys)
     )
     section.add_html(
         "<p>tau: over all cells; tau[knob]: mean tau within groups where only that knob "
-        "varies; Psi: mean over knobs. Also correlations.csv.</p>" + warnings + _table_html(table)
+        "varies; Psi: mean over knobs. Also correlations.csv.</p>"
+        + warnings
+        + _table_html(table, TAU_ZERO)
     )
     section.add("Kendall tau per measure", plot_correlations(table), out / "correlations.png")
     return section

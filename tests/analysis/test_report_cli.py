@@ -105,3 +105,13 @@ def test_an_unchanged_results_dir_is_not_redrawn_and_a_changed_one_is(
     # A part removed (as a quarantine moves one aside): drawn again.
     (root / "runs" / "part-77777.parquet").unlink()
     assert main([str(root), "--cka-threshold", "0.5"]) == 0 and len(drawn) == 5
+
+
+def test_a_tau_that_is_zero_up_to_rounding_prints_as_0_and_small_metrics_keep_their_digits():
+    import pandas as pd
+
+    table = pd.DataFrame({"tau": [1.388e-17, -0.25, 1.0]})
+    assert "<td>0</td>" in report._table_html(table, report.TAU_ZERO)
+    assert "1.388e-17" not in report._table_html(table, report.TAU_ZERO)
+    assert "<td>-0.25</td>" in report._table_html(table, report.TAU_ZERO)
+    assert "1.388e-17" in report._table_html(table)  # other tables: a small value is a value
