@@ -5,7 +5,9 @@ table, each a set of Parquet part files (``part-*.parquet``). The sweep driver w
 part under a temporary name starting with ``.`` and renames it into place, so dot- and
 underscore-files are skipped here. Parts are read one by one and concatenated, so a newer
 part that carries an extra (nullable) metric column does not hide it (a Parquet dataset
-would take the first file's schema).
+would take the first file's schema). A part that cannot be read (a disk that filled, a copy
+cut short) is skipped with a one-line warning naming it: the other parts still load, and the
+next run of the sweep moves the damaged part to ``quarantine/`` and trains its variants again.
 
 Only ``runs`` is required; every other table is ``None`` when it was not written. The
 ``path`` table (the optimiser's path on its PCA plane) is ``Results.pca_path``, because
@@ -23,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from analysis.columns import Shown, shown_columns
@@ -200,13 +203,31 @@ def read_table(directory: Path) -> pd.DataFrame | None:
     parts = sorted(
         p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")) and p.is_file()
     )
-    frames = [pq.read_table(p).to_pandas() for p in parts]
-    frames = [f for f in frames if len(f.columns)]
+    frames = [f for f in map(_read_part, parts) if f is not None and len(f.columns)]
     if not frames:
         return None
     if len(frames) == 1:
         return frames[0]
     return pd.concat(frames, ignore_index=True, sort=False)
+
+
+UNREADABLE = (OSError, ValueError, pa.ArrowException)  # what pyarrow raises on a damaged file
+
+
+def _read_part(part: Path) -> pd.DataFrame | None:
+    """One part file, or ``None`` (with a one-line warning) when it cannot be read."""
+    try:
+        return pq.read_table(part).to_pandas()
+    except UNREADABLE as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        root = part.parent.parent
+        warnings.warn(
+            f"skipped unreadable part {part} ({reason}); run the sweep's command again to move "
+            f"it to quarantine/ and retrain its variants (`landscape-sweep status {root}` "
+            "shows the damage)",
+            stacklevel=3,
+        )
+        return None
 
 
 def infer_axes(runs: pd.DataFrame) -> dict[str, list[Any]]:

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import html
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,8 +118,19 @@ def _finite(frame: pd.DataFrame, col: str) -> bool:
     return col in frame and bool(np.isfinite(pd.to_numeric(frame[col], errors="coerce")).any())
 
 
-def _table_html(frame: pd.DataFrame) -> str:
-    return frame.to_html(index=False, border=0, na_rep="", float_format=lambda v: f"{v:.4g}")
+TAU_ZERO = 1e-9  # a tau lies in [-1, 1], from at most millions of pairs: smaller is rounding
+
+
+def _table_html(frame: pd.DataFrame, zero_below: float = 0.0) -> str:
+    """``frame`` as HTML, 4 significant digits; values smaller than ``zero_below`` in magnitude
+    (a Kendall tau of 1.388e-17 is a sum of +-1 terms that cancelled) are printed as 0."""
+    return frame.to_html(
+        index=False, border=0, na_rep="", float_format=lambda v: _number(v, zero_below)
+    )
+
+
+def _number(value: float, zero_below: float = 0.0) -> str:
+    return "0" if abs(value) < zero_below else f"{value:.4g}"
 
 
 def summary_section(results: Results, cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
@@ -207,14 +220,16 @@ def correlations_section(
     if table.empty:
         return section
     table.to_csv(out / "correlations.csv", index=False)
-    (out / "correlations.html").write_text(_table_html(table))
+    (out / "correlations.html").write_text(_table_html(table, TAU_ZERO))
     warnings = "".join(
         f"<p class='warning'>Warning: {html.escape(w)}</p>"
         for w in small_sample_warnings(table, cells, keys)
     )
     section.add_html(
         "<p>tau: over all cells; tau[knob]: mean tau within groups where only that knob "
-        "varies; Psi: mean over knobs. Also correlations.csv.</p>" + warnings + _table_html(table)
+        "varies; Psi: mean over knobs. Also correlations.csv.</p>"
+        + warnings
+        + _table_html(table, TAU_ZERO)
     )
     section.add("Kendall tau per measure", plot_correlations(table), out / "correlations.png")
     return section
@@ -398,6 +413,36 @@ p.warning {{ background: #fff4d6; border-left: 4px solid #e0a800; padding: 0.3em
 """
 
 
+FINGERPRINT = ".fingerprint"  # beside index.html: what the report was drawn from
+
+
+def fingerprint(results_dir: Path, out: Path, options: str) -> str:
+    """What a report depends on: every file of the results directory by name, size and
+    modification time (a new, rewritten, quarantined or removed part changes it), the
+    drawing code (the ``analysis`` package's sources) and the options it was drawn with.
+    The report's own directory is left out, so drawing it does not change it."""
+    digest = hashlib.sha256()
+    out = out.resolve()
+    for path in sorted(results_dir.rglob("*")):
+        resolved = path.resolve()
+        if resolved == out or out in resolved.parents or path.name == ".lock" or not path.is_file():
+            continue
+        stat = path.stat()
+        digest.update(
+            f"{path.relative_to(results_dir)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+        )
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    digest.update(options.encode())
+    return digest.hexdigest()
+
+
+def _unchanged(out: Path, print_: str) -> bool:
+    """Whether ``out`` holds a report drawn from exactly ``print_``."""
+    stored = out / FINGERPRINT
+    return (out / "index.html").is_file() and stored.is_file() and stored.read_text() == print_
+
+
 def build_report(results: Results, out: Path, opts: ReportOptions | None = None) -> Path:
     """Write every figure the data supports, the CSVs and ``index.html`` under ``out``."""
     opts = opts or ReportOptions()
@@ -446,6 +491,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("results", help="results directory of one sweep (results/<sweep>)")
     p.add_argument("--out", help="output directory (default: <results>/report)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="draw the report even when the results and options are as when it was last drawn",
+    )
     p.add_argument(
         "--temperature", help="temperature axis, a runs column (default: the manifest's)"
     )
@@ -515,12 +565,35 @@ def _check_out(out: Path) -> None:
                 p.rmdir()
 
 
+def _load_warning(path: str) -> Results:
+    """``load_results``, its warnings (a skipped damaged part, an unfinished store operation)
+    printed one line each, also when the load then fails (every runs part damaged)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return load_results(path)
+        finally:
+            for w in caught:
+                print(f"landscape-report: warning: {w.message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status (2 on bad input, with nothing written)."""
     args = parser().parse_args(argv)
+    print_ = None
+    if Path(args.results).is_dir():  # nothing to redraw when nothing changed since the last drawing
+        out = Path(args.out) if args.out else Path(args.results) / "report"
+        drawn_with = repr(sorted((k, v) for k, v in vars(args).items() if k != "force"))
+        print_ = fingerprint(Path(args.results), out, drawn_with)
+        if not args.force and _unchanged(out, print_):
+            print(
+                f"report unchanged: {out / 'index.html'} (the results are as when it was drawn; "
+                "--force draws it again)"
+            )
+            return 0
     try:
         opts = options(args)
-        results = load_results(args.results)
+        results = _load_warning(args.results)
         results.analysis_axes(opts.temperature, opts.load)
         if opts.curves_by is not None and opts.curves_by not in results.runs:
             raise ResultsError(
@@ -532,7 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:  # ResultsError is a ValueError
         print(f"landscape-report: error: {err}", file=sys.stderr)
         return 2
+    (out / FINGERPRINT).unlink(missing_ok=True)  # a drawing cut short is drawn again
     page = build_report(results, out, opts)
+    if print_ is not None:
+        _write_atomically(out / FINGERPRINT, print_)
     print(f"report written to {page}")
     return 0
 

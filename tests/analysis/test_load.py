@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from analysis.load import ResultsError, load_results, read_table
@@ -234,3 +235,29 @@ def test_a_table_the_catalogue_names_and_results_has_no_attribute_for_is_loaded(
     results = load_results(root)
     assert results.others["echoes"]["echo"].tolist() == [1.0, 2.0]
     assert "echoes" in results.tables()
+
+
+def _truncate_a_runs_part(root) -> tuple[str, int]:
+    """Cut the first runs part to half its bytes (a copy cut short); its name and row count."""
+    part = sorted((root / "runs").glob("part-*.parquet"))[0]
+    rows = len(pd.read_parquet(part))
+    data = part.read_bytes()
+    part.write_bytes(data[: len(data) // 2])
+    return part.name, rows
+
+
+def test_a_truncated_part_is_skipped_with_a_warning_naming_it_and_the_repair(tmp_path):
+    root = write_results(tmp_path / "r", tables=("runs", "curves"), local_metrics=())
+    total = len(load_results(root).runs)
+    name, rows = _truncate_a_runs_part(root)
+    with pytest.raises(pa.ArrowInvalid):  # what a plain pandas read does with it
+        pd.read_parquet(root / "runs")
+    with pytest.warns(UserWarning) as caught:
+        results = load_results(root)
+    assert 0 < rows < total
+    assert len(results.runs) == total - rows
+    [message] = [str(w.message) for w in caught]
+    assert name in message and "\n" not in message
+    assert (
+        "run the sweep's command again" in message and f"landscape-sweep status {root}" in message
+    )
