@@ -41,6 +41,10 @@ class FaultyWorker(PackWorker):
         node = ray.get_runtime_context().get_node_id()
         (self.signals / f"ran-{node}-{os.getpid()}").touch()
         held = self.hold_width in widths or os.environ.get("HOLD_ON_THIS_NODE") == "1"
+        if not held and (self.signals / "await-hold").exists():
+            deadline = time.monotonic() + 120
+            while not any(self.signals.glob("hold-*")) and time.monotonic() < deadline:
+                time.sleep(0.1)
         if self.poison_width in widths:
             (self.signals / f"poisoned-{os.getpid()}").touch()
             os.kill(os.getpid(), signal.SIGKILL)

@@ -327,6 +327,7 @@ def test_a_worker_node_joins_runs_packs_and_is_killed_mid_sweep(tmp_path):
         assert worker.poll() is None, "the worker node exited (refused by the head?)"
         signals = tmp_path / "signals"
         signals.mkdir()
+        (signals / "await-hold").touch()  # the head's packs wait until one holds on the node
         out = tmp_path / "results"
         driver = subprocess.Popen(
             [sys.executable, "-c", DRIVER, str(signals), *TINY, f"out_dir={out}"]
