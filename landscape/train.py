@@ -34,6 +34,7 @@ from landscape.augment import augment_batch
 from landscape.channel_layout import PackedNet, channels_last_images, packed_grad_and_value
 from landscape.cudagraph import CudaGraphed
 from landscape.data import Dataset, member_view, subset_size
+from landscape.datasets import train_set_size
 from landscape.functional import FunctionalNet, Params, Stack, init_stack, loss_precision
 from landscape.models import build_model, model_forward_flops, native_norm
 from landscape.optim import MemberHypers, apply_update, init_state, lr_factor
@@ -74,11 +75,8 @@ def make_pack_data(variants: Sequence[Variant], dataset: Dataset) -> PackData:
 
 def pack_steps(variant: Variant, dataset: Dataset) -> tuple[int, int]:
     """(total steps, steps per epoch) of a pack whose first member is ``variant``."""
-    spe = steps_per_epoch(
-        subset_size(variant.data, len(dataset.y_train)),
-        variant.optim.batch_size,
-        variant.train.drop_last,
-    )
+    n_train = subset_size(variant.data, len(dataset.y_train))
+    spe = steps_per_epoch(n_train, variant.optim.batch_for(n_train), variant.train.drop_last)
     return spe * variant.train.epochs, spe
 
 
@@ -171,7 +169,8 @@ def step_mode(
     if device.type != "cuda":
         return "packed" if _packable(variant.model, tuple(input_shape), num_classes) else "vmap"
     flops = model_forward_flops(variant.model, tuple(input_shape), num_classes)
-    return "loop" if flops * variant.optim.batch_size >= LOOP_FLOPS else "vmap"
+    batch = variant.optim.batch_for(subset_size(variant.data, train_set_size(variant.data)))
+    return "loop" if flops * batch >= LOOP_FLOPS else "vmap"
 
 
 @functools.lru_cache(maxsize=256)
@@ -460,9 +459,9 @@ def train_pack(
     first = variants[0]
     K = len(variants)
     data = make_pack_data(variants, dataset.to(device))
-    spe = steps_per_epoch(data.n_train, first.optim.batch_size, first.train.drop_last)
+    B = first.optim.batch_for(data.n_train)  # 0: the whole training set
+    spe = steps_per_epoch(data.n_train, B, first.train.drop_last)
     total = spe * first.train.epochs
-    B = first.optim.batch_size
 
     net, stack = init_stack(
         lambda: build_model(first.model, dataset.input_shape, dataset.num_classes),

@@ -31,12 +31,9 @@ def forward_flops(v: Variant) -> float:
 def variant_cost(v: Variant, metrics: MetricsSpec) -> float:
     n_train = subset_size(v.data, train_set_size(v.data))
     n_test = DATA_SETS[v.data.name].test_size_of(v.data)
-    steps = (
-        n_train // v.optim.batch_size
-        if v.train.drop_last
-        else math.ceil(n_train / v.optim.batch_size)
-    )
-    examples = 3.0 * v.train.epochs * steps * v.optim.batch_size  # forward + backward
+    batch = v.optim.batch_for(n_train)  # 0: full batch
+    steps = n_train // batch if v.train.drop_last else math.ceil(n_train / batch)
+    examples = 3.0 * v.train.epochs * steps * batch  # forward + backward
     examples += (v.train.epochs + 1) * (n_train + n_test)  # evaluation after every epoch
     ht = metrics.hessian_trace
     if ht.enabled:
