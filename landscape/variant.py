@@ -342,8 +342,23 @@ class TrainSpec:
     pack_step: str = setting("auto", launch=True)
     # loop step on a CUDA device: members spread over this many streams
     pack_streams: int = setting(1, launch=True)
+    # evaluation (curve rows) on a schedule: 0 = after every epoch; N > 0 = every N steps and
+    # at the last step
+    eval_every: int = setting(0, before=0)
+    # 0 = off; K > 0 = about K log-spaced steps in [1, total steps] and the last (overrides
+    # eval_every)
+    eval_points: int = setting(0, before=0)
 
     def __post_init__(self) -> None:
+        for key in ("eval_every", "eval_points"):
+            value = getattr(self, key)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                f"train.{key}",
+                value,
+                "an integer >= 0 (0: after every epoch)" if key == "eval_every" else
+                "an integer >= 0 (0: off)",
+            )  # fmt: skip
         _require(
             isinstance(self.epochs, int) and self.epochs >= 1,
             "train.epochs",
