@@ -81,6 +81,13 @@ class DataRecord:
         }
         if self.vocab:
             out["vocab"] = self.vocab
+        derived = {
+            v: DERIVED[v]
+            for v in (*self.input_shape, self.classes, self.train_size, self.test_size, self.vocab)
+            if v in DERIVED
+        }
+        if derived:  # names no knob column carries: how a reader computes them from the knobs
+            out["derived"] = derived
         if self.torchvision_class:
             out |= {
                 "torchvision_class": self.torchvision_class,
@@ -88,6 +95,16 @@ class DataRecord:
                 "files": list(self.files),
             }
         return out
+
+
+# the quantities a record may name that ``DataSpec`` derives from its knobs, in words (the
+# manifest carries these, as no knob column holds them)
+DERIVED = {
+    "data.modular_vocab": "data.modulus + 1",
+    "data.modular_train_size": "round(data.train_fraction * pairs), pairs = data.modulus^2 "
+    "(data.modulus * (data.modulus - 1) for data.operation=div)",
+    "data.modular_test_size": "pairs - data.modular_train_size",
+}
 
 
 # torchvision's MNIST family: the same four IDX files (uncompressed) under <Class>/raw

@@ -143,3 +143,20 @@ def test_full_batch_is_one_step_per_epoch_and_equals_batch_of_n(mode):
     assert rows(full) == rows(by_n)
     for name, p in full.pack.final.params.items():
         assert torch.equal(p, by_n.pack.final.params[name])
+
+
+def test_the_catalogue_records_vocab_and_how_derived_sizes_follow_from_the_knobs():
+    from landscape.catalogue import data_catalogue
+
+    records = data_catalogue(["modular", "parity", "digits"])
+    assert records["parity"]["vocab"] == 2 and "derived" not in records["parity"]
+    assert "vocab" not in records["digits"]
+    modular = records["modular"]
+    assert modular["vocab"] == "data.modular_vocab" and modular["classes"] == "data.modulus"
+    assert modular["derived"]["data.modular_vocab"] == "data.modulus + 1"
+    assert set(modular["derived"]) == {
+        "data.modular_vocab", "data.modular_train_size", "data.modular_test_size",
+    }  # fmt: skip
+    spec = DataSpec(name="modular", modulus=5, operation="div", train_fraction=0.5)
+    assert DATA_SETS["modular"].vocab_of(spec) == 6  # 5 + 1
+    assert DATA_SETS["modular"].train_size_of(spec) == 10  # round(0.5 * 5 * 4)
