@@ -152,9 +152,10 @@ def _modular(spec: DataSpec) -> Dataset:
     return Dataset("modular", x[train], y[train], x[test], y[test], p, vocab=spec.modular_vocab)
 
 
-def parity_bits(spec: DataSpec) -> Tensor:
-    """The ``data.k`` relevant bit positions of data=parity (sorted), drawn by ``data.data_seed``."""
-    g = torch.Generator().manual_seed(spec.data_seed)
+def parity_bits(spec: DataSpec, g: torch.Generator | None = None) -> Tensor:
+    """The ``data.k`` relevant bit positions of data=parity (sorted): the first draw of a
+    generator seeded by ``data.data_seed`` (``g``, to go on drawing from it)."""
+    g = torch.Generator().manual_seed(spec.data_seed) if g is None else g
     return torch.randperm(spec.n_bits, generator=g)[: spec.k].sort().values
 
 
@@ -164,7 +165,7 @@ def _parity(spec: DataSpec) -> Dataset:
     drawn independently (with replacement: for n_bits of 40 a repeat is vanishingly rare) from
     a generator seeded by ``data.data_seed`` after the bits are chosen."""
     g = torch.Generator().manual_seed(spec.data_seed)
-    relevant = torch.randperm(spec.n_bits, generator=g)[: spec.k].sort().values
+    relevant = parity_bits(spec, g)
     x = torch.randint(2, (spec.n_train + spec.n_test, spec.n_bits), generator=g)
     y = x[:, relevant].sum(1).remainder(2)
     n = spec.n_train
