@@ -1,7 +1,8 @@
 """Data sets as device-resident tensors, and the per-variant views of them (subset, label noise).
 
 ``load_dataset(spec)`` returns the whole train and test sets as float tensors (N, C, H, W)
-in [0, 1] (vectors (N, D) for synthetic data), normalised per channel with training-set
+in [0, 1] (vectors (N, D) for synthetic data; int64 token ids (N, T) for the generated
+algorithmic tasks, ``modular`` and ``parity``), normalised per channel with training-set
 statistics when ``data.normalize``; a batch is an index gather, never a DataLoader.
 What each data set is (shape, classes, sizes, files) is its record in
 :mod:`landscape.datasets`; torchvision's data sets (MNIST, CIFAR-10, ...) are read through
@@ -111,6 +112,66 @@ def _synthetic(spec: DataSpec) -> Dataset:
     )
 
 
+def modular_table(p: int, operation: str) -> tuple[Tensor, Tensor]:
+    """Every pair (a, b) of data=modular in order (a major; for div, b != 0) as (a, b) (M, 2)
+    int64, and a op b mod p (M,): add, sub, mul, div (a * b^(p - 2), b's inverse by Fermat),
+    x2_xy_y2 (a^2 + ab + b^2)."""
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    a, b = a.reshape(-1), b.reshape(-1)
+    if operation == "div":
+        keep = b != 0
+        a, b = a[keep], b[keep]
+    if operation == "add":
+        y = a + b
+    elif operation == "sub":
+        y = a - b
+    elif operation == "mul":
+        y = a * b
+    elif operation == "div":
+        y = a * torch.tensor([pow(int(v), p - 2, p) for v in range(p)])[b]
+    elif operation == "x2_xy_y2":
+        y = a * a + a * b + b * b
+    else:
+        raise ConfigError(
+            f"data.operation must be one of add, sub, mul, div, x2_xy_y2, got {operation!r}"
+        )
+    return torch.stack([a, b], 1), y.remainder(p)
+
+
+def _modular(spec: DataSpec) -> Dataset:
+    """a op b mod p for every pair (a, b), each example the token sequence (a, b, =) with "="
+    the token p (vocab p + 1, p classes). The training set is ``round(train_fraction * pairs)``
+    pairs drawn by ``data.split_seed`` (a seeded permutation of the pairs: its head trains,
+    the rest is the test set, so the two are complements), each in the table's order."""
+    p = spec.modulus
+    pairs, y = modular_table(p, spec.operation)
+    x = torch.cat([pairs, torch.full((len(y), 1), p, dtype=torch.long)], 1)  # (M, 3)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(spec.split_seed))
+    n = spec.modular_train_size
+    train, test = perm[:n].sort().values, perm[n:].sort().values
+    return Dataset("modular", x[train], y[train], x[test], y[test], p, vocab=spec.modular_vocab)
+
+
+def parity_bits(spec: DataSpec, g: torch.Generator | None = None) -> Tensor:
+    """The ``data.k`` relevant bit positions of data=parity (sorted): the first draw of a
+    generator seeded by ``data.data_seed`` (``g``, to go on drawing from it)."""
+    g = torch.Generator().manual_seed(spec.data_seed) if g is None else g
+    return torch.randperm(spec.n_bits, generator=g)[: spec.k].sort().values
+
+
+def _parity(spec: DataSpec) -> Dataset:
+    """Sparse parity: ``n_train + n_test`` strings of ``n_bits`` uniform random bits (tokens 0 and
+    1, vocab 2), the label the XOR of the ``k`` bits :func:`parity_bits` picks; the strings are
+    drawn independently (with replacement: for n_bits of 40 a repeat is vanishingly rare) from
+    a generator seeded by ``data.data_seed`` after the bits are chosen."""
+    g = torch.Generator().manual_seed(spec.data_seed)
+    relevant = parity_bits(spec, g)
+    x = torch.randint(2, (spec.n_train + spec.n_test, spec.n_bits), generator=g)
+    y = x[:, relevant].sum(1).remainder(2)
+    n = spec.n_train
+    return Dataset("parity", x[:n], y[:n], x[n:], y[n:], 2, vocab=2)
+
+
 # the data sets read through torchvision's own classes, from their files under data.root
 TORCHVISION_SOURCES = {n: r for n, r in DATA_SETS.items() if r.loader == "torchvision"}
 
@@ -175,7 +236,13 @@ def _torchvision(spec: DataSpec) -> Dataset:
 
 
 # a record's ``loader`` -> the function that builds its Dataset
-LOADERS = {"digits": _digits, "synthetic": _synthetic, "torchvision": _torchvision}
+LOADERS = {
+    "digits": _digits,
+    "synthetic": _synthetic,
+    "torchvision": _torchvision,
+    "modular": _modular,
+    "parity": _parity,
+}
 
 
 def _normalize(ds: Dataset) -> Dataset:
@@ -191,13 +258,17 @@ def _normalize(ds: Dataset) -> Dataset:
 
 
 def load_dataset(spec: DataSpec) -> Dataset:
-    """The whole data set as CPU tensors (move with ``.to(device)``)."""
+    """The whole data set as CPU tensors (move with ``.to(device)``).
+
+    ``data.normalize`` is skipped on token data (``Dataset.tokens``): a token id is a name, not
+    an intensity, so there is no mean to subtract (a model embeds the ids instead);
+    ``data.augment`` is refused for it when the variant is built."""
     if spec.name not in DATA_SETS:
         raise ConfigError(
             f"data.name must be one of {', '.join(sorted(DATA_SETS))}, got {spec.name!r}"
         )
     ds = LOADERS[DATA_SETS[spec.name].loader](spec)
-    return _normalize(ds) if spec.normalize else ds
+    return _normalize(ds) if spec.normalize and not ds.tokens else ds
 
 
 def subset_size(spec: DataSpec, n_train: int) -> int:

@@ -9,8 +9,9 @@ sweep writes into ``manifest.json`` (``landscape.catalogue``), from which ``anal
 number of classes. Adding a data set is a record here and its ``conf/data/<name>.yaml``.
 
 A size, a class count or a dimension is a number, or the ``data.*`` knob that sets it (the
-synthetic data set's are its own knobs); :meth:`DataRecord.resolve` reads it from a
-``DataSpec``. Nothing here imports torch (``landscape.variant`` reads the names).
+synthetic data set's are its own knobs), or a quantity ``DataSpec`` derives from its knobs
+(``data.modular_train_size``: the modular task's split of its p^2 pairs); :meth:`DataRecord.resolve`
+reads it from a ``DataSpec``. Nothing here imports torch (``landscape.variant`` reads the names).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class DataRecord:
 
     name: str
     source: str  # where it comes from, in words
-    loader: str  # "torchvision", "digits" or "synthetic" (landscape.data.LOADERS)
+    loader: (
+        str  # "torchvision", "digits", "synthetic", "modular", "parity" (landscape.data.LOADERS)
+    )
     format: str  # "idx", "cifar-python" (files under data.root), "bundled", "generated"
     input_shape: tuple[Size, ...]
     classes: Size
@@ -78,6 +81,13 @@ class DataRecord:
         }
         if self.vocab:
             out["vocab"] = self.vocab
+        derived = {
+            v: DERIVED[v]
+            for v in (*self.input_shape, self.classes, self.train_size, self.test_size, self.vocab)
+            if v in DERIVED
+        }
+        if derived:  # names no knob column carries: how a reader computes them from the knobs
+            out["derived"] = derived
         if self.torchvision_class:
             out |= {
                 "torchvision_class": self.torchvision_class,
@@ -85,6 +95,16 @@ class DataRecord:
                 "files": list(self.files),
             }
         return out
+
+
+# the quantities a record may name that ``DataSpec`` derives from its knobs, in words (the
+# manifest carries these, as no knob column holds them)
+DERIVED = {
+    "data.modular_vocab": "data.modulus + 1",
+    "data.modular_train_size": "round(data.train_fraction * pairs), pairs = data.modulus^2 "
+    "(data.modulus * (data.modulus - 1) for data.operation=div)",
+    "data.modular_test_size": "pairs - data.modular_train_size",
+}
 
 
 # torchvision's MNIST family: the same four IDX files (uncompressed) under <Class>/raw
@@ -136,6 +156,30 @@ _RECORDS = (
         classes="data.n_classes",
         train_size="data.n_train",
         test_size="data.n_test",
+    ),
+    DataRecord(
+        "modular",
+        "generated modular arithmetic: (a, b, =) -> a op b mod data.modulus over every pair, "
+        "a data.train_fraction of the pairs (drawn by data.split_seed) for training",
+        loader="modular",
+        format="generated",
+        input_shape=(3,),
+        classes="data.modulus",
+        train_size="data.modular_train_size",
+        test_size="data.modular_test_size",
+        vocab="data.modular_vocab",
+    ),
+    DataRecord(
+        "parity",
+        "generated sparse parity: data.n_bits random bits, the label the XOR of data.k of them "
+        "(chosen, with the examples, by data.data_seed)",
+        loader="parity",
+        format="generated",
+        input_shape=("data.n_bits",),
+        classes=2,
+        train_size="data.n_train",
+        test_size="data.n_test",
+        vocab=2,
     ),
     _idx("mnist", "MNIST", "torchvision's MNIST handwritten digits"),
     _idx("fashion_mnist", "FashionMNIST", "torchvision's Fashion-MNIST clothing images"),

@@ -79,7 +79,10 @@ class MLP(nn.Module):
         self.head = nn.Linear(fan_in, num_classes)
 
     def forward(self, x: Tensor, features: bool = False) -> Tensor:
-        h = self.body(x.flatten(1))  # (N, width)
+        x = x.flatten(1)
+        if not x.is_floating_point():  # token ids (data=modular, parity) read as numbers
+            x = x.to(self.head.weight.dtype)
+        h = self.body(x)  # (N, width)
         return h if features else self.head(h)
 
 

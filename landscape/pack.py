@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from landscape.data import subset_size
+from landscape.datasets import train_set_size
 from landscape.functional import FunctionalNet, Stack, leaf_output_sizes
 from landscape.variant import Variant, short_hash
 
@@ -162,9 +164,8 @@ def member_bytes(variant: Variant, input_shape: tuple[int, ...], num_classes: in
     Parameters in float32 five times over (weights, gradients, initial copy, checkpoint copy and
     a working copy) plus the optimiser's state, and every module output of one batch three times
     (kept for the backward pass, its gradient, and slack for temporaries), counted on the meta device."""
-    n_params, activations = _meta_counts(
-        variant.model, input_shape, num_classes, variant.optim.batch_size
-    )
+    batch = variant.optim.batch_size or subset_size(variant.data, train_set_size(variant.data))
+    n_params, activations = _meta_counts(variant.model, input_shape, num_classes, batch)
     act_bytes = 2 if variant.train.precision == "bf16" else 4
     state = OPTIMIZER_STATE_COPIES.get(variant.optim.name, 2)
     return 4 * n_params * (5 + state) + 3 * act_bytes * activations

@@ -34,11 +34,12 @@ from landscape.augment import augment_batch
 from landscape.channel_layout import PackedNet, channels_last_images, packed_grad_and_value
 from landscape.cudagraph import CudaGraphed
 from landscape.data import Dataset, member_view, subset_size
+from landscape.datasets import train_set_size
 from landscape.functional import FunctionalNet, Params, Stack, init_stack, loss_precision
 from landscape.models import build_model, model_forward_flops, native_norm
 from landscape.optim import MemberHypers, apply_update, init_state, lr_factor
 from landscape.pack import PackData, TrainedPack, pack_key
-from landscape.variant import ConfigError, ModelSpec, OptimSpec, Variant
+from landscape.variant import ConfigError, ModelSpec, OptimSpec, TrainSpec, Variant
 
 EVAL_CHUNK = 2048  # examples per member per vmapped evaluation call
 
@@ -74,12 +75,30 @@ def make_pack_data(variants: Sequence[Variant], dataset: Dataset) -> PackData:
 
 def pack_steps(variant: Variant, dataset: Dataset) -> tuple[int, int]:
     """(total steps, steps per epoch) of a pack whose first member is ``variant``."""
-    spe = steps_per_epoch(
-        subset_size(variant.data, len(dataset.y_train)),
-        variant.optim.batch_size,
-        variant.train.drop_last,
-    )
+    n_train = subset_size(variant.data, len(dataset.y_train))
+    spe = steps_per_epoch(n_train, variant.optim.batch_for(n_train), variant.train.drop_last)
     return spe * variant.train.epochs, spe
+
+
+def log_spaced_steps(total: int, k: int) -> list[int]:
+    """``k`` log-spaced steps from 1 to ``total`` (both included), rounded, repeats merged: the
+    same points as ``metrics.trajectory.log_points = k + 1`` (which adds step 0)."""
+    if k < 2:
+        return [total]
+    return sorted({round(math.exp(math.log(max(total, 1)) * i / (k - 1))) for i in range(k)})
+
+
+def eval_steps(train: TrainSpec, total: int, spe: int) -> list[int]:
+    """The steps after which the pack is evaluated (a curve row each; step 0, the
+    initialisation, is always evaluated besides): every epoch's end by default
+    (``train.eval_every = eval_points = 0``), every ``eval_every`` steps, or about
+    ``eval_points`` log-spaced steps (:func:`log_spaced_steps`); always the last step."""
+    if train.eval_points > 0:
+        points = set(log_spaced_steps(total, train.eval_points))
+    else:
+        every = train.eval_every or spe
+        points = set(range(every, total + 1, every))
+    return sorted(points | {total})
 
 
 def steps_per_epoch(n_train: int, batch_size: int, drop_last: bool) -> int:
@@ -171,7 +190,8 @@ def step_mode(
     if device.type != "cuda":
         return "packed" if _packable(variant.model, tuple(input_shape), num_classes) else "vmap"
     flops = model_forward_flops(variant.model, tuple(input_shape), num_classes)
-    return "loop" if flops * variant.optim.batch_size >= LOOP_FLOPS else "vmap"
+    batch = variant.optim.batch_for(subset_size(variant.data, train_set_size(variant.data)))
+    return "loop" if flops * batch >= LOOP_FLOPS else "vmap"
 
 
 @functools.lru_cache(maxsize=256)
@@ -446,13 +466,18 @@ def train_pack(
 
     ``dataset`` should already live on ``device`` (a worker caches it there).
 
-    Each epoch is evaluated by a full pass (eval mode) over each member's training set and
-    the test set (the ``curves`` rows), and the mean of the epoch's minibatch losses as
-    training saw them (train mode, weighted by batch size) is kept as ``train_loss_running``.
-    ``train.checkpoint=best_train_loss`` keeps, per member, the epoch with the lowest
-    ``train_loss_running`` among the epochs it ended alive (Yang et al.'s rule, their
-    ``train.py``: the initialisation is not a candidate); a member that diverges later keeps
-    that checkpoint and is measured on it (its ``diverged_step`` is still reported).
+    The pack is evaluated by a full pass (eval mode) over each member's training set and the
+    test set (the ``curves`` rows) at the initialisation and after each step of
+    :func:`eval_steps`: every epoch's end by default, or on the ``train.eval_every`` /
+    ``train.eval_points`` schedule. The mean of the minibatch losses as training saw them
+    (train mode, weighted by batch size) since the previous evaluation is kept as
+    ``train_loss_running`` (by default: the epoch's). ``train.checkpoint=best_train_loss``
+    keeps, per member, the evaluation with the lowest ``train_loss_running`` among those it
+    reached alive (Yang et al.'s rule, their ``train.py``: the initialisation is not a
+    candidate; by default the candidates are the epochs), and ``best_epoch`` is the epoch that
+    evaluation fell in (its row's ``epoch``; with full batch, its step); a member that
+    diverges later keeps that checkpoint and is measured on it (its ``diverged_step`` is
+    still reported). ``on_epoch`` is called at each epoch's end with the latest evaluation.
     """
     _check_pack(variants)
     t0 = time.perf_counter()
@@ -460,9 +485,9 @@ def train_pack(
     first = variants[0]
     K = len(variants)
     data = make_pack_data(variants, dataset.to(device))
-    spe = steps_per_epoch(data.n_train, first.optim.batch_size, first.train.drop_last)
+    B = first.optim.batch_for(data.n_train)  # 0: the whole training set
+    spe = steps_per_epoch(data.n_train, B, first.train.drop_last)
     total = spe * first.train.epochs
-    B = first.optim.batch_size
 
     net, stack = init_stack(
         lambda: build_model(first.model, dataset.input_shape, dataset.num_classes),
@@ -511,9 +536,10 @@ def train_pack(
 
     observe(base * lr_factor(first.optim, 0, total, spe))
 
+    evaluated = set(eval_steps(first.train, total, spe))
+    loss_sum, seen = torch.zeros(K, device=device), 0  # since the last evaluation
     for epoch in range(1, first.train.epochs + 1):
         order = _epoch_orders(generators, data.n_train, device)
-        loss_sum, seen = torch.zeros(K, device=device), 0
         for b in range(spe):
             factor = lr_factor(first.optim, opt.step, total, spe)
             x, y = data.train_batch(order[:, b * B : (b + 1) * B])
@@ -529,17 +555,24 @@ def train_pack(
             if before is not None:
                 recorder.record_lca(opt.step, before, view())
             observe(base * factor)
-        running = torch.where(opt.alive, loss_sum / seen, float("nan"))
-        metrics = _dead_as_nan(evaluate_pack(net, stack, data, precision), opt.alive)
-        _record(curves, epoch, opt.step, base * factor, {**metrics, "train_loss_running": running})
-        if keep_best:
-            better = opt.alive & torch.isfinite(running) & (running < best_loss)
-            best = _where_members(better, stack, best)
-            best_metrics = {k: torch.where(better, metrics[k], best_metrics[k]) for k in metrics}
-            best_loss = torch.where(better, running, best_loss)
-            best_epoch = torch.where(better, epoch, best_epoch)
-        else:
-            best_epoch.fill_(epoch)
+            if opt.step not in evaluated:
+                continue
+            running = torch.where(opt.alive, loss_sum / seen, float("nan"))
+            loss_sum, seen = torch.zeros(K, device=device), 0
+            metrics = _dead_as_nan(evaluate_pack(net, stack, data, precision), opt.alive)
+            _record(
+                curves, epoch, opt.step, base * factor, {**metrics, "train_loss_running": running}
+            )
+            if keep_best:
+                better = opt.alive & torch.isfinite(running) & (running < best_loss)
+                best = _where_members(better, stack, best)
+                best_metrics = {
+                    k: torch.where(better, metrics[k], best_metrics[k]) for k in metrics
+                }
+                best_loss = torch.where(better, running, best_loss)
+                best_epoch = torch.where(better, epoch, best_epoch)
+            else:
+                best_epoch.fill_(epoch)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
 

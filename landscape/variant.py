@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from landscape.datasets import DATA_NAMES
+from landscape.datasets import DATA_NAMES, DATA_SETS
 
 MODEL_NAMES = ("mlp", "cnn", "resnet18", "vgg9")
 OPTIM_NAMES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
@@ -30,6 +30,11 @@ SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("fp32", "bf16")
 PACK_STEPS = ("auto", "vmap", "loop", "packed")
 CHECKPOINTS = ("final", "best_train_loss")
+MODULAR_OPERATIONS = ("add", "sub", "mul", "div", "x2_xy_y2")
+
+
+def is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
 
 
 class ConfigError(ValueError):
@@ -146,10 +151,79 @@ class DataSpec:
     n_features: int = 32
     n_classes: int = 4
     class_sep: float = 1.5
-    data_seed: int = 0
+    data_seed: int = (
+        0  # synthetic: the mixture and its draw; parity: the relevant bits and the draw
+    )
+    # modular arithmetic only (data=modular): a op b mod p over every pair, split by split_seed
+    modulus: int = setting(97, before=97)  # p, a prime: vocab p + 1 (token p is "="), p classes
+    operation: str = setting("add", before="add")  # add, sub, mul, div (b != 0), x2_xy_y2
+    train_fraction: float = setting(0.3, before=0.3)  # of all pairs, in (0, 1)
+    split_seed: int = setting(0, before=0)
+    # sparse parity only (data=parity; sizes are n_train and n_test, the draw data_seed)
+    n_bits: int = setting(40, before=40)
+    k: int = setting(3, before=3)  # relevant bits, the label their XOR
+
+    @property
+    def modular_pairs(self) -> int:
+        """Pairs (a, b) of data=modular: p^2, or p (p - 1) for div (b != 0)."""
+        return self.modulus * (self.modulus - 1 if self.operation == "div" else self.modulus)
+
+    @property
+    def modular_vocab(self) -> int:
+        """Tokens of data=modular: 0 .. p - 1 and "=" (token p)."""
+        return self.modulus + 1
+
+    @property
+    def modular_train_size(self) -> int:
+        return round(self.train_fraction * self.modular_pairs)
+
+    @property
+    def modular_test_size(self) -> int:
+        return self.modular_pairs - self.modular_train_size
 
     def __post_init__(self) -> None:
         _choice("data.name", self.name, DATA_NAMES)
+        _require(
+            isinstance(self.modulus, int) and not isinstance(self.modulus, bool)
+            and is_prime(self.modulus),
+            "data.modulus",
+            self.modulus,
+            "a prime (2, 3, 5, 7, ..., 97, ...)",
+        )  # fmt: skip
+        _choice("data.operation", self.operation, MODULAR_OPERATIONS)
+        _require(
+            0 < self.train_fraction < 1, "data.train_fraction", self.train_fraction, "in (0, 1)"
+        )
+        if self.name == "modular":
+            _require(
+                0 < self.modular_train_size < self.modular_pairs,
+                "data.train_fraction",
+                self.train_fraction,
+                f"a fraction that leaves at least one of the {self.modular_pairs} pairs "
+                f"(data.modulus={self.modulus}) in each of the training and test sets",
+            )
+        _require(
+            isinstance(self.split_seed, int) and self.split_seed >= 0,
+            "data.split_seed",
+            self.split_seed,
+            "an integer >= 0",
+        )
+        _require(
+            isinstance(self.n_bits, int) and self.n_bits >= 1, "data.n_bits", self.n_bits,
+            "an integer >= 1",
+        )  # fmt: skip
+        _require(
+            isinstance(self.k, int) and 1 <= self.k <= self.n_bits,
+            "data.k",
+            self.k,
+            f"an integer in [1, data.n_bits={self.n_bits}]",
+        )
+        _require(
+            not (self.augment and DATA_SETS[self.name].vocab != 0),
+            "data.augment",
+            self.augment,
+            f"false for data.name={self.name} (its inputs are token ids: no crop or flip applies)",
+        )
         _require(
             self.sample_seed is None
             or (isinstance(self.sample_seed, int) and not isinstance(self.sample_seed, bool)
@@ -176,7 +250,7 @@ class DataSpec:
 class OptimSpec:
     name: str = "sgd"
     lr: float = 0.1
-    batch_size: int = 64
+    batch_size: int = 64  # 0: the whole training set in one batch (full batch: one step per epoch)
     momentum: float = 0.9  # sgd and rmsprop
     nesterov: bool = False
     weight_decay: float = 0.0  # L2 added to the gradient (decoupled for adamw)
@@ -198,10 +272,17 @@ class OptimSpec:
         _choice("optim.name", self.name, OPTIM_NAMES)
         _require(0 < self.lr < math.inf, "optim.lr", self.lr, "finite and > 0")
         _require(
-            isinstance(self.batch_size, int) and self.batch_size > 0,
+            isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool)
+            and self.batch_size >= 0,
             "optim.batch_size",
             self.batch_size,
-            "an integer > 0",
+            "an integer > 0, or 0 for the whole training set (full batch)",
+        )  # fmt: skip
+        _require(
+            not (self.batch_size == 0 and self.lr_ref_batch_size > 0),
+            "optim.lr_ref_batch_size",
+            self.lr_ref_batch_size,
+            "0 with optim.batch_size=0 (full batch: scale optim.lr by hand)",
         )
         _require(0 <= self.momentum < 1, "optim.momentum", self.momentum, "in [0, 1)")
         _require(
@@ -241,6 +322,10 @@ class OptimSpec:
                 0 <= mult < math.inf, f"optim.lr_multipliers.{pattern}", mult, "finite and >= 0"
             )
 
+    def batch_for(self, n_train: int) -> int:
+        """The batch size on a training set of ``n_train`` examples (0: all of them)."""
+        return self.batch_size or n_train
+
 
 @dataclass(frozen=True)
 class TrainSpec:
@@ -257,8 +342,23 @@ class TrainSpec:
     pack_step: str = setting("auto", launch=True)
     # loop step on a CUDA device: members spread over this many streams
     pack_streams: int = setting(1, launch=True)
+    # evaluation (curve rows) on a schedule: 0 = after every epoch; N > 0 = every N steps and
+    # at the last step
+    eval_every: int = setting(0, before=0)
+    # 0 = off; K > 0 = about K log-spaced steps in [1, total steps] and the last (overrides
+    # eval_every)
+    eval_points: int = setting(0, before=0)
 
     def __post_init__(self) -> None:
+        for key in ("eval_every", "eval_points"):
+            value = getattr(self, key)
+            _require(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+                f"train.{key}",
+                value,
+                "an integer >= 0 (0: after every epoch)" if key == "eval_every" else
+                "an integer >= 0 (0: off)",
+            )  # fmt: skip
         _require(
             isinstance(self.epochs, int) and self.epochs >= 1,
             "train.epochs",

@@ -3,7 +3,8 @@
 A variant's cost is an estimate of its floating-point operations: the model's forward
 FLOPs per example (counted once per architecture, on the ``meta`` device, so nothing is
 allocated) times the examples it touches, forward and backward (about 3x a forward)
-while training, forward for the per-epoch evaluations, and about 4x a forward per Hessian
+while training, forward for the evaluations (after every epoch, or on ``train.eval_every`` /
+``train.eval_points``'s schedule), and about 4x a forward per Hessian
 probe sample. Only ratios matter: they order the packs (longest-processing-time-first
 scheduling), and they split a pack that alone would be more than a fair share of the sweep.
 """
@@ -17,6 +18,7 @@ from landscape.data import subset_size
 from landscape.datasets import DATA_SETS, train_set_size
 from landscape.measure import MetricsSpec
 from landscape.models import model_forward_flops
+from landscape.train import eval_steps
 from landscape.variant import Variant
 
 TAIL_SHARE = 0.5  # no pack may cost more than this fraction of one worker's fair share of the sweep
@@ -31,13 +33,11 @@ def forward_flops(v: Variant) -> float:
 def variant_cost(v: Variant, metrics: MetricsSpec) -> float:
     n_train = subset_size(v.data, train_set_size(v.data))
     n_test = DATA_SETS[v.data.name].test_size_of(v.data)
-    steps = (
-        n_train // v.optim.batch_size
-        if v.train.drop_last
-        else math.ceil(n_train / v.optim.batch_size)
-    )
-    examples = 3.0 * v.train.epochs * steps * v.optim.batch_size  # forward + backward
-    examples += (v.train.epochs + 1) * (n_train + n_test)  # evaluation after every epoch
+    batch = v.optim.batch_for(n_train)  # 0: full batch
+    steps = n_train // batch if v.train.drop_last else math.ceil(n_train / batch)
+    examples = 3.0 * v.train.epochs * steps * batch  # forward + backward
+    evaluations = 1 + len(eval_steps(v.train, v.train.epochs * steps, steps))  # and step 0
+    examples += evaluations * (n_train + n_test)  # by default after every epoch
     ht = metrics.hessian_trace
     if ht.enabled:
         examples += 4.0 * ht.n_probes * min(ht.n_samples, n_train)

@@ -105,7 +105,7 @@ class Measurer:
             self.result.errors[k].append(f"{metric.name}: {error}")
 
     def batch_size(self, requested: int) -> int:
-        return requested or self.pack.variants[0].optim.batch_size
+        return requested or self.pack.variants[0].optim.batch_for(self.pack.data.n_train)
 
     def probe_chunk(self, chunk: int, n: int) -> int:
         """Probes per call of a Hessian-vector-product metric on ``n`` examples: ``chunk``, or

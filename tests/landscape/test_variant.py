@@ -48,7 +48,10 @@ def test_ids_distinguish_points_and_groups():
     ("make", "message"),
     [
         (lambda: OptimSpec(lr=0.0), "optim.lr must be finite and > 0, got 0.0"),
-        (lambda: OptimSpec(batch_size=0), "optim.batch_size must be an integer > 0, got 0"),
+        (
+            lambda: OptimSpec(batch_size=-1),
+            "optim.batch_size must be an integer > 0, or 0 for the whole training set (full batch), got -1",
+        ),
         (lambda: ModelSpec(width=0), "model.width must be an integer > 0, got 0"),
         (lambda: TrainSpec(epochs=0), "train.epochs must be an integer >= 1, got 0"),
         (lambda: TrainSpec(pack_streams=0), "train.pack_streams must be an integer >= 1, got 0"),

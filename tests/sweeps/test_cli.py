@@ -26,7 +26,10 @@ IN_A_PROCESS = ("model=transformer", "--frobnicate", "--cfg job model=transforme
         ("model=transformer", "model=transformer is not a known option"),
         ("model.widht=4", "model.widht is not a known key"),
         ("optim.lr=0", "optim.lr must be finite and > 0, got 0.0"),
-        ("optim.batch_size=-1", "optim.batch_size must be an integer > 0, got -1"),
+        (
+            "optim.batch_size=-1",
+            "optim.batch_size must be an integer > 0, or 0 for the whole training set (full batch), got -1",
+        ),
         ("optim.batch_size=100000", "optim.batch_size must be <= the training set size"),
         ("model.width=0", "model.width must be an integer > 0, got 0"),
         ("train.epochs=0", "train.epochs must be an integer >= 1, got 0"),

@@ -141,7 +141,10 @@ def test_ten_thousand_variants_expand_in_seconds(out):
         ("model.widht=3", "model.widht is not a known key (got 3); allowed under model: "),
         ("optim.lr=0", "optim.lr must be finite and > 0, got 0.0"),
         ("optim.lr=-0.5", "optim.lr must be finite and > 0, got -0.5"),
-        ("optim.batch_size=0", "optim.batch_size must be an integer > 0, got 0"),
+        (
+            "optim.batch_size=-1",
+            "optim.batch_size must be an integer > 0, or 0 for the whole training set (full batch), got -1",
+        ),
         ("optim.batch_size=4096", "optim.batch_size must be <= the training set size (1347"),
         ("model.width=0", "model.width must be an integer > 0, got 0"),
         ("train.epochs=0", "train.epochs must be an integer >= 1, got 0"),

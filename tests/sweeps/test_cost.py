@@ -37,6 +37,19 @@ def test_cost_grows_with_width_epochs_and_smaller_batches_train_the_same_example
     )
 
 
+def test_full_batch_and_evaluation_schedule_enter_the_cost():
+    """digits trains on 1347 examples and tests on 450; full batch is a batch of all 1347, and
+    over 100 one-step epochs evaluating at steps 0, 48, 96 and 100 instead of 0..100 saves 97
+    full passes (forward only) over both sets."""
+    metrics = MetricsSpec()
+    full = _v(8, epochs=100, batch_size=0)
+    f = forward_flops(full)
+    assert variant_cost(full, metrics) == variant_cost(_v(8, epochs=100, batch_size=1347), metrics)
+    scheduled = Variant(**{**full.__dict__, "train": TrainSpec(epochs=100, eval_every=48)})
+    saved = variant_cost(full, metrics) - variant_cost(scheduled, metrics)
+    assert saved == pytest.approx(f * (101 - 4) * (1347 + 450), rel=1e-12)
+
+
 def test_packs_run_biggest_first():
     packs = make_packs([_v(w, seed=s) for w in (4, 64, 16) for s in (0, 1)], max_members=16)
     order = [p[0].model.width for p, _ in schedule(packs, MetricsSpec(), n_workers=1)]
