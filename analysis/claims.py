@@ -36,6 +36,17 @@ The rule, stated so it can be argued with (defaults in :class:`Rule`):
    ``direction * z >= rule.min_z``; **contradicted** when both hold with the opposite sign;
    otherwise **inconclusive** (the seeds cannot tell the effect from noise, or the trend is
    not monotone).
+7. **Grokking** measures, per ok run, from :func:`analysis.grokking.grokking_phases` on its
+   curves: ``generalised`` is 1 for comprehension or grokking, 0 for memorisation, and
+   missing (not counted) for confusion (a model that does not fit its training set neither
+   memorises nor generalises) and when the budget ended undecided; ``grokking_delay``
+   is the steps from the training to the test crossing (runs that did not generalise have
+   none: confusion ends the claim that weight decay shortens the delay, rather than
+   counting as a short one); ``norm_test_tau`` is Kendall's tau between the weight norm
+   (``param_norm`` in the trajectory table) and test accuracy over the steps where both were
+   measured (at least 3). A claim without a knob (``knob=None``, e.g. "the weight norm falls
+   as test accuracy rises") is a one-sample test over runs: trend is the mean of the
+   measure, ``z`` its mean over its standard error, with the same thresholds.
 
 ``--json PATH`` writes the table as JSON too. Bad input (a missing directory, no runs
 table) prints one line and exits with status 2 before anything is written.
@@ -59,6 +70,8 @@ from analysis.oneline import OneLineParser
 
 # Measures computed here from the runs (and curves) tables, over every run, not only ok ones.
 DERIVED = ("diverged", "diverged_first_epoch")
+# Measures of each ok run read from its accuracy curves by analysis.grokking (rule step 7).
+GROKKING = ("generalised", "grokking_delay", "norm_test_tau")
 
 
 @dataclass(frozen=True)
@@ -68,7 +81,7 @@ class Claim:
     name: str
     statement: str
     reference: str
-    knob: str
+    knob: str | None  # None: a one-sample claim about the measure's sign (rule step 7)
     measure: str
     direction: int  # +1: the measure grows with the knob; -1: it falls
     # compare fitted models only (a claim about minima; rule step 5)
@@ -170,6 +183,46 @@ CLAIMS: tuple[Claim, ...] = (
         +1,
     ),
     Claim(
+        "grokking_needs_weight_decay",
+        "without weight decay the model memorises where weight decay makes it generalise",
+        "Power et al. 2022; Liu et al. 2022",
+        "optim.weight_decay",
+        "generalised",
+        +1,
+    ),
+    Claim(
+        "grokking_delay_falls_with_data",
+        "the delay of generalisation grows as the training fraction falls",
+        "Power et al. 2022; Liu et al. 2022",
+        "data.train_fraction",
+        "grokking_delay",
+        -1,
+    ),
+    Claim(
+        "grokking_critical_fraction",
+        "below a critical training fraction there is no generalisation within the budget",
+        "Power et al. 2022; Liu et al. 2022",
+        "data.train_fraction",
+        "generalised",
+        +1,
+    ),
+    Claim(
+        "grokking_weight_decay_shortens_delay",
+        "more weight decay shortens the delay of generalisation (until confusion)",
+        "Liu et al. 2022",
+        "optim.weight_decay",
+        "grokking_delay",
+        -1,
+    ),
+    Claim(
+        "grokking_weight_norm_falls",
+        "the weight norm falls as test accuracy rises (tau < 0 along training)",
+        "Liu et al. 2022; Nanda et al. 2023",
+        None,
+        "norm_test_tau",
+        -1,
+    ),
+    Claim(
         "lr_diverges",
         "too high a learning rate diverges (NaN within the first epoch): a row, not a crash",
         "Yang et al. 2021",
@@ -195,7 +248,7 @@ class Verdict:
 
     claim: str
     sweep: str
-    knob: str
+    knob: str  # "" for a one-sample claim
     measure: str
     direction: int
     groups: int
@@ -216,7 +269,13 @@ def _samples(results: Results, claim: Claim) -> pd.DataFrame | None:
     if claim.knob not in runs or runs[claim.knob].nunique(dropna=True) < 2:
         return None
     others = [a for a in results.axes if a not in ("seed", claim.knob) and a in runs]
-    if claim.measure in DERIVED:
+    if claim.measure in GROKKING:
+        ok = results.ok_runs
+        value = _grokking_measure(results, claim.measure)
+        if value is None or "variant_id" not in ok:
+            return None
+        frame = ok[[claim.knob, *others]].assign(value=ok["variant_id"].map(value).to_numpy())
+    elif claim.measure in DERIVED:
         value = _diverged(results, first_epoch=claim.measure == "diverged_first_epoch")
         if value is None:
             return None
@@ -234,6 +293,57 @@ def _samples(results: Results, claim: Claim) -> pd.DataFrame | None:
     frame = frame.dropna(subset=["value"])
     frame.attrs["others"] = others
     return frame if frame[claim.knob].nunique() >= 2 else None
+
+
+def _grokking_measure(results: Results, measure: str) -> pd.Series | None:
+    """``measure`` (one of :data:`GROKKING`) by variant_id, or None when the curves (and for
+    ``norm_test_tau`` the trajectory's ``param_norm``) are missing (rule step 7)."""
+    from analysis.correlations import kendall_tau
+    from analysis.grokking import grokking_phases
+
+    curves = results.curves
+    if curves is None or not {"variant_id", "train_acc", "test_acc"} <= set(curves.columns):
+        return None
+    if measure in ("generalised", "grokking_delay"):
+        phases = grokking_phases(curves).set_index("variant_id")
+        if measure == "grokking_delay":
+            return phases["delay"]
+        told = {"comprehension": 1.0, "grokking": 1.0, "memorisation": 0.0}
+        return phases["grokking_phase"].map(told).astype(float)
+    traj = results.trajectory
+    if traj is None or "param_norm" not in traj or "step" not in traj or "step" not in curves:
+        return None
+    both = traj[["variant_id", "step", "param_norm"]].merge(
+        curves[["variant_id", "step", "test_acc"]], on=["variant_id", "step"]
+    )
+    both = both.dropna()
+    taus = {}
+    for vid, g in both.groupby("variant_id"):
+        if len(g) >= 3:
+            taus[vid] = kendall_tau(g["param_norm"].to_numpy(float), g["test_acc"].to_numpy(float))
+    return pd.Series(taus, dtype=float)
+
+
+def _one_sample(results: Results, claim: Claim, rule: Rule) -> Verdict | None:
+    """A claim without a knob: the sign of the measure's mean over ok runs (rule step 7)."""
+    value = _grokking_measure(results, claim.measure)
+    if value is None or "variant_id" not in results.ok_runs:
+        return None
+    x = results.ok_runs["variant_id"].map(value).astype(float).dropna().to_numpy()
+    if not len(x):
+        return None
+    mean = float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+    z = mean / se if se > 0 else (math.copysign(math.inf, mean) if mean and se == 0 else math.nan)
+    signed_trend, signed_z = claim.direction * mean, claim.direction * z
+    if signed_trend >= rule.min_trend and signed_z >= rule.min_z:
+        verdict = "reproduced"
+    elif signed_trend <= -rule.min_trend and signed_z <= -rule.min_z:
+        verdict = "contradicted"
+    else:
+        verdict = "inconclusive"
+    note = f"mean over {len(x)} runs" + ("" if len(x) > 1 else "; one run: no standard error")
+    return _verdict(results, claim, len(x), verdict, note, 1, mean, z, [mean], [mean])
 
 
 def _diverged(results: Results, first_epoch: bool) -> pd.Series | None:
@@ -294,6 +404,8 @@ def evaluate(results: Results, claim: Claim, rule: Rule | None = None) -> Verdic
     from analysis.correlations import kendall_tau  # (matplotlib: only when a claim is evaluated)
 
     rule = rule or Rule()
+    if claim.knob is None:
+        return _one_sample(results, claim, rule)
     frame = _samples(results, claim)
     if frame is None:
         return None
@@ -357,7 +469,7 @@ def _verdict(
     return Verdict(
         claim=claim.name,
         sweep=results.name,
-        knob=claim.knob,
+        knob=claim.knob or "",
         measure=claim.measure,
         direction=claim.direction,
         groups=groups,

@@ -69,6 +69,16 @@ stated default (all in :class:`PhaseThresholds`, resolved per sweep by
    bound on the band. Fitted cells: ``mc < -band`` -> III, else IV (a positive mc beyond the
    band means the curve beats its endpoints: connected). Unfitted cells: the sign of mc
    decides, ``< 0`` -> I, ``>= 0`` -> II (the table has no "near 0" row for high loss).
+   **A curve that did not converge** measures under-training, not the landscape (a curve
+   between a network and its own hidden-unit permutation, the same function, read mc -8.2
+   after 200 steps and -0.8 after 8,000). The pairs table records each curve's mean
+   training loss over the fifth of its steps before the last fifth and over the last fifth
+   (``bezier_loss_prev``, ``bezier_loss_last``) and the relative improvement
+   ``bezier_improvement = (prev - last) / prev``; a cell whose mean improvement exceeds
+   ``mc_converge_tol`` (0.1: the means over steps of the demo's converged curves, whose t
+   is drawn anew each step, differ by about 0.1 either way) has an unknown mc: the coarse
+   ``III/IV`` or ``I/II``, with a reason that says so, and its mc takes no part in the
+   band's split. Not measured (older results, curves under 5 steps): no evidence, mc stands.
 5. **CKA high** (IV-A vs IV-B): ``cka_linear_softmax`` (Yang's plotted value; falling back to
    logits, then features) at or above Otsu's split of the CKA values of the phase-IV
    candidates (fitted cells with mc not below the band): the other phases' CKA says nothing
@@ -162,6 +172,11 @@ class PhaseThresholds:
     mc_min_decades: float = _knob(
         0.5, "log10 |mc| Otsu sides closer than this: one mc regime, the proxy band is used"
     )
+    mc_converge_tol: float = _knob(
+        0.1,
+        "a curve whose mean training loss fell by more than this fraction over its last fifth "
+        "of steps did not converge: its mc is unknown",
+    )
     cka: str = _knob(
         "cka_linear_softmax", "CKA metric for IV-A/IV-B (falls back to the others)", CKA_METRICS
     )
@@ -180,7 +195,13 @@ class PhaseThresholds:
         _check(fin(self.mc_floor) and self.mc_floor >= 0, "mc_floor", self.mc_floor, "finite, >= 0")
         _check(self.mc_min_pairs >= 2, "mc_min_pairs", self.mc_min_pairs, ">= 2")
         _check(self.mc_split in MC_SPLITS, "mc_split", self.mc_split, f"one of {MC_SPLITS}")
-        for name in ("hessian_min_decades", "loss_min_decades", "mc_min_decades", "cka_min_gap"):
+        for name in (
+            "hessian_min_decades",
+            "loss_min_decades",
+            "mc_min_decades",
+            "cka_min_gap",
+            "mc_converge_tol",
+        ):
             value = getattr(self, name)
             _check(fin(value) and value >= 0, name, value, "finite and >= 0")
         _check(
@@ -499,7 +520,10 @@ def resolve_thresholds(
     regimes = pd.Series(
         [_local_regime(row, res, thr.local_rule)[0] for _, row in ok.iterrows()], index=ok.index
     )
-    mc_sd, mc_src, mc_bands = _resolve_mc(ok, regimes, thr)
+    converged = pd.Series(
+        [_unconverged(row, thr) is None for _, row in ok.iterrows()], index=ok.index
+    )
+    mc_sd, mc_src, mc_bands = _resolve_mc(ok[converged], regimes[converged], thr)
     res = dataclasses.replace(res, mc_sd=mc_sd, mc_source=mc_src, mc_split_band=mc_bands)
     candidates = ok[[_is_iv_candidate(row, res, thr) for _, row in ok.iterrows()]]
     c_metric, c_thr, c_src = _resolve_cka(ok, thr, candidates)
@@ -509,8 +533,21 @@ def resolve_thresholds(
 def _is_iv_candidate(row: pd.Series, res: ResolvedThresholds, thr: PhaseThresholds) -> bool:
     """Fitted with mc within its band: a cell the CKA decides between IV-A and IV-B."""
     regime, _ = _local_regime(row, res, thr.local_rule)
-    mc = _value(row, "mc")
+    mc = _value(row, "mc") if _unconverged(row, thr) is None else None
     return regime == "fitted" and mc is not None and mc >= -_mc_band(row, res, thr, regime)[0]
+
+
+def _unconverged(row: pd.Series, thr: PhaseThresholds) -> str | None:
+    """Why the cell's Bezier curves had not converged (module docstring, step 4), or None:
+    their mean relative improvement of the training loss over the last fifth of their steps
+    (``bezier_improvement``) above ``mc_converge_tol``. Not measured: None (no evidence)."""
+    improvement = _value(row, "bezier_improvement")
+    if improvement is None or improvement <= thr.mc_converge_tol:
+        return None
+    return (
+        f"mc unknown: its curve had not converged (training loss fell {100 * improvement:.3g}% "
+        f"over its last fifth of steps > mc_converge_tol {100 * thr.mc_converge_tol:g}%)"
+    )
 
 
 def _value(row: pd.Series, col: str | None) -> float | None:
@@ -636,9 +673,9 @@ def classify_cell(row: pd.Series, res: ResolvedThresholds, thr: PhaseThresholds)
     if regime in (None, "mixed"):
         return ("unknown" if regime is None else "mixed"), "; ".join(reasons)
     mc = _value(row, "mc")
-    if mc is None:
+    if mc is None or (why := _unconverged(row, thr)) is not None:
         return ("III/IV" if regime == "fitted" else "I/II"), "; ".join(
-            [*reasons, "mc not measured"]
+            [*reasons, "mc not measured" if mc is None else why]
         )
     band, whose = _mc_band(row, res, thr, regime)
     where = "below" if mc < -band else "above" if mc > band else "within"

@@ -55,6 +55,12 @@ from analysis.curves import (  # noqa: E402
     variant_labels,
     variant_order,
 )
+from analysis.grokking_figures import (  # noqa: E402
+    has_grokking,
+    plot_accuracy_by_cell,
+    plot_aligned,
+    plot_phase_map,
+)
 from analysis.heatmap import metric_heatmap, save_figure  # noqa: E402
 from analysis.lca import plot_lca  # noqa: E402
 from analysis.load import Results, ResultsError, load_results  # noqa: E402
@@ -334,6 +340,29 @@ def training_section(results: Results, keys: list[str], out: Path, opts: ReportO
     return section
 
 
+def grokking_section(results: Results, keys: list[str], out: Path) -> Section:
+    """Drawn only when some run groks (:func:`analysis.grokking_figures.has_grokking`)."""
+    section = Section("Grokking phases")
+    if not has_grokking(results):
+        return section
+    section.add(
+        f"grokking phase over {keys[0]} x {keys[1]} (analysis.grokking)",
+        plot_phase_map(results, keys),
+        out / "grokking_phases.png",
+    )
+    section.add(
+        "train and test accuracy against log step, per cell",
+        plot_accuracy_by_cell(results, keys),
+        out / "grokking_accuracy.png",
+    )
+    section.add(
+        "sharpness and weight norm along training, aligned on the step of generalisation",
+        plot_aligned(results),
+        out / "grokking_aligned.png",
+    )
+    return section
+
+
 def claims_section(results: Results, out: Path) -> Section:
     """The literature's qualitative results this sweep tests (``analysis.claims``)."""
     section = Section("Does it reproduce the literature?")
@@ -461,6 +490,7 @@ def build_report(results: Results, out: Path, opts: ReportOptions | None = None)
         surfaces_section(results, keys, out, opts),
         matrices_section(results, keys, out, opts),
         training_section(results, keys, out, opts),
+        grokking_section(results, keys, out),
         claims_section(results, out),
         status_section(results, keys),
     ]

@@ -12,11 +12,13 @@
 #     bash benchmarks/run_gpu.sh OUT_DIR profile                 # at most 4 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR packing                 # at most 5.5 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR                         # all of them
+#     bash benchmarks/run_gpu.sh OUT_DIR grokking                # at most 10 minutes; not in "all"
 #
 # Needs torch with CUDA, torchvision, numpy and scikit-learn (no Ray, no Hydra): landscape/ is
 # imported from this checkout. Each step has a time limit, so one slow step cannot eat the rest.
 set -u
 all="tests replay taxonomy concurrency layouts hessian streams packing surfaces profile"
+# grokking is named only explicitly (see its step)
 out=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR [STEP ...] (steps: $all)}
 shift
 steps=${*:-$all}
@@ -66,6 +68,13 @@ for step in $steps; do
             timeout 60 "$py" benchmarks/profile_step.py --device cuda --width 4 --pack 8 \
                 --hvp $m --probes 1 > "$out/profile_hvp_$m.txt" 2>&1
         done ;;
+    grokking)  # sweep=grokking_modadd (issue 25), then its claims; not in the default steps: it
+        # needs landscape-sweep (Ray, Hydra) and the transformer and modular-arithmetic knobs
+        sweep=${LANDSCAPE_SWEEP:-landscape-sweep}
+        timeout 540 "$sweep" sweep=grokking_modadd device=cuda out_dir="$out/grokking" 2>&1 |
+            tail -5 | tee "$out/grokking_sweep.txt"
+        timeout 60 "$py" -m analysis.claims "$out/grokking/grokking_modadd" \
+            --json "$out/grokking_claims.json" 2>&1 | tee "$out/grokking_claims.txt" ;;
     *) echo "unknown step $step (steps: $all)" >&2; exit 2 ;;
     esac
 done

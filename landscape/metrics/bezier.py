@@ -181,6 +181,7 @@ def train_bezier(
     weight_decay: float = 5e-4,
     precision: str = "fp32",
     cuda_graphs: bool = True,
+    history: list[Tensor] | None = None,
 ) -> tuple[Params, Tensor]:
     """Train the control points of P curves (pairs stacked in ``a`` and ``b``, leading dim P).
 
@@ -193,6 +194,8 @@ def train_bezier(
     pack trained). Returns the control points (P, *shape) and the last step's cross-entropy
     (P,). A pair whose loss or updated control point turns non-finite stops training there,
     and comes back with a NaN control point and loss (so its curve and ``mc`` read NaN).
+    ``history``, when given, receives every step's cross-entropy (P,) in order (read by
+    :func:`convergence`).
     """
     if steps < 1:
         raise ValueError(f"bezier training needs >= 1 step, got {steps}")
@@ -210,10 +213,33 @@ def train_bezier(
         x, y = draw_batch(generator)
         t = torch.rand(P, generator=generator).to(device)
         loss = curve_step(x, y, t, hypers.lr * bezier_lr_factor(step, steps))
+        if history is not None:
+            history.append(loss.detach())
     alive = curve_step.alive
     nan = float("nan")
     c = {n: torch.where(alive.view(-1, *([1] * (p.dim() - 1))), p, nan) for n, p in c.items()}
     return c, torch.where(alive, loss.detach(), nan)
+
+
+def convergence(history: Sequence[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(previous, last, improvement), each (P,): the mean training loss of a curve over the
+    fifth of its steps before the last fifth, over the last fifth, and the relative
+    improvement (previous - last) / previous. A window of at least one step each (fewer than
+    2 steps: NaN). Means over many steps average the loss over the drawn t, which alone
+    differs between t = 0 and t = 0.5 by the barrier; a curve whose mean loss still falls by
+    more than a tolerance (the analysis's ``mc_converge_tol``) over its last fifth was still
+    being trained and its ``mc`` measures under-training as well as the landscape. Part of
+    the fall is the learning-rate schedule's last decay (Yang et al.'s, module docstring),
+    which is why the tolerance is relative and set well above the noise of a mean over
+    steps."""
+    steps = len(history)
+    w = steps // 5
+    if w < 1:
+        nan = torch.full_like(history[-1], float("nan")) if steps else torch.tensor([])
+        return nan, nan, nan
+    losses = torch.stack(list(history[-2 * w :]))  # (2w, P)
+    prev, last = losses[:w].mean(0), losses[w:].mean(0)
+    return prev, last, (prev - last) / prev
 
 
 def evaluate_bezier(
@@ -253,6 +279,9 @@ class BezierResult:
     curve_accuracy: Tensor  # (P, T) training accuracy, a fraction
     control: Params  # (P, *shape) trained control points
     train_loss: Tensor  # (P,) last training step's loss
+    loss_prev: Tensor | None = None  # (P,) mean training loss, the fifth before the last
+    loss_last: Tensor | None = None  # (P,) mean training loss, the last fifth of the steps
+    improvement: Tensor | None = None  # (P,) (loss_prev - loss_last) / loss_prev
 
 
 def bezier_connectivity(
@@ -280,10 +309,12 @@ def bezier_connectivity(
     ``precision`` and ``cuda_graphs`` are the curve training's (:func:`train_bezier`)."""
     if len(ts) < 2 or ts[0] != 0.0 or ts[-1] != 1.0:
         raise ValueError(f"bezier.ts must run from 0.0 to 1.0, got {tuple(ts)}")
+    history: list[Tensor] = []
     control, train_loss = train_bezier(
         net, a, b, draw_batch, steps, generator, lr=lr, momentum=momentum,
-        weight_decay=weight_decay, precision=precision, cuda_graphs=cuda_graphs,
+        weight_decay=weight_decay, precision=precision, cuda_graphs=cuda_graphs, history=history,
     )  # fmt: skip
+    prev, last, improvement = convergence(history)
     t = torch.tensor(ts, dtype=torch.float64)
     # A curve whose training blew up is evaluated with a zero control point and reads NaN:
     # its NaN weights must not share a batched kernel with the other pairs.
@@ -295,7 +326,9 @@ def bezier_connectivity(
     nan = torch.tensor(float("nan"), device=loss.device)
     loss, acc = torch.where(dead[:, None], nan, loss), torch.where(dead[:, None], nan, acc)
     error = 100 * (1 - acc)
-    return BezierResult(yang_mc(error), t, loss, error, acc, control, train_loss)
+    return BezierResult(
+        yang_mc(error), t, loss, error, acc, control, train_loss, prev, last, improvement
+    )
 
 
 @dataclass(frozen=True)
@@ -355,6 +388,12 @@ COLUMNS = (
         phase_diagram=True,
         centre=0.0,
     ),
+    # the curve's convergence (:func:`convergence`); NaN for pairs without a curve
+    Column(
+        "bezier_loss_prev", "curve training loss, fifth before last", table="pairs", unit="nats"
+    ),
+    Column("bezier_loss_last", "curve training loss, last fifth", table="pairs", unit="nats"),
+    Column("bezier_improvement", "curve loss improvement over its last fifth", table="pairs"),
 )
 register(
     Metric(

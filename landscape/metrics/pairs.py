@@ -210,6 +210,9 @@ def _path_rows(
     return rows
 
 
+BEZIER_COLUMNS = ("mc", "bezier_loss_prev", "bezier_loss_last", "bezier_improvement")
+
+
 def _bezier(
     pack: TrainedPack,
     A: Stack,
@@ -218,10 +221,12 @@ def _bezier(
     b: Tensor,
     specs: MetricsSpec,
     g: torch.Generator,
-) -> tuple[Tensor, list[dict]]:
-    """Bezier curves for all pairs, ``pairs_per_stack`` at a time: mc (P,) and path rows."""
+) -> tuple[dict[str, Tensor], list[dict]]:
+    """Bezier curves for all pairs, ``pairs_per_stack`` at a time: (P,) columns (mc and the
+    curve's convergence, ``bezier.convergence``) and path rows."""
     spec = specs.bezier
-    mc, rows = [], []
+    cols: dict[str, list[Tensor]] = {k: [] for k in BEZIER_COLUMNS}
+    rows = []
     for start in range(0, len(a), spec.pairs_per_stack):
         sel = list(range(start, min(start + spec.pairs_per_stack, len(a))))
         sa, sb = a[sel], b[sel]
@@ -247,9 +252,12 @@ def _bezier(
             precision=pack.variants[0].train.precision,
             cuda_graphs=pack.variants[0].train.cuda_graphs,
         )
-        mc.append(res.mc)
+        cols["mc"].append(res.mc)
+        cols["bezier_loss_prev"].append(res.loss_prev.to(res.mc))
+        cols["bezier_loss_last"].append(res.loss_last.to(res.mc))
+        cols["bezier_improvement"].append(res.improvement.to(res.mc))
         rows += _path_rows(sa, sb, "bezier", res.ts, res.curve_loss, res.curve_accuracy)
-    return torch.cat(mc), rows
+    return {k: torch.cat(v) for k, v in cols.items()}, rows
 
 
 def measure_pairs(
@@ -313,10 +321,11 @@ def measure_pairs(
     if specs.bezier.enabled:
         curved = _curved_pairs(pack, pairs, specs.bezier.max_pairs)
         idx = torch.tensor(curved, dtype=torch.long, device=device)
-        mc, rows = _bezier(pack, A.select(idx), B.select(idx), a[idx], b[idx], specs, generator)
-        cols["mc"] = torch.full((len(pairs),), float("nan"), device=mc.device).index_copy(
-            0, idx.to(mc.device), mc
-        )
+        curves, rows = _bezier(pack, A.select(idx), B.select(idx), a[idx], b[idx], specs, generator)
+        for k, v in curves.items():
+            cols[k] = torch.full((len(pairs),), float("nan"), device=v.device).index_copy(
+                0, idx.to(v.device), v
+            )
         out.surfaces += rows
     values = {k: v.tolist() for k, v in cols.items()}
     for p, (ma, mb) in enumerate(pairs):

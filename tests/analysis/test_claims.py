@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from analysis.claims import CLAIMS, Claim, Rule, evaluate, evaluate_all, main, markdown, untested
-from analysis.load import Results
+from analysis.load import Results, load_results
 
 from .fake_results import write_results
 
@@ -239,3 +239,57 @@ def test_claims_about_minima_compare_fitted_models_only():
     v = evaluate(_results(runs, axes), claim)
     assert v.verdict == "inconclusive" and "no group keeps two fitted values" in v.note
     assert "(6 of 8 cells not fitted" in markdown(pd.DataFrame([v.__dict__]))
+
+
+def _grokking_verdicts(tmp_path, **kwargs) -> dict:
+    from .fake_grokking import write_grokking
+
+    results = load_results(write_grokking(tmp_path / "grok", **kwargs))
+    table = evaluate_all([results], [c for c in CLAIMS if c.name.startswith("grokking")])
+    return {row.claim: row for row in table.itertuples()}
+
+
+def test_grokking_claims_on_a_planted_sweep(tmp_path):
+    """Every grokking claim reproduced on the planted sweep (tests/analysis/fake_grokking.py),
+    with trends and ends computed by hand."""
+    from .fake_grokking import FRACTIONS, TRAIN_STEP, WEIGHT_DECAYS, test_step
+
+    v = _grokking_verdicts(tmp_path)
+    # generalised against weight decay, per fraction: 0.2 never (flat: tau 0); 0.3, 0.5, 0.7:
+    # [0, 1, 1, 1] over wd 0, 0.3, 1, 3 (wd 10 is confusion: not counted), tau-b =
+    # 3 / sqrt(6 * 3); mean over the 4 groups. Every seed agrees: infinite z.
+    tau = 3 / math.sqrt(18) * 3 / 4
+    for name in ("grokking_needs_weight_decay", "grokking_critical_fraction"):
+        assert v[name].trend == pytest.approx(tau) and v[name].z == math.inf
+        assert (v[name].low, v[name].high, v[name].verdict) == (0.0, 0.75, "reproduced")
+
+    # the delay falls along both knobs in every group that generalises (tau -1)
+    def delay(wd, f):
+        return np.mean([test_step(wd, f, s) - TRAIN_STEP for s in (0, 1)])
+
+    wds = [w for w in WEIGHT_DECAYS if 0 < w < 10]
+    d = v["grokking_delay_falls_with_data"]
+    assert (d.groups, d.trend, d.verdict) == (3, -1.0, "reproduced")
+    assert d.low == pytest.approx(np.mean([delay(w, 0.3) for w in wds]))
+    assert d.high == pytest.approx(np.mean([delay(w, FRACTIONS[-1]) for w in wds]))
+    d = v["grokking_weight_decay_shortens_delay"]
+    assert (d.groups, d.trend, d.verdict) == (3, -1.0, "reproduced")
+    assert d.high == pytest.approx(np.mean([delay(3.0, f) for f in FRACTIONS[1:]]))
+    # the norm falls at every step while test accuracy never falls: tau < 0 in every run
+    n = v["grokking_weight_norm_falls"]
+    assert n.knob == "" and n.samples == 40 and n.trend < -0.9 and n.verdict == "reproduced"
+
+
+def test_grokking_claims_contradicted_inconclusive_or_untested(tmp_path):
+    from .fake_grokking import TEST_INDEX
+
+    # the norm rising with test accuracy contradicts the claim
+    v = _grokking_verdicts(tmp_path / "a", norm_falls=False)
+    assert v["grokking_weight_norm_falls"].verdict == "contradicted"
+    # without a trajectory table the norm claim is not tested at all
+    assert "grokking_weight_norm_falls" not in _grokking_verdicts(tmp_path / "b", trajectory=False)
+    # generalising without weight decay too: no trend with weight decay, inconclusive
+    plant = TEST_INDEX | {(0.0, f): TEST_INDEX[(0.3, f)] for f in (0.3, 0.5, 0.7)}
+    v = _grokking_verdicts(tmp_path / "c", plant=plant)
+    assert v["grokking_needs_weight_decay"].trend == 0.0
+    assert v["grokking_needs_weight_decay"].verdict == "inconclusive"

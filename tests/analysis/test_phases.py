@@ -117,6 +117,25 @@ def test_own_pairs_outrank_the_split():
     assert res.mc_sd["fitted"] == pytest.approx(40.0)
 
 
+def test_an_unconverged_curve_has_an_unknown_mc():
+    # The reproduction with the 10.5-point curve still improving (its loss fell 30% over its
+    # last fifth > 10%): that cell is III/IV with a reason that says so, and its mc leaves the
+    # split, which over log10 |mc| = -0.52, -0.10, 0.70 still falls between -0.10 and 0.70:
+    # the same 2-point band as with the fourth curve.
+    cells = _one_curve_cells([-20, -15, -0.3, -0.8, -5, -10.5])
+    cells["bezier_improvement"] = [0.0, 0.02, -0.05, 0.05, 0.1, 0.3]
+    out = classify_phases(cells, None, 10)
+    assert out.phase.tolist() == ["I", "I", "IV", "IV", "III", "III/IV"]
+    assert "had not converged" in out.phase_reason[5] and "30%" in out.phase_reason[5]
+    res = out.attrs["phase_thresholds"]
+    assert res.mc_split_band["fitted"] == pytest.approx(10 ** ((np.log10(0.8) + np.log10(5)) / 2))
+    # improvement exactly at the tolerance converged; a looser tolerance accepts the curve
+    assert classify_phases(cells, PhaseThresholds(mc_converge_tol=0.3), 10).phase[5] == "III"
+    # an unfitted cell with an unconverged curve is I/II
+    cells.loc[0, "bezier_improvement"] = 0.5
+    assert classify_phases(cells, None, 10).phase[0] == "I/II"
+
+
 def test_mc_split_option_is_checked():
     with pytest.raises(ValueError, match="mc_split"):
         PhaseThresholds(mc_split="median")

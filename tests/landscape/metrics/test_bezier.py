@@ -11,6 +11,7 @@ from landscape.metrics.bezier import (
     bezier_coeffs,
     bezier_connectivity,
     bezier_lr_factor,
+    convergence,
     train_bezier,
     yang_mc,
 )
@@ -249,3 +250,26 @@ def test_graph_replayed_curve_steps_equal_eager_steps():
     assert torch.allclose(le, lg, atol=1e-6)
     for n in eager:
         assert torch.allclose(eager[n], graph[n], atol=1e-6), n
+
+
+def test_convergence_windows_are_the_last_two_fifths():
+    """Per-step losses of two pairs over 10 steps: windows of 2 steps, steps 6-7 and 8-9."""
+    losses = [torch.tensor([10.0 - i, 1.0]) for i in range(10)]
+    prev, last, improvement = convergence(losses)
+    assert prev.tolist() == [3.5, 1.0] and last.tolist() == [1.5, 1.0]
+    assert improvement.tolist() == [pytest.approx(2 / 3.5), 0.0]
+    # under 5 steps there is no window: NaN, not a verdict
+    assert torch.isnan(convergence(losses[:4])[2]).all()
+
+
+def test_train_bezier_history_is_each_steps_loss():
+    """The history's last entry is the loss train_bezier returns, one entry per step."""
+    net, stack = init_stack(lambda: MLP(3, 2, 4, 1, False), [0, 1, 2, 3], "cpu")
+    a, b = stack.select([0, 1]), stack.select([2, 3])
+    x = torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 2, (2, 8), generator=torch.Generator().manual_seed(1))
+    history = []
+    _, loss = train_bezier(
+        net, a, b, lambda gen: (x, y), 6, torch.Generator().manual_seed(1), history=history
+    )
+    assert len(history) == 6 and torch.equal(history[-1], loss)

@@ -1,0 +1,44 @@
+"""The report's grokking section, on the planted grokking sweep written as Parquet."""
+
+from __future__ import annotations
+
+import re
+
+from analysis.grokking_figures import aligned, cell_phases, has_grokking, variant_phases
+from analysis.load import load_results
+from analysis.report import build_report
+
+from .fake_grokking import write_grokking
+from .fake_results import write_results
+
+
+def test_grokking_section_drawn_for_grokking_curves_only(tmp_path):
+    results = load_results(write_grokking(tmp_path / "grok"))
+    assert has_grokking(results)
+    page = build_report(results, tmp_path / "report").read_text()
+    assert "Grokking phases" in page
+    for name in ("grokking_phases.png", "grokking_accuracy.png", "grokking_aligned.png"):
+        assert (tmp_path / "report" / name).is_file() and name in page
+    # the demo-like sweep (no grokking runs) has no such section
+    other = load_results(write_results(tmp_path / "fake"))
+    assert not has_grokking(other)
+    assert "Grokking phases" not in build_report(other, tmp_path / "r2").read_text()
+
+
+def test_cell_phases_and_alignment_are_the_planted_ones(tmp_path):
+    from .fake_grokking import TRAIN_STEP, test_step
+
+    results = load_results(write_grokking(tmp_path / "grok"))
+    keys = ["optim.weight_decay", "data.train_fraction"]
+    cells = cell_phases(variant_phases(results), keys).set_index(keys)
+    assert cells.loc[(0.0, 0.5), "grokking_phase"] == "memorisation"
+    assert cells.loc[(10.0, 0.5), "grokking_phase"] == "confusion"
+    assert cells.loc[(0.3, 0.3), "grokking_phase"] == "grokking"  # delay > 10 x 100 steps
+    assert test_step(3.0, 0.7, 0) <= 10 * TRAIN_STEP
+    assert cells.loc[(3.0, 0.7), "label"].startswith("comprehension")
+    rows, cols = aligned(results)
+    assert cols == ["param_norm"]  # no sharpness column in the planted trajectory
+    # each generalised run's own crossing sits at relative step 1
+    one = rows[rows["relative_step"] == 1.0]
+    assert set(one["variant_id"]) == set(rows["variant_id"])
+    assert not re.search("wd0.0|wd10.0", " ".join(rows["variant_id"]))
