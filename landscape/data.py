@@ -191,13 +191,14 @@ def _normalize(ds: Dataset) -> Dataset:
 
 
 def load_dataset(spec: DataSpec) -> Dataset:
-    """The whole data set as CPU tensors (move with ``.to(device)``)."""
+    """The whole data set as CPU tensors (move with ``.to(device)``). ``data.normalize`` is
+    skipped for token data: ids are categories, not magnitudes to standardise."""
     if spec.name not in DATA_SETS:
         raise ConfigError(
             f"data.name must be one of {', '.join(sorted(DATA_SETS))}, got {spec.name!r}"
         )
     ds = LOADERS[DATA_SETS[spec.name].loader](spec)
-    return _normalize(ds) if spec.normalize else ds
+    return _normalize(ds) if spec.normalize and not ds.tokens else ds
 
 
 def subset_size(spec: DataSpec, n_train: int) -> int:

@@ -462,6 +462,11 @@ def train_pack(
     that checkpoint and is measured on it (its ``diverged_step`` is still reported).
     """
     _check_pack(variants)
+    if dataset.tokens and variants[0].data.augment:
+        raise ConfigError(
+            f"data.augment must be false for token data (data.name={dataset.name}), got True: "
+            "crops and flips are for images"
+        )
     t0 = time.perf_counter()
     device = torch.device(device)
     first = variants[0]

@@ -172,7 +172,9 @@ def _stiffness(
     m.column("stiffness_within_sign", c.within_sign)
     m.column("stiffness_between_sign", c.between_sign)
     rows = stiffness_rows(c, m.alive)
-    if s.distance_bins > 0:
+    # on token ids the distance between id vectors is no distance between inputs: those rows
+    # are left out (refused), the class stiffness above stands
+    if s.distance_bins > 0 and x.is_floating_point():
         d = stiffness_by_distance(
             m.pack.net,
             m.stack,
