@@ -118,7 +118,9 @@ def interpolate_pair(
     variant's own (noisy, subset) training loss: the runs table has those."""
     _, stack_a = load_checkpoint(checkpoints / f"{a.variant_id}.pt", device)
     _, stack_b = load_checkpoint(checkpoints / f"{b.variant_id}.pt", device)
-    net = FunctionalNet(build_model(a.model, dataset.input_shape, dataset.num_classes))
+    net = FunctionalNet(
+        build_model(a.model, dataset.input_shape, dataset.num_classes, dataset.vocab)
+    )
     alphas = torch.linspace(spec.alpha_min, spec.alpha_max, spec.n_alphas, dtype=torch.float64)
     g = torch.Generator().manual_seed(0)
     rows = []

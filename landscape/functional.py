@@ -137,6 +137,16 @@ class FunctionalNet:
         return self._widest[input_shape]
 
 
+def example_input(
+    module: nn.Module, input_shape: tuple[int, ...], batch: int, device: torch.device | str
+) -> Tensor:
+    """A dummy batch (batch, *input_shape) of the input kind ``module`` reads: int64 token id 0
+    for a model with a ``vocab`` (> 0), else float zeros. What meta-device passes feed."""
+    if getattr(module, "vocab", 0):
+        return torch.zeros(batch, *input_shape, dtype=torch.long, device=device)
+    return torch.zeros(batch, *input_shape, device=device)
+
+
 def leaf_output_sizes(module: nn.Module, input_shape: tuple[int, ...], batch: int) -> list[int]:
     """Elements of every leaf module's output for one batch, in call order, from a forward
     pass on the meta device (no memory, no arithmetic); ``module`` must be on the meta device.
@@ -151,7 +161,7 @@ def leaf_output_sizes(module: nn.Module, input_shape: tuple[int, ...], batch: in
     handles = [m.register_forward_hook(count) for m in leaves]
     try:
         with torch.no_grad():
-            module(torch.empty(batch, *input_shape, device="meta"))
+            module(example_input(module, input_shape, batch, "meta"))
     finally:
         for h in handles:
             h.remove()

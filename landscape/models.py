@@ -1,8 +1,11 @@
 """Model registry. Every model takes ``forward(x, features=False)``: with ``features=True`` it
 returns the penultimate representation (for CKA on features), otherwise logits.
 
-``build_model(spec, input_shape, num_classes)`` is the one constructor; architecture
-variants are entries in ``MODELS``. Every model runs under ``torch.func.functional_call`` +
+``build_model(spec, input_shape, num_classes, vocab=0)`` is the one constructor; architecture
+variants are entries in ``MODELS``. ``vocab`` > 0 says the inputs are int64 token ids in
+[0, vocab) of shape (T,) (only the transformer reads them); a model that reads tokens has a
+``vocab`` attribute, so the meta-device helpers feed it token dummies
+(:func:`landscape.functional.example_input`). Every model runs under ``torch.func.functional_call`` +
 ``vmap`` over stacked parameters and buffers, in train mode too (BatchNorm running
 statistics update in place on the stacked buffers): no in-place activations, no ops that
 vmap cannot batch. BatchNorm runs in float32 even under bf16 autocast (see
@@ -21,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from landscape.functional import example_input
 from landscape.variant import ConfigError, ModelSpec
 
 _NATIVE_NORM: ContextVar[bool] = ContextVar("native_norm", default=False)
@@ -218,6 +222,108 @@ class VGG9(nn.Module):
         return h if features else self.head(h)
 
 
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over the last dim written out in elementary ops. PyTorch's fused kernel
+    gets second derivatives wrong under vmapped forward mode (``torch.func.hessian`` and
+    vmapped Hessian-vector products of a transformer differed from the exact Hessian by
+    O(0.1) in the rows of the LayerNorm weights, torch 2.14 CPU); these ops do not."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        mu = x.mean(-1, keepdim=True)  # (..., 1)
+        var = (x - mu).square().mean(-1, keepdim=True)  # biased, as nn.LayerNorm
+        return (x - mu) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written out as matmul + softmax (no mask: every position
+    sees every other). Not ``F.scaled_dot_product_attention``: on a CPU its fused kernel has
+    no forward-mode derivative and no vmap rule, so Hessian-vector products would fail."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        H = self.heads
+        q, k, v = self.qkv(x).split(C, dim=-1)  # (B, T, C) each
+        q = q.reshape(B, T, H, C // H).transpose(1, 2)  # (B, H, T, C/H)
+        k = k.reshape(B, T, H, C // H).transpose(1, 2)
+        v = v.reshape(B, T, H, C // H).transpose(1, 2)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(C // H)  # (B, H, T, T)
+        att = att.softmax(dim=-1)
+        out = (att @ v).transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.proj(out)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm block: x + attn(ln(x)), then x + mlp(ln(x)) with a GELU MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.ln1 = LayerNorm(width)
+        self.attn = Attention(width, heads)
+        self.ln2 = LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln1(x))  # (B, T, C)
+        return x + self.mlp(self.ln2(x))  # (B, T, C)
+
+
+class Transformer(nn.Module):
+    """A pre-LayerNorm transformer classifier: token (``vocab`` > 0, inputs (B, T) int64) or
+    patch (images (B, C, H, W) cut into ``patch`` x ``patch`` patches, a linear patch
+    embedding: a ViT) embeddings plus learned position embeddings, ``depth`` blocks, a final
+    LayerNorm and a linear readout at the last position. No BatchNorm and no dropout (dropout
+    under vmap would need per-member randomness; the model has none, so a packed member and
+    the same model alone compute the same function)."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, ...],
+        num_classes: int,
+        vocab: int,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_ratio: int,
+        patch: int,
+    ):
+        super().__init__()
+        self.vocab = vocab
+        self.patch = patch
+        if vocab:
+            (T,) = input_shape
+            self.embed: nn.Module = nn.Embedding(vocab, width)
+        else:
+            c, h, w = input_shape
+            T = (h // patch) * (w // patch)
+            self.embed = nn.Linear(c * patch * patch, width)
+        self.pos = nn.Parameter(0.02 * torch.randn(T, width))
+        self.blocks = nn.Sequential(*(Block(width, heads, mlp_ratio) for _ in range(depth)))
+        self.ln = LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def _patches(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        p = self.patch
+        x = x.reshape(B, C, H // p, p, W // p, p).permute(
+            0, 2, 4, 1, 3, 5
+        )  # (B, H/p, W/p, C, p, p)
+        return x.reshape(B, (H // p) * (W // p), C * p * p)  # (B, T, C*p*p)
+
+    def forward(self, x: Tensor, features: bool = False) -> Tensor:
+        tokens = x if self.vocab else self._patches(x)
+        h = self.embed(tokens) + self.pos  # (B, T, width)
+        h = self.ln(self.blocks(h))[:, -1]  # (B, width): the last position
+        return h if features else self.head(h)
+
+
 def _mlp(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     in_features = math.prod(input_shape)
     return MLP(in_features, num_classes, spec.width, spec.depth, spec.batch_norm)
@@ -250,30 +356,77 @@ def _vgg9(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn
     )
 
 
+def _transformer(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, vocab: int):
+    if spec.batch_norm:
+        raise ConfigError(
+            "model.batch_norm must be false for model.name=transformer, got True "
+            "(it normalises with LayerNorm)"
+        )
+    if spec.width % spec.heads:
+        raise ConfigError(f"model.heads must divide model.width={spec.width}, got {spec.heads}")
+    if vocab and len(input_shape) != 1:
+        raise ConfigError(
+            f"model.name=transformer needs token inputs of shape (T,), got {tuple(input_shape)}"
+        )
+    if not vocab:
+        _image_channels(spec, input_shape)
+        if input_shape[1] % spec.patch or input_shape[2] % spec.patch:
+            raise ConfigError(
+                f"model.patch must divide the image side {input_shape[1]}x{input_shape[2]}, "
+                f"got {spec.patch}"
+            )
+    return Transformer(
+        input_shape,
+        num_classes,
+        vocab,
+        spec.width,
+        spec.depth,
+        spec.heads,
+        spec.mlp_ratio,
+        spec.patch,
+    )
+
+
 MODELS: dict[str, Callable[[ModelSpec, tuple[int, ...], int], nn.Module]] = {
     "mlp": _mlp,
     "cnn": _cnn,
     "resnet18": _resnet18,
     "vgg9": _vgg9,
 }
+# families that read token ids (vocab > 0); the others refuse them
+TOKEN_MODELS = {"transformer": _transformer}
 
 
-def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+def build_model(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, vocab: int = 0
+) -> nn.Module:
+    """The model ``spec`` names for inputs of ``input_shape`` (int64 token ids in [0, vocab)
+    when ``vocab`` > 0, else floats) and ``num_classes`` classes."""
+    if spec.name in TOKEN_MODELS:
+        return TOKEN_MODELS[spec.name](spec, tuple(input_shape), num_classes, vocab)
     if spec.name not in MODELS:
         raise ConfigError(
-            f"model.name must be one of {', '.join(sorted(MODELS))}, got {spec.name!r}"
+            f"model.name must be one of {', '.join(sorted(MODELS | TOKEN_MODELS))}, got {spec.name!r}"
+        )
+    if vocab:
+        raise ConfigError(
+            f"model.name={spec.name} reads float inputs, got token data (vocab {vocab}); "
+            "use model=transformer"
         )
     return MODELS[spec.name](spec, tuple(input_shape), num_classes)
 
 
 @functools.lru_cache(maxsize=4096)
-def model_forward_flops(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> float:
+def model_forward_flops(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, vocab: int = 0
+) -> float:
     """Forward FLOPs of one example (two per multiply-accumulate, as ``torch.utils.flop_counter``
     counts), counted on the ``meta`` device: nothing is allocated or computed. A model whose
-    work the counter cannot see (no matmul or convolution) counts its parameter count."""
+    work the counter cannot see (no matmul or convolution) counts its parameter count. Token
+    data (``vocab`` > 0) is fed as int64 ids."""
     with torch.device("meta"):
-        model = build_model(spec, input_shape, num_classes).eval()  # BatchNorm takes 1 example
-        x = torch.empty(1, *input_shape)
+        model = build_model(spec, input_shape, num_classes, vocab).eval()  # BN takes 1 example
+        x = example_input(model, input_shape, 1, "meta")
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)

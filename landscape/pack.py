@@ -146,37 +146,41 @@ OPTIMIZER_STATE_COPIES = {"sgd": 1, "adam": 2, "adamw": 2, "rmsprop": 2, "adagra
 
 
 def _meta_counts(
-    spec: object, input_shape: tuple[int, ...], num_classes: int, batch: int
+    spec: object, input_shape: tuple[int, ...], num_classes: int, batch: int, vocab: int = 0
 ) -> tuple[int, int]:
     """(parameters, elements of every leaf module's output for one batch) of a model, counted
     on the meta device (no memory, no arithmetic)."""
     from landscape.models import build_model  # local: models import variant, not pack
 
     with torch.device("meta"):
-        model = build_model(spec, input_shape, num_classes)
+        model = build_model(spec, input_shape, num_classes, vocab)
     n_params = sum(p.numel() for p in model.parameters())
     return n_params, sum(leaf_output_sizes(model, input_shape, batch))
 
 
-def member_bytes(variant: Variant, input_shape: tuple[int, ...], num_classes: int) -> int:
+def member_bytes(
+    variant: Variant, input_shape: tuple[int, ...], num_classes: int, vocab: int = 0
+) -> int:
     """An estimate of the device memory one pack member needs while training.
 
     Parameters in float32 five times over (weights, gradients, initial copy, checkpoint copy and
     a working copy) plus the optimiser's state, and every module output of one batch three times
     (kept for the backward pass, its gradient, and slack for temporaries), counted on the meta device."""
     batch = variant.optim.batch_size or subset_size(variant.data, train_set_size(variant.data))
-    n_params, activations = _meta_counts(variant.model, input_shape, num_classes, batch)
+    n_params, activations = _meta_counts(variant.model, input_shape, num_classes, batch, vocab)
     act_bytes = 2 if variant.train.precision == "bf16" else 4
     state = OPTIMIZER_STATE_COPIES.get(variant.optim.name, 2)
     return 4 * n_params * (5 + state) + 3 * act_bytes * activations
 
 
-def hvp_bytes(variant: Variant, input_shape: tuple[int, ...], num_classes: int, n: int) -> int:
+def hvp_bytes(
+    variant: Variant, input_shape: tuple[int, ...], num_classes: int, n: int, vocab: int = 0
+) -> int:
     """An estimate of the device memory of one Hessian-vector product of one member on ``n``
     examples (float32): every module output of the forward pass kept, its gradient, and the
     tangents of both carried by forward-over-reverse (four copies), plus the parameters four
     times (probe, gradient, product, slack)."""
-    n_params, activations = _meta_counts(variant.model, input_shape, num_classes, n)
+    n_params, activations = _meta_counts(variant.model, input_shape, num_classes, n, vocab)
     return 4 * (4 * activations + 4 * n_params)
 
 

@@ -230,7 +230,7 @@ def run_pack(
         fit = int(
             MEMORY_HEADROOM
             * free
-            // member_bytes(variants[0], dataset.input_shape, dataset.num_classes)
+            // member_bytes(variants[0], dataset.input_shape, dataset.num_classes, dataset.vocab)
         )
         if fit < len(variants):
             log(
@@ -293,7 +293,7 @@ def checkpoint_pack(
     device = torch.device(device)
     first = variants[0]
     net, init = init_stack(
-        lambda: build_model(first.model, dataset.input_shape, dataset.num_classes),
+        lambda: build_model(first.model, dataset.input_shape, dataset.num_classes, dataset.vocab),
         [v.seed for v in variants],
         device,
     )

@@ -169,13 +169,17 @@ LOOP_FLOPS = 7e10
 
 
 def step_mode(
-    variant: Variant, input_shape: tuple[int, ...], num_classes: int, device: torch.device
+    variant: Variant,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    device: torch.device,
+    vocab: int = 0,
 ) -> str:
     """``train.pack_step`` resolved. ``auto`` picks what ``bench_packing.py`` measured fastest
     among the modes that keep a diverging member to itself:
 
     - on a CPU, ``packed`` (1.3-1.6x vmap's speed on this project's CPU) when the model's
-      layers allow it, else ``vmap``;
+      layers allow it (not a transformer's LayerNorm), else ``vmap``;
     - on a CUDA device, ``loop`` when one member's batch is at least :data:`LOOP_FLOPS`
       forward FLOPs (its kernels fill the GPU alone), else ``vmap``. Measured on an H200
       (CIFAR ResNet18, batch 128, bf16, CUDA graphs, model-steps/s, vmap / packed / loop):
@@ -188,16 +192,19 @@ def step_mode(
     if variant.train.pack_step != "auto":
         return variant.train.pack_step
     if device.type != "cuda":
-        return "packed" if _packable(variant.model, tuple(input_shape), num_classes) else "vmap"
-    flops = model_forward_flops(variant.model, tuple(input_shape), num_classes)
+        packable = _packable(variant.model, tuple(input_shape), num_classes, vocab)
+        return "packed" if packable else "vmap"
+    flops = model_forward_flops(variant.model, tuple(input_shape), num_classes, vocab)
     batch = variant.optim.batch_for(subset_size(variant.data, train_set_size(variant.data)))
     return "loop" if flops * batch >= LOOP_FLOPS else "vmap"
 
 
 @functools.lru_cache(maxsize=256)
-def _packable(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> bool:
+def _packable(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, vocab: int = 0
+) -> bool:
     with torch.device("meta"):
-        net = FunctionalNet(build_model(spec, input_shape, num_classes))
+        net = FunctionalNet(build_model(spec, input_shape, num_classes, vocab))
     try:
         PackedNet(net)
     except ValueError:
@@ -480,6 +487,11 @@ def train_pack(
     still reported). ``on_epoch`` is called at each epoch's end with the latest evaluation.
     """
     _check_pack(variants)
+    if dataset.tokens and variants[0].data.augment:
+        raise ConfigError(
+            f"data.augment must be false for token data (data.name={dataset.name}), got True: "
+            "crops and flips are for images"
+        )
     t0 = time.perf_counter()
     device = torch.device(device)
     first = variants[0]
@@ -490,13 +502,13 @@ def train_pack(
     total = spe * first.train.epochs
 
     net, stack = init_stack(
-        lambda: build_model(first.model, dataset.input_shape, dataset.num_classes),
+        lambda: build_model(first.model, dataset.input_shape, dataset.num_classes, dataset.vocab),
         [v.seed for v in variants],
         device,
     )
     init = stack.clone()
     opt = new_optim_state([v.optim for v in variants], stack)
-    mode = step_mode(first, dataset.input_shape, dataset.num_classes, device)
+    mode = step_mode(first, dataset.input_shape, dataset.num_classes, device, dataset.vocab)
     step_fn = StepFn(
         net,
         compile=first.train.compile,

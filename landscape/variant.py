@@ -24,7 +24,7 @@ from typing import Any
 
 from landscape.datasets import DATA_NAMES, DATA_SETS
 
-MODEL_NAMES = ("mlp", "cnn", "resnet18", "vgg9")
+MODEL_NAMES = ("mlp", "cnn", "resnet18", "vgg9", "transformer")
 OPTIM_NAMES = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "step", "cosine")
 PRECISIONS = ("fp32", "bf16")
@@ -110,6 +110,10 @@ class ModelSpec:
     skip: bool = (
         True  # residual connections (resnet18 only; False reproduces Li et al.'s no-skip nets)
     )
+    # transformer only (width is d_model, depth the number of blocks)
+    heads: int = setting(4, before=4)  # attention heads (must divide width)
+    mlp_ratio: int = setting(4, before=4)  # MLP hidden units = mlp_ratio * width
+    patch: int = setting(2, before=2)  # patch side for image inputs (a ViT)
 
     def __post_init__(self) -> None:
         _choice("model.name", self.name, MODEL_NAMES)
@@ -125,6 +129,9 @@ class ModelSpec:
             self.depth,
             "an integer > 0",
         )
+        for key in ("heads", "mlp_ratio", "patch"):
+            value = getattr(self, key)
+            _require(isinstance(value, int) and value > 0, f"model.{key}", value, "an integer > 0")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ TAIL_SHARE = 0.5  # no pack may cost more than this fraction of one worker's fai
 def forward_flops(v: Variant) -> float:
     """Forward FLOPs for one example of this variant's model and data."""
     record = DATA_SETS[v.data.name]
-    return model_forward_flops(v.model, record.shape_of(v.data), record.classes_of(v.data))
+    return model_forward_flops(
+        v.model, record.shape_of(v.data), record.classes_of(v.data), record.vocab_of(v.data)
+    )
 
 
 def variant_cost(v: Variant, metrics: MetricsSpec) -> float:

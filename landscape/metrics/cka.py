@@ -217,6 +217,11 @@ def mixup_inputs(
     applies). Lambdas come from a NumPy generator seeded by ``generator``."""
     if batch_size < 1:
         raise ValueError(f"mixup batch_size must be >= 1, got {batch_size}")
+    if not x.is_floating_point():  # a mix of two ids is no input: refuse, do not round
+        raise ValueError(
+            f"metrics.cka.inputs=mixup needs float inputs, got token ids ({x.dtype}), "
+            "use metrics.cka.inputs=train or test"
+        )
     P, n = x.shape[:2]
     starts = range(0, n, batch_size)
     partner = torch.stack(

@@ -117,7 +117,8 @@ class Measurer:
         free = free_device_memory(self.device)
         data = self.pack.data
         v = self.pack.variants[0]
-        per = hvp_bytes(v, tuple(data.x_train.shape[1:]), data.num_classes, n)
+        vocab = getattr(self.pack.net.module, "vocab", 0)  # token models declare it
+        per = hvp_bytes(v, tuple(data.x_train.shape[1:]), data.num_classes, n, vocab)
         return max(1, min(chunk, int(MEMORY_HEADROOM * free // (per * len(self.alive)))))
 
 

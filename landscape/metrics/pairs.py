@@ -195,7 +195,10 @@ def _cka_inputs(
         x, _ = data.test_sample(spec.n_inputs, generator)  # shared by all members: (K, n, ...)
         return x[0].expand(len(a), *x.shape[1:])
     x, _ = pair_sample(data, a, b, spec.n_inputs, generator)
-    return mixup_inputs(x, generator, spec.mixup_concentration) if spec.inputs == "mixup" else x
+    # token ids cannot be mixed (a mix of two ids is no input): CKA on token data compares the
+    # models' representations of the real training inputs (docs/metrics.md)
+    mix = spec.inputs == "mixup" and x.is_floating_point()
+    return mixup_inputs(x, generator, spec.mixup_concentration) if mix else x
 
 
 def _path_rows(

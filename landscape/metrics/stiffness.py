@@ -26,7 +26,7 @@ from torch import Tensor
 from landscape.functional import FunctionalNet, Stack
 from landscape.metrics.gradients import per_example_gradients
 from landscape.metrics.registry import Column, Metric, check_ranges, register
-from landscape.variant import ConfigError
+from landscape.variant import ConfigError, setting
 
 if TYPE_CHECKING:
     from landscape.metrics.local import Measurer
@@ -107,10 +107,33 @@ def class_stiffness(
     (K, n, n) Gram matrix plus 2 * ``chunk`` per-example gradients per member.
     """
     s = example_stiffness(net, stack, x, y, chunk=chunk)
+    return _class_stiffness(s, y, num_classes)
+
+
+def _class_stiffness(s, y: Tensor, num_classes: int) -> ClassStiffness:
     c_cos, c_sign = class_average(s.cos, y, num_classes), class_average(s.sign, y, num_classes)
     w_cos, b_cos = _within_between(c_cos)
     w_sign, b_sign = _within_between(c_sign)
     return ClassStiffness(c_cos, c_sign, w_cos, b_cos, w_sign, b_sign)
+
+
+def grouped_class_stiffness(
+    net: FunctionalNet,
+    stack: Stack,
+    x: Tensor,
+    y: Tensor,
+    num_classes: int,
+    groups: int,
+    *,
+    chunk: int = 32,
+) -> tuple[ClassStiffness, ClassStiffness]:
+    """Class stiffness by class (as :func:`class_stiffness`) and the same example stiffness
+    averaged over ``groups`` contiguous groups of classes (class c in group c * groups // C):
+    a G x G matrix where a C x C one (97 x 97 for modular arithmetic) is too many rows."""
+    s = example_stiffness(net, stack, x, y, chunk=chunk)
+    return _class_stiffness(s, y, num_classes), _class_stiffness(
+        s, y * groups // num_classes, groups
+    )
 
 
 def stiffness_rows(c: ClassStiffness, members: list[int] | None = None) -> list[dict]:
@@ -147,9 +170,12 @@ class StiffnessSpec:
         0  # > 0: also stiffness against input-space distance, pairs in this many bins
     )
     distance_binning: str = "quantile"  # quantile | linear bin edges (shared by the members)
+    # > 0 and fewer than the classes: the table's matrix over this many contiguous groups of
+    # classes (class_a, class_b are group ids); the within/between columns stay by class
+    class_groups: int = setting(0, before=0)
 
     def __post_init__(self) -> None:
-        check_ranges(self, "stiffness", ("n_samples", "chunk"), ("distance_bins",))
+        check_ranges(self, "stiffness", ("n_samples", "chunk"), ("distance_bins", "class_groups"))
         if self.distance_binning not in ("quantile", "linear"):
             raise ConfigError(
                 f"metrics.stiffness.distance_binning must be quantile or linear, got {self.distance_binning!r}"
@@ -166,13 +192,21 @@ def _stiffness(
     )
 
     x, y = m.test_sample(s.n_samples, sample_g)
-    c = class_stiffness(m.pack.net, m.stack, x, y, m.pack.data.num_classes, chunk=s.chunk)
+    C = m.pack.data.num_classes
+    if 0 < s.class_groups < C:
+        c, table = grouped_class_stiffness(
+            m.pack.net, m.stack, x, y, C, s.class_groups, chunk=s.chunk
+        )
+    else:
+        c = table = class_stiffness(m.pack.net, m.stack, x, y, C, chunk=s.chunk)
     m.column("stiffness_within_cos", c.within_cos)
     m.column("stiffness_between_cos", c.between_cos)
     m.column("stiffness_within_sign", c.within_sign)
     m.column("stiffness_between_sign", c.between_sign)
-    rows = stiffness_rows(c, m.alive)
-    if s.distance_bins > 0:
+    rows = stiffness_rows(table, m.alive)
+    # on token ids the distance between id vectors is no distance between inputs: those rows
+    # are left out (refused), the class stiffness above stands
+    if s.distance_bins > 0 and x.is_floating_point():
         d = stiffness_by_distance(
             m.pack.net,
             m.stack,

@@ -79,6 +79,11 @@ def stiffness_by_distance(
     K, n = y.shape
     if n < 2:
         raise ValueError(f"stiffness by distance needs >= 2 examples, got {n}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"stiffness by input distance needs float inputs, got token ids ({x.dtype}): "
+            "a distance between id vectors is no distance between inputs"
+        )
     s = example_stiffness(net, stack, x, y, chunk=chunk)
     flat = x.flatten(2).double()
     dist = torch.cdist(flat, flat, compute_mode="donot_use_mm_for_euclid_dist")  # exact 0 for ties

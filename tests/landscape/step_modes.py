@@ -21,6 +21,8 @@ from landscape.models import build_model
 from landscape.train import StepFn, autocast, new_optim_state, train_step
 
 RESNET = (ModelSpec("resnet18", width=2, batch_norm=True), (3, 32, 32))
+# a model is (spec, input shape) or (spec, (T,), vocab) for token ids in [0, vocab)
+TRANSFORMER = (ModelSpec("transformer", width=8, depth=2, heads=2, mlp_ratio=2), (4,), 7)
 K, B = 3, 8  # members, examples per member and step
 
 
@@ -38,17 +40,20 @@ def relative_diff(a, b) -> float:
 
 
 def fresh_stack(device, model=RESNET, dtype=torch.float64):
-    spec, shape = model
-    net, stack = init_stack(lambda: build_model(spec, shape, 10), range(K), device)
+    spec, shape, vocab = (*model, 0)[:3]
+    net, stack = init_stack(lambda: build_model(spec, shape, 10, vocab), range(K), device)
     return net, stack.to(device, dtype)
 
 
 def batches(device, model, steps, dtype):
-    shape = model[1]
+    shape, vocab = (*model, 0)[1:3]
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
-        x = torch.randn(K, B, *shape, generator=g, dtype=torch.float64)
-        yield x.to(device, dtype), torch.randint(10, (K, B), generator=g).to(device)
+        if vocab:
+            x = torch.randint(vocab, (K, B, *shape), generator=g).to(device)
+        else:
+            x = torch.randn(K, B, *shape, generator=g, dtype=torch.float64).to(device, dtype)
+        yield x, torch.randint(10, (K, B), generator=g).to(device)
 
 
 def stacks_by_mode(

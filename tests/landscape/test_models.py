@@ -8,7 +8,7 @@ import torch
 from torch.func import functional_call, vmap
 
 from landscape.functional import init_stack, unstack
-from landscape.models import MODELS, BasicBlock, build_model
+from landscape.models import MODELS, TOKEN_MODELS, BasicBlock, build_model
 from landscape.variant import ConfigError, ModelSpec
 
 SHAPES = [(1, 28, 28), (3, 32, 32), (1, 8, 8)]  # MNIST, CIFAR, digits
@@ -26,7 +26,7 @@ def meta_model(spec: ModelSpec, shape=(3, 32, 32), classes: int = 10) -> torch.n
 def test_registry_covers_every_model_name():
     from landscape.variant import MODEL_NAMES
 
-    assert set(MODELS) == set(MODEL_NAMES)
+    assert set(MODELS) | set(TOKEN_MODELS) == set(MODEL_NAMES)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -194,3 +194,51 @@ def test_forward_flops_of_batchnorm_models_on_small_inputs(spec, shape):
         assert flops == 2 * (64 * 16 + 16 * 16 + 16 * 10)
     else:
         assert flops > 2 * 3 * 3 * 1 * 2 * 8 * 8  # at least the stem convolution
+
+
+TF = ModelSpec("transformer", width=8, depth=2, heads=2, mlp_ratio=3, patch=2)
+
+
+def test_transformer_reads_tokens_and_patches_and_counts_its_parameters():
+    """Shapes of logits and features for token ids (B, T) and for images cut into patches,
+    and the parameter count in closed form: embedding + positions + per block (two
+    LayerNorms 2*2C, qkv C*3C+3C, proj C*C+C, MLP C*rC+rC + rC*C+C) + final LayerNorm 2C +
+    head C*classes+classes."""
+    C, r, depth, classes = 8, 3, 2, 7
+    block = 4 * C + (3 * C * C + 3 * C) + (C * C + C) + (r * C * C + r * C) + (r * C * C + C)
+    tail = 2 * C + C * classes + classes
+    tokens = build_model(TF, (5,), classes, vocab=11)
+    x = torch.randint(11, (3, 5))
+    assert tokens(x).shape == (3, classes) and tokens(x, features=True).shape == (3, C)
+    assert n_params(tokens) == 11 * C + 5 * C + depth * block + tail
+    vit = build_model(TF, (1, 8, 8), classes)  # 16 patches of 1 x 2 x 2
+    img = torch.randn(3, 1, 8, 8)
+    assert vit(img).shape == (3, classes) and vit(img, features=True).shape == (3, C)
+    assert n_params(vit) == (4 * C + C) + 16 * C + depth * block + tail
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "vocab", "match"),
+    [
+        (ModelSpec("transformer", width=8, heads=3), (5,), 4, "model.heads must divide"),
+        (ModelSpec("transformer", width=8, heads=2, patch=3), (1, 8, 8), 0, "model.patch"),
+        (ModelSpec("transformer", width=8, heads=2, batch_norm=True), (5,), 4, "batch_norm"),
+        (ModelSpec("mlp"), (5,), 4, "model=transformer"),
+    ],
+)
+def test_transformer_knobs_and_token_data_are_checked_in_one_line(spec, shape, vocab, match):
+    with pytest.raises(ConfigError, match=match):
+        build_model(spec, shape, 3, vocab)
+
+
+def test_meta_device_helpers_feed_token_models_int64_ids():
+    """The FLOP count, the leaf output sizes and the widest activation of a token model
+    come from a meta-device pass on int64 ids (float dummies would fail in the embedding):
+    the widest output of one example is the qkv projection, T x 3C."""
+    from landscape.functional import FunctionalNet
+    from landscape.models import model_forward_flops
+
+    spec = ModelSpec("transformer", width=8, depth=1, heads=2, mlp_ratio=2)
+    assert model_forward_flops(spec, (5,), 3, 11) > 0
+    net = FunctionalNet(build_model(spec, (5,), 3, vocab=11))
+    assert net.widest_activation((5,)) == 5 * 3 * 8

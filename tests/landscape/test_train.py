@@ -9,9 +9,12 @@ from landscape.measure import MetricsSpec
 from landscape.metrics.hessian import HessianTraceSpec
 from landscape.metrics.registry import TRAINING_COLUMNS
 from landscape.run import run_pack
-from landscape.train import train_pack
+from landscape.train import StepFn, new_optim_state, train_pack, train_step
 from tests.landscape.step_modes import (
     RESNET,
+    TRANSFORMER,
+    batches,
+    fresh_stack,
     max_diff,
     relative_diff,
     stacks_by_mode,
@@ -178,8 +181,15 @@ MODELS = [
     RESNET,
     (ModelSpec("resnet18", width=2, batch_norm=True, skip=False), (3, 16, 16)),
     (ModelSpec("vgg9", width=2, batch_norm=True), (3, 16, 16)),
+    TRANSFORMER,  # tokens; LayerNorm has no packed layout, so vmap and loop only
+    (ModelSpec("transformer", width=8, depth=1, heads=2, patch=2), (1, 4, 4)),  # a ViT
 ]
 MODEL_IDS = ["mlp-bn", "mlp-images", "cnn-bn", "resnet18", "resnet18-noskip", "vgg9-bn"]
+MODEL_IDS += ["transformer-tokens", "transformer-patches"]
+
+
+def modes_of(model) -> tuple[str, ...]:
+    return ("vmap", "loop") if model[0].name == "transformer" else ("vmap", "loop", "packed")
 
 
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
@@ -193,8 +203,8 @@ def test_step_modes_train_the_same_pack_in_float64(model):
     at most 1.5e-14 after five steps (measured with 1 and 2 threads and with
     ATEN_CPU_CAPABILITY=default/avx2/avx512 on an AMD EPYC); 1e-10 leaves four orders of
     magnitude, while a wrong step moves parameters by ~1e-2."""
-    stacks, fresh = stacks_by_mode("cpu", ("vmap", "loop", "packed"), model, steps=5)
-    for mode in ("loop", "packed"):
+    stacks, fresh = stacks_by_mode("cpu", modes_of(model), model, steps=5)
+    for mode in modes_of(model)[1:]:
         assert max_diff(stacks["vmap"].params, stacks[mode].params) < 1e-10, mode
         assert max_diff(stacks["vmap"].buffers, stacks[mode].buffers) < 1e-10, mode
     # the steps moved the parameters (the comparison is not between two initialisations)
@@ -208,9 +218,9 @@ def test_step_modes_give_the_same_float32_gradients(model):
     that step updated. Measured: at most 2.3e-6 relative (||g - g_vmap|| / ||g_vmap|| over
     all parameters; 1-2 threads, ATEN_CPU_CAPABILITY=default/avx2/avx512), so 1e-4 is a
     margin of 40 for other CPUs' summation orders; a wrong gradient is off by O(1)."""
-    got = step_gradients("cpu", ("vmap", "loop", "packed"), model)
+    got = step_gradients("cpu", modes_of(model), model)
     grads, buffers, loss = got["vmap"]
-    for mode in ("loop", "packed"):
+    for mode in modes_of(model)[1:]:
         assert relative_diff(got[mode][0], grads) < 1e-4, mode
         assert max_diff(got[mode][1], buffers) < 1e-5, mode
         torch.testing.assert_close(got[mode][2], loss, rtol=1e-5, atol=0)
@@ -305,3 +315,23 @@ def test_a_diverging_member_is_quarantined_in_bf16(tiny_variant, pack_step):
         assert max_diff(a.buffers, b.buffers) < 1e-6, k
         assert with_bad.final_metrics["train_loss"][k] == without.final_metrics["train_loss"][k]
     assert max_diff(with_bad.pack.final.params, with_bad.pack.init.params) > 1e-2
+
+
+def test_a_vmapped_pack_of_transformers_equals_each_member_trained_alone():
+    """One float64 SGD step (momentum, weight decay) of a vmapped pack of three token
+    transformers against each member stepped alone as a pack of one, from the same
+    initialisation and batch: the same float64 arithmetic batched or not, ~1e-16 apart, so
+    1e-12 holds; a member seeing another's batch or gradient is off by ~1e-2."""
+    net, stack = fresh_stack("cpu", TRANSFORMER)
+    x, y = next(batches("cpu", TRANSFORMER, 1, torch.float64))
+    assert x.dtype == torch.long
+    hypers = [OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4)]
+    init = stack.clone()
+    opt = new_optim_state(hypers * 3, stack)
+    train_step(StepFn(net, mode="vmap"), stack, opt, x, y, opt.hypers.lr, "fp32")
+    for k in range(3):
+        alone = init.member(k)
+        opt1 = new_optim_state(hypers, alone)
+        train_step(StepFn(net, mode="loop"), alone, opt1, x[k : k + 1], y[k : k + 1], opt1.hypers.lr, "fp32")  # fmt: skip
+        assert max_diff(stack.member(k).params, alone.params) < 1e-12, k
+        assert max_diff(alone.params, init.member(k).params) > 1e-3, k  # it moved

@@ -55,7 +55,7 @@ def test_ids_distinguish_points_and_groups():
         (lambda: ModelSpec(width=0), "model.width must be an integer > 0, got 0"),
         (lambda: TrainSpec(epochs=0), "train.epochs must be an integer >= 1, got 0"),
         (lambda: TrainSpec(pack_streams=0), "train.pack_streams must be an integer >= 1, got 0"),
-        (lambda: ModelSpec(name="transformer"), "model.name must be one of"),
+        (lambda: ModelSpec(name="gpt"), "model.name must be one of"),
         (lambda: DataSpec(label_noise=1.0), "data.label_noise must be in [0, 1)"),
         (lambda: build_spec(ModelSpec, {"widht": 3}, "model"), "model.widht is not a known key"),
         (

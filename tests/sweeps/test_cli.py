@@ -17,13 +17,13 @@ def run(args, cwd):
 
 
 # Bad input of each kind (a config value, a flag, Hydra's printing flags) in a real process
-IN_A_PROCESS = ("model=transformer", "--frobnicate", "--cfg job model=transformer")
+IN_A_PROCESS = ("model=gpt", "--frobnicate", "--cfg job model=gpt")
 
 
 @pytest.mark.parametrize(
     ("override", "fragment"),
     [
-        ("model=transformer", "model=transformer is not a known option"),
+        ("model=gpt", "model=gpt is not a known option"),
         ("model.widht=4", "model.widht is not a known key"),
         ("optim.lr=0", "optim.lr must be finite and > 0, got 0.0"),
         (
@@ -38,7 +38,7 @@ IN_A_PROCESS = ("model=transformer", "--frobnicate", "--cfg job model=transforme
         ("+foo=1", "foo is not a known key (got 1); allowed under the config root"),
         ("ray.num_cpus=-2", "ray.num_cpus must be an integer >= 1 or null, got -2"),
         ("data=mnist data.root=nowhere", "data.name=mnist: no usable MNIST files in"),
-        ("--cfg job model=transformer", "model=transformer is not a known option"),
+        ("--cfg job model=gpt", "model=gpt is not a known option"),
         ("--cfg job model.width=range(", "cannot parse override 'model.width=range('"),
         ("--cfg bogus", "--cfg must be one of job, hydra, all, got 'bogus'"),
     ],
@@ -108,7 +108,13 @@ def test_hydra_shell_completion(tmp_path):
         timeout=300,
         env={**__import__("os").environ, "COMP_LINE": "landscape-sweep model="},
     )
-    assert query.stdout.split() == ["model=cnn", "model=mlp", "model=resnet18", "model=vgg9"]
+    assert query.stdout.split() == [
+        "model=cnn",
+        "model=mlp",
+        "model=resnet18",
+        "model=transformer",
+        "model=vgg9",
+    ]
     assert list(tmp_path.iterdir()) == []
 
 

@@ -137,7 +137,7 @@ def test_ten_thousand_variants_expand_in_seconds(out):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model=transformer", "model=transformer is not a known option; allowed: "),
+        ("model=gpt", "model=gpt is not a known option; allowed: "),
         ("model.widht=3", "model.widht is not a known key (got 3); allowed under model: "),
         ("optim.lr=0", "optim.lr must be finite and > 0, got 0.0"),
         ("optim.lr=-0.5", "optim.lr must be finite and > 0, got -0.5"),

@@ -160,3 +160,19 @@ def test_new_metrics_are_measured_from_checkpoints_without_retraining(tmp_path):
     assert sorted(map(tuple, curves[["variant_id", "epoch"]].values)) == sorted(
         map(tuple, curves_before[["variant_id", "epoch"]].values)
     )
+
+
+@pytest.mark.slow
+def test_a_vit_sweep_on_digits_finishes_with_every_row_ok(tmp_path):
+    """``model=transformer data=digits``: 8x8 digits cut into 2x2 patches (a ViT), trained
+    and measured (fast preset) on the embedded Ray, every row ``ok`` with the Hessian trace
+    filled."""
+    cmd = [sys.executable, "-m", "sweeps.cli", "out_dir=results", "sweep.name=vit"]
+    cmd += ["model=transformer", "data=digits", "model.width=16", "optim.batch_size=64"]
+    cmd += ["seed=0,1", "train.epochs=2", "metrics=fast", "metrics.hessian_trace.n_probes=10"]
+    cmd += ["ray.num_cpus=2", "--quiet", "--no-report"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = pd.read_parquet(tmp_path / "results" / "vit" / "runs")
+    assert len(runs) == 2 and set(runs.status) == {"ok"}
+    assert runs.hessian_trace.notna().all() and runs.metric_errors.isna().all()

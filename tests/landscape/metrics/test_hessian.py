@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch.func import hessian
 
-from landscape.functional import FunctionalNet, Stack, init_stack, member_shapes, unstack
+from landscape.functional import (
+    FunctionalNet,
+    Stack,
+    init_stack,
+    member_shapes,
+    unflatten,
+    unstack,
+)
 from landscape.hvp import PackedLoss, batched_hvp, net_loss, resolve_hvp
 from landscape.metrics.hessian import (
     broadened_density,
@@ -459,3 +466,44 @@ def test_packed_products_build_one_graph_per_set_of_active_members() -> None:
         torch.testing.assert_close(run(counted, "packed"), want, rtol=1e-4, atol=1e-6)
         assert built == sorted(set(built), reverse=True)  # 3, then fewer: never rebuilt
         assert len(built) >= 2, built  # members did leave early: the test saw a smaller set
+
+
+TOKENS = ModelSpec("transformer", width=8, depth=1, heads=2, mlp_ratio=2)  # vocab 5, T = 3
+
+
+@pytest.mark.parametrize("mode", ["vmap", "loop"])
+def test_transformer_hessian_products_and_trace_equal_the_exact_float64_hessian(mode) -> None:
+    """A tiny float64 transformer on token ids (attention written out, so forward-mode
+    derivatives exist on a CPU): every Hessian-vector product equals H v with H the exact
+    Hessian of the flattened parameters (torch.autograd.functional.hessian: reverse over
+    reverse, no vmap; torch.func.hessian was itself wrong on PyTorch's fused LayerNorm, which
+    the model therefore writes out), and the Hutchinson trace is
+    exactly the mean of v'Hv over the probes it drew (the same seeded Rademacher draws). Both
+    sides are the same float64 sums in different orders: ~1e-13 apart, so 1e-9 holds; a
+    wrong product (first order only, a missing term) is off by O(1). The packed products
+    refuse the transformer (LayerNorm has no packed layout), so ``auto`` resolves to vmap."""
+    net, stack = init_stack(lambda: build_model(TOKENS, (3,), 4, vocab=5), [0, 1], "cpu")
+    stack = stack.to("cpu", torch.float64)
+    x = torch.randint(0, 5, (2, 10, 3), generator=gen(2))
+    y = torch.randint(0, 4, (2, 10), generator=gen(3))
+    assert resolve_hvp(net, "auto", torch.device("cpu")) == "vmap"
+    shapes = member_shapes(stack.params)
+    size = sum(math.prod(s) for s in shapes.values())
+    v = torch.randn(3, size, generator=gen(4), dtype=torch.float64)
+    hv = batched_hvp(net.loss, shapes, shared=True, mode=mode)(
+        stack.params, (stack.buffers, x, y), v
+    )  # (K, 3, P)
+    probes = torch.randint(0, 2, (6, size), generator=gen(5)).double() * 2 - 1  # rademacher(6)
+    trace = hessian_trace(
+        net, stack, x, y, n_probes=6, chunk=6, tol=0.0, generator=gen(5), hvp=mode
+    )
+    for k in range(2):
+        params, buffers = unstack(stack, k)
+        flat = torch.cat([p.flatten() for p in params.values()])
+        h = torch.autograd.functional.hessian(
+            lambda f, b=buffers, k=k: net.loss(unflatten(f, shapes), b, x[k], y[k]), flat
+        )
+        assert h.dtype == torch.float64 and h.shape == (size, size)
+        torch.testing.assert_close(hv[k], v @ h, rtol=1e-9, atol=1e-12)
+        want = ((probes @ h) * probes).sum(-1).mean()
+        torch.testing.assert_close(trace.estimate[k], want, rtol=1e-9, atol=1e-12)

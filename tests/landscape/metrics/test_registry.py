@@ -165,7 +165,7 @@ def test_the_base_node_is_every_default_switched_off():
 
 def test_metrics_id_leaves_out_the_declared_settings():
     assert METRICS_LAUNCH_KEYS == ("hessian_trace.hvp", "hessian_eigen.hvp", "spectrum.hvp")
-    assert METRICS_ADDED_KEYS == {"bezier.max_pairs": 0}
+    assert METRICS_ADDED_KEYS == {"bezier.max_pairs": 0, "stiffness.class_groups": 0}
     # the ids results directories already hold (unchanged by the registry)
     assert metrics_id(MetricsSpec()) == "528b3f56"
 

@@ -91,3 +91,24 @@ def test_class_stiffness_symmetric_means_and_pack_equals_members() -> None:
         "s_sign",
     }
     assert {r["member"] for r in rows} == {4, 5, 6}
+
+
+def test_grouped_class_stiffness_averages_the_pairs_of_each_group_of_classes():
+    """Classes 0, 1, 2 in 2 contiguous groups ({0, 1} and {2}): entry (a, b) of the
+    grouped matrix is the mean example stiffness over pairs i != j with i in group a and j in
+    group b, recomputed here from the example stiffness by masks; the by-class result is
+    :func:`class_stiffness`'s own. Same float32 sums in another order: 1e-5."""
+    from landscape.metrics.stiffness import example_stiffness, grouped_class_stiffness
+
+    net, stack, x, _ = tiny_mlp(members=2, n=18)
+    y = torch.arange(18).remainder(3).expand(2, 18)  # every class 6 times
+    by_class, grouped = grouped_class_stiffness(net, stack, x, y, 3, 2)
+    torch.testing.assert_close(by_class.cos, class_stiffness(net, stack, x, y, 3).cos)
+    s = example_stiffness(net, stack, x, y).cos  # (K, n, n)
+    g = y[0] * 2 // 3
+    off = ~torch.eye(18, dtype=torch.bool)
+    for a in range(2):
+        for b in range(2):
+            mask = (g[:, None] == a) & (g[None, :] == b) & off
+            want = s[:, mask].mean(-1)
+            torch.testing.assert_close(grouped.cos[:, a, b], want, rtol=1e-5, atol=1e-6)
