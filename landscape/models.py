@@ -408,10 +408,10 @@ def build_model(
         raise ConfigError(
             f"model.name must be one of {', '.join(sorted(MODELS | TOKEN_MODELS))}, got {spec.name!r}"
         )
-    if vocab:
+    if vocab and spec.name != "mlp":  # an MLP reads token ids as numbers (parity's bits)
         raise ConfigError(
-            f"model.name={spec.name} reads float inputs, got token data (vocab {vocab}); "
-            "use model=transformer"
+            f"model.name={spec.name} reads images, got token data (vocab {vocab}); "
+            "use model=transformer (or model=mlp, which reads the ids as numbers)"
         )
     return MODELS[spec.name](spec, tuple(input_shape), num_classes)
 

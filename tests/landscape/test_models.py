@@ -223,7 +223,7 @@ def test_transformer_reads_tokens_and_patches_and_counts_its_parameters():
         (ModelSpec("transformer", width=8, heads=3), (5,), 4, "model.heads must divide"),
         (ModelSpec("transformer", width=8, heads=2, patch=3), (1, 8, 8), 0, "model.patch"),
         (ModelSpec("transformer", width=8, heads=2, batch_norm=True), (5,), 4, "batch_norm"),
-        (ModelSpec("mlp"), (5,), 4, "model=transformer"),
+        (ModelSpec("cnn"), (5,), 4, "model=transformer"),
     ],
 )
 def test_transformer_knobs_and_token_data_are_checked_in_one_line(spec, shape, vocab, match):
