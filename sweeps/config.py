@@ -556,7 +556,9 @@ def check_memory(variants: list[Variant], device: str, max_members: int) -> None
         key = (v.model, v.data.name, v.optim.name, v.optim.batch_size, v.train.precision)
         if key not in estimates:
             record = DATA_SETS[v.data.name]
-            estimates[key] = member_bytes(v, record.shape_of(v.data), record.classes_of(v.data))
+            estimates[key] = member_bytes(
+                v, record.shape_of(v.data), record.classes_of(v.data), record.vocab_of(v.data)
+            )
         return estimates[key]
 
     packs = make_packs(variants, max_members) if on_cpu else [[v] for v in variants]

@@ -135,3 +135,13 @@ def test_on_a_cluster_its_gpus_count_checked_once_joined_before_anything_is_writ
     ):
         runner.run_sweep(plan, progress=False, log=lambda line: None)
     assert not (tmp_path / "results").exists()
+
+
+def test_the_memory_check_reads_token_data_as_the_model_does(tmp_path):
+    """A transformer on generated token data is estimated on its int64 inputs (the record's
+    vocab), fits, and is not refused; a wide one is, naming the model's knobs."""
+    args = ["model=transformer", "data=modular", "data.modulus=23", "optim=adamw"]
+    args += ["optim.batch_size=0", "seed=0,1", f"out_dir={tmp_path}"]
+    check_memory(plan_sweep([*args, "model.width=32"]).variants, "cpu", 16)
+    with pytest.raises(config.ConfigError, match="model=transformer model.width=1000000"):
+        check_memory(plan_sweep([*args, "model.width=1000000"]).variants, "cpu", 16)
