@@ -347,7 +347,7 @@ def _why_inconclusive(trend: float, z: float, rule: Rule) -> str:
     """Why a trend ``trend`` and an effect of ``z`` standard errors (both signed so that the
     claim's direction is positive) neither reproduce nor contradict the claim."""
     if math.isnan(z):
-        return "one seed per setting: no seed spread to tell the effect from noise"
+        return "one sample (run or pair of seeds) per setting: no seed spread to tell the effect from noise"
     if math.isnan(trend):
         return "no trend could be measured (every group's measure is undefined)"
     if trend * z < 0:

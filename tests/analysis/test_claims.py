@@ -86,7 +86,10 @@ def test_an_inconclusive_verdict_without_seed_spread_says_so():
     one_seed = _grid(MEANS, spread=0.0).query("seed == 0")
     v = evaluate(_results(one_seed, AXES | {"seed": [0]}), UP)
     assert v.trend == 1.0 and math.isnan(v.z) and v.verdict == "inconclusive"
-    assert v.note == "one seed per setting: no seed spread to tell the effect from noise"
+    assert (
+        v.note
+        == "one sample (run or pair of seeds) per setting: no seed spread to tell the effect from noise"
+    )
 
 
 def test_groups_are_the_other_axes_and_diverged_runs_do_not_count():
