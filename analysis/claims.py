@@ -451,7 +451,22 @@ def evaluate(results: Results, claim: Claim, rule: Rule | None = None) -> Verdic
         verdict = "contradicted"
     else:
         verdict = "inconclusive"
+        note = "; ".join(x for x in (note, _why_inconclusive(signed_trend, signed_z, rule)) if x)
     return _verdict(results, claim, len(frame), verdict, note, len(ends), trend, z, lows, highs)
+
+
+def _why_inconclusive(trend: float, z: float, rule: Rule) -> str:
+    """Why a trend ``trend`` and an effect of ``z`` standard errors (both signed so that the
+    claim's direction is positive) neither reproduce nor contradict the claim."""
+    if math.isnan(z):
+        return "one sample (run or pair of seeds) per setting: no seed spread to tell the effect from noise"
+    if math.isnan(trend):
+        return "no trend could be measured (every group's measure is undefined)"
+    if trend * z < 0:
+        return f"the trend ({trend:+.2g}) and the effect between the ends ({z:+.2g} SE) disagree"
+    if abs(trend) < rule.min_trend:
+        return f"trend {trend:+.2g} is weaker than the rule's {rule.min_trend:g}"
+    return f"the effect ({z:+.2g} SE) is within {rule.min_z:g} seed standard errors of 0"
 
 
 def _verdict(

@@ -197,6 +197,8 @@ def plot_correlations(table: pd.DataFrame) -> plt.Figure | None:
         ax.set_xlim(-1, 1)
         ax.set_xlabel("Kendall tau")
         ax.set_title(f"vs {target}")
-        ax.legend(loc="lower right", fontsize=8)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    # Beside the panels, never over the bars (a measure near -1 reaches the lower left).
+    fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
     fig.tight_layout()
     return fig

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from analysis.columns import shown
 from analysis.heatmap import format_value, format_values, sort_values
 from analysis.load import Results
 
@@ -59,7 +60,10 @@ def plot_training_curves(
         return None
     levels = list(data[by].cat.categories)
     palette = dict(zip(levels, sns.color_palette("viridis", n_colors=len(levels))))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    # Two panels a row: the page shows the figure near its own size, so its text stays legible.
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
     for ax, col in zip(axes.flat, panels):
         log = col.endswith("loss") and bool((data[col].dropna() > 0).all())
         for level, part in data.groupby(by, observed=True):
@@ -75,9 +79,11 @@ def plot_training_curves(
         if log:
             ax.set_yscale("log")
         unit = " (nats)" if col.endswith("loss") else " (fraction)"
-        ax.set(xlabel="epoch", ylabel=col + unit, title=col.replace("_", " "))
+        ax.set(xlabel="epoch", ylabel=col + unit, title=shown(results.columns, col).title())
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, names, title=by, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.legend(handles, names, title=by, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(f"training curves across {by} (mean and sd over the other knobs and seeds)")
     fig.tight_layout()
     return fig

@@ -175,8 +175,9 @@ def metric_heatmap(
         _, ax = plt.subplots(figsize=size)
     center = shown.centre if center is None else center
     cmap = cmap or ("RdBu" if center is not None else "viridis")
-    name = f"log10 {metric}" if log else metric
-    return draw_grid(table, ax, title=title or name, cmap=cmap, center=center, cbar_label=label)
+    return draw_grid(
+        table, ax, title=title or shown.title(bool(log)), cmap=cmap, center=center, cbar_label=label
+    )
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:

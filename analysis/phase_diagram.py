@@ -23,6 +23,7 @@ import pandas as pd
 
 from analysis.columns import Shown, in_report_order, shown
 from analysis.heatmap import draw_grid, format_value, grid, text_colour
+from analysis.phases import PHASE_MEANING, PHASE_ORDER
 
 
 def slices(cells: pd.DataFrame, keys: Sequence[str]) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -141,6 +142,9 @@ def plot_phase_diagram(
                 color=text_colour(mesh.to_rgba(value)),
             )
     overlay_phases(ax, cells, x, y)
+    present = [p for p in PHASE_ORDER if p in set(cells["phase"].dropna().astype(str))]
+    legend = "\n".join(f"{p}: {PHASE_MEANING.get(p, p)}" for p in present)
+    ax.text(0.0, -0.22, legend, transform=ax.transAxes, ha="left", va="top", fontsize=9)
     return ax
 
 

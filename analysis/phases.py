@@ -105,6 +105,21 @@ PHASES = ("I", "II", "III", "IV-A", "IV-B")
 COARSE = ("I/II", "III/IV", "IV")
 OTHER = ("mixed", "unknown", "diverged", "failed")
 PHASE_ORDER = PHASES + COARSE + OTHER
+# What each phase says about a cell, for readers of a figure (the taxonomy's table above).
+PHASE_MEANING = {
+    "I": "not fitted, sharp, barrier between seeds",
+    "II": "not fitted, sharp, seeds connected",
+    "III": "fitted, flat, barrier between seeds",
+    "IV-A": "fitted, flat, seeds connected, dissimilar outputs",
+    "IV-B": "fitted, flat, seeds connected, similar outputs",
+    "I/II": "not fitted, sharp; no mode-connectivity signal",
+    "III/IV": "fitted, flat; no mode-connectivity signal",
+    "IV": "fitted, flat, seeds connected; no CKA signal",
+    "mixed": "training loss and Hessian disagree",
+    "unknown": "a signal the rule needs is missing",
+    "diverged": "training diverged",
+    "failed": "no run of the cell finished",
+}
 HESSIAN_METRICS = ("hessian_trace", "hessian_top_eig")
 CKA_METRICS = ("cka_linear_softmax", "cka_linear_logits", "cka_linear_features")
 SPLITS = ("otsu", "median")
@@ -282,13 +297,15 @@ class ResolvedThresholds:
         for regime in REGIMES:
             if regime in self.mc_source:
                 sd = self.mc_sd.get(regime)
-                spread = "no spread" if sd is None else f"s = {sd:.3g} points"
+                spread = (
+                    "no spread" if sd is None else f"seed spread of mc {sd:.3g} percentage points"
+                )
                 if regime in self.mc_split_band:
-                    spread = f"band {self.mc_split_band[regime]:.3g} points"
+                    spread = f"band +-{self.mc_split_band[regime]:.3g} percentage points"
                 rows.append(
                     (
                         f"mc near 0 ({regime} cells)",
-                        f"|mc| <= band; {spread} ({self.mc_source[regime]})",
+                        f"|mc| within the band; {spread} ({self.mc_source[regime]})",
                     )
                 )
         if self.cka_threshold is not None:
@@ -370,10 +387,10 @@ def _resolve_loss(cells: pd.DataFrame, thr: PhaseThresholds, num_classes: int | 
         return (
             float(10 ** split[0]),
             half,
-            f"Otsu split of log10, sides {split[1]:.2g} decades apart",
+            f"Otsu split of log10 into two groups whose means are {split[1]:.2g} decades apart",
         )
     gap = 0.0 if split is None else split[1]
-    why = f"one regime: Otsu sides {gap:.2g} < {thr.loss_min_decades:g} decades apart"
+    why = f"one regime: the split's two groups are only {gap:.2g} decades apart (< {thr.loss_min_decades:g})"
     if chance is None:
         return None, None, f"{why}, number of classes unknown: loss unused"
     return chance, None, f"{why}, placed by the {line}"
@@ -403,10 +420,15 @@ def _resolve_hessian(cells: pd.DataFrame, thr: PhaseThresholds):
     split = otsu_split(logs)
     if split is None or split[1] < thr.hessian_min_decades:
         gap = 0.0 if split is None else split[1]
-        why = f"one regime: Otsu sides {gap:.2g} < {thr.hessian_min_decades:g} decades apart"
+        why = f"one regime: the split's two groups are only {gap:.2g} decades apart (< {thr.hessian_min_decades:g})"
         return metric, None, None, why
     half = _half_gap(logs, split[0])
-    return metric, float(split[0]), half, f"Otsu split, sides {split[1]:.2g} decades apart"
+    return (
+        metric,
+        float(split[0]),
+        half,
+        f"Otsu split of log10 into two groups whose means are {split[1]:.2g} decades apart",
+    )
 
 
 def _pooled_sd(cells: pd.DataFrame, col: str) -> float | None:
@@ -426,10 +448,14 @@ def _split_mc(same: pd.DataFrame, thr: PhaseThresholds, where: str):
     split = otsu_split(np.log10(mc[mc > 0]))
     if split is None or split[1] < thr.mc_min_decades:
         gap = 0.0 if split is None else split[1]
-        return None, f"one mc regime: log10 |mc| Otsu sides {gap:.2g} < {thr.mc_min_decades:g}"
-    return float(
-        10 ** split[0]
-    ), f"Otsu split of log10 |mc| over {where}, sides {split[1]:.2g} decades apart"
+        return (
+            None,
+            f"one mc regime: the split's two groups of log10 |mc| are only {gap:.2g} decades apart (< {thr.mc_min_decades:g})",
+        )
+    return (
+        float(10 ** split[0]),
+        f"Otsu split of log10 |mc| over {where}, into two groups whose means are {split[1]:.2g} decades apart",
+    )
 
 
 def _resolve_mc(cells: pd.DataFrame, regimes: pd.Series, thr: PhaseThresholds):
@@ -496,12 +522,12 @@ def _resolve_cka(cells: pd.DataFrame, thr: PhaseThresholds, candidates: pd.DataF
     need = max(thr.cka_min_gap, thr.mc_k * se)
     if split is None or split[1] < need:
         gap = 0.0 if split is None else split[1]
-        why = f"one regime: Otsu sides of the {len(values)} phase-IV candidates {gap:.2g} < {need:.2g} apart"
+        why = f"one regime: the split's two groups of the {len(values)} phase-IV candidates are only {gap:.2g} apart (< {need:.2g})"
         return metric, None, why
     return (
         metric,
         float(split[0]),
-        f"Otsu split over the {len(values)} phase-IV candidates, sides {split[1]:.2g} apart",
+        f"Otsu split over the {len(values)} phase-IV candidates into two groups whose means are {split[1]:.2g} apart",
     )
 
 

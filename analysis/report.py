@@ -67,7 +67,13 @@ from analysis.load import Results, ResultsError, load_results  # noqa: E402
 from analysis.oneline import OneLineParser  # noqa: E402
 from analysis.pca_path import plot_pca_path  # noqa: E402
 from analysis.phase_diagram import plot_phase_diagram, plot_phase_panels, slices  # noqa: E402
-from analysis.phases import PHASE_ORDER, PhaseThresholds, classify_phases, threshold_options  # noqa: E402
+from analysis.phases import (
+    PHASE_MEANING,
+    PHASE_ORDER,
+    PhaseThresholds,
+    classify_phases,
+    threshold_options,
+)  # noqa: E402
 from analysis.reparam import TOLERANCE, reparam_summary  # noqa: E402
 from analysis.stiffness import (  # noqa: E402
     final_stiffness,
@@ -173,6 +179,7 @@ def summary_section(results: Results, cells: pd.DataFrame, keys: list[str], out:
     )
     by_phase.insert(0, "cells", cells.groupby("phase").size())
     by_phase = by_phase.reindex([p for p in PHASE_ORDER if p in by_phase.index]).reset_index()
+    by_phase.insert(1, "meaning", by_phase["phase"].map(PHASE_MEANING))
     section.add_html("<h3>Per phase (mean over cells)</h3>" + _table_html(by_phase))
     detail = cells[
         [

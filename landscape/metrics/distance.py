@@ -53,11 +53,18 @@ COLUMNS = (
         "l2_distance",
         "L2 distance between seeds",
         table="pairs",
+        unit="weight units",
         log=True,
         report=21,
         phase_diagram=True,
     ),
-    Column("dist_to_init", "L2 distance to the initialisation", log=True, report=15),
+    Column(
+        "dist_to_init",
+        "L2 distance to the initialisation",
+        unit="weight units",
+        log=True,
+        report=15,
+    ),
 )
 register(
     Metric(

@@ -578,8 +578,18 @@ def _trace(
     m.column("hessian_trace_probes", est.n_probes)
 
 
+# Second derivatives of the loss (nats) in the weights' own coordinates.
+HESSIAN_UNIT = "nats / weight^2"
 TRACE_COLUMNS = (
-    Column("hessian_trace", "Hessian trace", log=True, report=0, summary=True, phase_diagram=True),
+    Column(
+        "hessian_trace",
+        "Hessian trace",
+        unit=HESSIAN_UNIT,
+        log=True,
+        report=0,
+        summary=True,
+        phase_diagram=True,
+    ),
     Column("hessian_trace_se", "standard error of the Hessian trace"),
     Column("hessian_trace_probes", "Hutchinson probes the Hessian trace took"),
 )
@@ -619,6 +629,7 @@ def _eigen(
 TOP_EIGENVALUE = Column(
     "hessian_top_eig",
     "top Hessian eigenvalue",
+    unit=HESSIAN_UNIT,
     log=True,
     report=1,
     summary=True,

@@ -65,6 +65,7 @@ def test_an_effect_within_the_seed_noise_is_inconclusive():
     v = evaluate(_results(_grid(MEANS, spread=10.0), AXES), UP)
     assert v.trend == 1.0 and v.z == pytest.approx(0.8)
     assert v.verdict == "inconclusive"
+    assert v.note == "the effect (+0.8 SE) is within 2 seed standard errors of 0"
     assert evaluate(_results(_grid(MEANS, spread=10.0), AXES), UP, Rule(min_z=0.5)).verdict == (
         "reproduced"
     )
@@ -77,6 +78,18 @@ def test_a_non_monotone_trend_is_inconclusive():
     v = evaluate(_results(_grid(means), AXES), UP)
     assert v.trend == pytest.approx(1 / 3) and v.z == 8.0
     assert v.verdict == "inconclusive"
+    assert v.note == "trend +0.33 is weaker than the rule's 0.5"
+
+
+def test_an_inconclusive_verdict_without_seed_spread_says_so():
+    # One seed per cell: the trend is perfect but there is nothing to measure the effect by.
+    one_seed = _grid(MEANS, spread=0.0).query("seed == 0")
+    v = evaluate(_results(one_seed, AXES | {"seed": [0]}), UP)
+    assert v.trend == 1.0 and math.isnan(v.z) and v.verdict == "inconclusive"
+    assert (
+        v.note
+        == "one sample (run or pair of seeds) per setting: no seed spread to tell the effect from noise"
+    )
 
 
 def test_groups_are_the_other_axes_and_diverged_runs_do_not_count():

@@ -108,6 +108,15 @@ def test_phase_diagram_labels_each_region_once(results_dir):
     labels = [t.get_text() for t in ax.texts if t.get_text() in {"I", "II", "III", "IV-A", "IV-B"}]
     # Planted map: I, II, IV-A and IV-B are one region each; III is two (left band, right column).
     assert sorted(labels) == sorted(["I", "II", "III", "III", "IV-A", "IV-B"])
+    # A reader is told what each region means, once per phase present, below the map.
+    legend = [t.get_text() for t in ax.texts if "\n" in t.get_text()]
+    assert legend == [
+        "I: not fitted, sharp, barrier between seeds\n"
+        "II: not fitted, sharp, seeds connected\n"
+        "III: fitted, flat, barrier between seeds\n"
+        "IV-A: fitted, flat, seeds connected, dissimilar outputs\n"
+        "IV-B: fitted, flat, seeds connected, similar outputs"
+    ]
     plt.close("all")
 
 
@@ -135,9 +144,15 @@ def test_colour_bars_name_their_units(results_dir):
         ("barrier_error", "barrier_error (percentage points)"),
         ("train_loss", "log10 train_loss (nats)"),
         ("test_acc", "test_acc (fraction)"),
+        ("hessian_trace", "log10 hessian_trace (nats / weight^2)"),
+        ("hessian_top_eig", "log10 hessian_top_eig (nats / weight^2)"),
+        ("l2_distance", "log10 l2_distance (weight units)"),
     ):
         ax = metric_heatmap(cells, metric, *KEYS, shown=results.columns[metric])
         assert _colour_bar_label(ax.figure) == [label]
+        # The title is the catalogue's label, never the raw column name.
+        title = results.columns[metric].label + (" (log10)" if "log10" in label else "")
+        assert ax.get_title() == title
         assert _colour_bar_label(metric_heatmap(cells, metric, *KEYS).figure) == [metric]
     classified = classify_phases(cells, num_classes=10)
     panels = plot_phase_panels(classified, *KEYS, columns=results.columns)

@@ -102,6 +102,11 @@ def test_one_mc_regime_falls_back_to_the_proxy():
     assert res.mc_source["fitted"].startswith("one mc regime")
     assert "proxy" in res.mc_source["fitted"]
     assert classify_phases(cells, None, 10).phase.tolist()[2:] == ["III"] * 4
+    # The summary table says it in words a reader without the rule's code can follow.
+    rule = dict(res.describe())["mc near 0 (fitted cells)"]
+    assert rule.startswith("|mc| within the band; ")
+    assert "the split's two groups of log10 |mc| are only 0.16 decades apart (< 0.5)" in rule
+    assert "Otsu sides" not in rule and "s = " not in rule
 
 
 def test_own_pairs_outrank_the_split():
