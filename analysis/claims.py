@@ -335,14 +335,8 @@ def _one_sample(results: Results, claim: Claim, rule: Rule) -> Verdict | None:
     mean = float(x.mean())
     se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
     z = mean / se if se > 0 else (math.copysign(math.inf, mean) if mean and se == 0 else math.nan)
-    signed_trend, signed_z = claim.direction * mean, claim.direction * z
-    if signed_trend >= rule.min_trend and signed_z >= rule.min_z:
-        verdict = "reproduced"
-    elif signed_trend <= -rule.min_trend and signed_z <= -rule.min_z:
-        verdict = "contradicted"
-    else:
-        verdict = "inconclusive"
     note = f"mean over {len(x)} runs" + ("" if len(x) > 1 else "; one run: no standard error")
+    verdict, note = _decide(claim.direction * mean, claim.direction * z, rule, note)
     return _verdict(results, claim, len(x), verdict, note, 1, mean, z, [mean], [mean])
 
 
@@ -444,15 +438,19 @@ def evaluate(results: Results, claim: Claim, rule: Rule | None = None) -> Verdic
         pooled = sum(ss for ss, _ in cells) / dof
         se = math.sqrt(pooled * sum(w for _, w in ends))
         z = total / se if se > 0 else (math.copysign(math.inf, total) if total else 0.0)
-    signed_trend, signed_z = claim.direction * trend, claim.direction * z
-    if signed_trend >= rule.min_trend and signed_z >= rule.min_z:
-        verdict = "reproduced"
-    elif signed_trend <= -rule.min_trend and signed_z <= -rule.min_z:
-        verdict = "contradicted"
-    else:
-        verdict = "inconclusive"
-        note = "; ".join(x for x in (note, _why_inconclusive(signed_trend, signed_z, rule)) if x)
+    verdict, note = _decide(claim.direction * trend, claim.direction * z, rule, note)
     return _verdict(results, claim, len(frame), verdict, note, len(ends), trend, z, lows, highs)
+
+
+def _decide(signed_trend: float, signed_z: float, rule: Rule, note: str) -> tuple[str, str]:
+    """The verdict from a trend and its z, both signed so that the claim's direction is
+    positive; an inconclusive verdict's note gains its reason."""
+    if signed_trend >= rule.min_trend and signed_z >= rule.min_z:
+        return "reproduced", note
+    if signed_trend <= -rule.min_trend and signed_z <= -rule.min_z:
+        return "contradicted", note
+    why = _why_inconclusive(signed_trend, signed_z, rule)
+    return "inconclusive", "; ".join(x for x in (note, why) if x)
 
 
 def _why_inconclusive(trend: float, z: float, rule: Rule) -> str:

@@ -178,7 +178,8 @@ def summary_section(results: Results, cells: pd.DataFrame, keys: list[str], out:
         cells.groupby("phase")[cols].mean() if cols else pd.DataFrame(index=cells["phase"].unique())
     )
     by_phase.insert(0, "cells", cells.groupby("phase").size())
-    by_phase = by_phase.reindex([p for p in PHASE_ORDER if p in by_phase.index]).reset_index()
+    order = [p for p in PHASE_ORDER if p in by_phase.index]
+    by_phase = by_phase.reindex(order).rename_axis("phase").reset_index()  # empty: keeps "phase"
     by_phase.insert(1, "meaning", by_phase["phase"].map(PHASE_MEANING))
     section.add_html("<h3>Per phase (mean over cells)</h3>" + _table_html(by_phase))
     detail = cells[
