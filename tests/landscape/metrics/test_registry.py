@@ -182,7 +182,7 @@ def test_the_catalogue_describes_every_metric_and_what_is_enabled():
         "name": "hessian_trace",
         "label": "Hessian trace",
         "table": "runs",
-        "unit": None,
+        "unit": "nats / weight^2",
         "log": True,
         "report": 0,
         "summary": True,
