@@ -315,16 +315,6 @@ def plain(widths, batch_sizes, seeds, epochs, out: Path, plot: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _axis(values) -> str:
     return ",".join(str(v) for v in values)
 
@@ -396,6 +386,8 @@ def agreement(script_out: Path, project_out: Path, job: str) -> dict:
 
 
 def bench(jobs: list[str], rounds: int) -> dict:
+    from bench_sweep import cpu_name  # run as a script: benchmarks/ is on sys.path
+
     out: dict = {
         "cpu": cpu_name(),
         "cores": os.cpu_count(),
