@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from landscape.functional import FunctionalNet, Params, loss_precision
+from landscape.functional import FunctionalNet, Params
+from landscape.objective import classification_loss
 
 __all__ = ["PackedNet", "channels_last_images", "member_losses", "pack_inputs"]
 
@@ -88,8 +89,7 @@ def pack_inputs(x: Tensor) -> Tensor:
 def member_losses(logits: Tensor, y: Tensor) -> Tensor:
     """Each member's mean cross-entropy (in float32, or float64 for float64 logits):
     logits (N, K, classes), y (K, N) -> (K,)."""
-    losses = F.cross_entropy(loss_precision(logits).permute(0, 2, 1), y.T, reduction="none")
-    return losses.mean(0)
+    return classification_loss(logits, y, reduction="members")[0]
 
 
 class PackedNet:
@@ -135,9 +135,8 @@ def packed_grad_and_value(packed: PackedNet, channels_last: bool = False):
         xp = channels_last_images(pack_inputs(x)) if channels_last else pack_inputs(x)
         with torch.enable_grad():
             logits = packed.logits(leaves, buffers, xp, train=True)  # (N, K, C)
-            loss = member_losses(logits, y)  # (K,)
+            loss, acc = classification_loss(logits, y, reduction="members")  # (K,) each
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
-        acc = (logits.detach().argmax(-1) == y.T).float().mean(0)
         total = loss.detach().sum()
         return dict(zip(leaves, grads)), (total, (loss.detach(), acc))
 

@@ -23,17 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
+# loss_precision lives with the objective; many modules import it from here
+from landscape.objective import classification_loss, loss_precision  # noqa: F401
+
 Params = dict[str, Tensor]
-
-
-def loss_precision(t: Tensor) -> Tensor:
-    """``t`` in the precision a loss is computed in: float32 for bf16 or float16 (autocast)
-    activations, float64 kept as float64 (a float64 stack is float64 end to end)."""
-    return t if t.dtype == torch.float64 else t.float()
 
 
 @dataclass
@@ -121,7 +117,7 @@ class FunctionalNet:
         self, params: Params, buffers: Params, x: Tensor, y: Tensor, train: bool = False
     ) -> Tensor:
         """Mean cross-entropy of one member (no weight-decay term)."""
-        return F.cross_entropy(loss_precision(self.logits(params, buffers, x, train)), y)
+        return classification_loss(self.logits(params, buffers, x, train), y)[0]
 
     def loss_fn(self, buffers: Params, x: Tensor, y: Tensor) -> Callable[[Params], Tensor]:
         """``params -> loss`` for one member with buffers and data closed over (eval mode)."""

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 from torch.utils._pytree import tree_flatten
@@ -35,8 +34,9 @@ from landscape.channel_layout import PackedNet, channels_last_images, packed_gra
 from landscape.cudagraph import CudaGraphed
 from landscape.data import Dataset, member_view, subset_size
 from landscape.datasets import train_set_size
-from landscape.functional import FunctionalNet, Params, Stack, init_stack, loss_precision
+from landscape.functional import FunctionalNet, Params, Stack, init_stack
 from landscape.models import build_model, model_forward_flops, native_norm
+from landscape.objective import classification_loss, loss_precision
 from landscape.optim import MemberHypers, apply_update, init_state, lr_factor
 from landscape.pack import PackData, TrainedPack, pack_key
 from landscape.variant import ConfigError, ModelSpec, OptimSpec, TrainSpec, Variant
@@ -116,8 +116,8 @@ def _member_train_loss(net: FunctionalNet) -> Callable[..., tuple[Tensor, tuple[
         logits = net.logits(
             params, buffers, x, train=True
         )  # (B, C); BN running stats update in place
-        value = F.cross_entropy(loss_precision(logits), y)
-        return value, (value.detach(), (logits.argmax(-1) == y).float().mean())
+        value, acc = classification_loss(logits, y)
+        return value, (value.detach(), acc)
 
     return loss
 
@@ -390,8 +390,7 @@ def evaluate(
     total_correct = torch.zeros(K, device=y.device, dtype=dtype)
 
     def member(params: Params, buffers: Params, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
-        logits = loss_precision(net.logits(params, buffers, xb))
-        return F.cross_entropy(logits, yb, reduction="sum"), (logits.argmax(-1) == yb).float().sum()
+        return classification_loss(net.logits(params, buffers, xb), yb, reduction="sum")
 
     batched = vmap(member)
     for start in range(0, N, EVAL_CHUNK):

@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
@@ -49,6 +48,7 @@ from landscape.functional import (
 from landscape.metrics.batchnorm import batch_stat_net
 from landscape.metrics.registry import Column, Metric, register, require_positive
 from landscape.metrics.surfaces import evaluate_combinations, stack_basis
+from landscape.objective import classification_loss
 from landscape.optim import MemberHypers, apply_update, init_state
 from landscape.train import autocast
 from landscape.variant import ConfigError, OptimSpec, setting
@@ -98,7 +98,7 @@ def _curve_loss(
     ) -> tuple[Tensor, Tensor]:
         phi = (1 - t) ** 2 * a + 2 * t * (1 - t) * c + t**2 * b  # (N,)
         logits = stat_net.logits(unflatten(phi, shapes), buffers, x)
-        ce = F.cross_entropy(loss_precision(logits), y)
+        ce = classification_loss(logits, y)[0]
         l2 = loss_precision(phi).square().sum()
         return ce + 0.5 * weight_decay * l2, ce
 

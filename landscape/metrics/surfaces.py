@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.func import vmap
 
@@ -39,6 +38,7 @@ from landscape.functional import (
 )
 from landscape.metrics.batchnorm import recompute_bn_stats
 from landscape.metrics.registry import Column, Metric, register, require_positive
+from landscape.objective import classification_loss
 from landscape.variant import ConfigError
 
 ONE_DIM_MODES = ("zero", "weights")
@@ -65,10 +65,10 @@ def _point_metrics(net, basis_p, basis_b, coeffs, x, y, bn_x, batch_size):
     loss = x.new_zeros((), dtype=dtype)
     correct = x.new_zeros((), dtype=dtype)
     for start in range(0, y.shape[0], batch_size):
-        logits = loss_precision(net.logits(params, buffers, x[start : start + batch_size]))
-        yb = y[start : start + batch_size]
-        loss = loss + F.cross_entropy(logits, yb, reduction="sum")
-        correct = correct + (logits.argmax(-1) == yb).float().sum()
+        logits = net.logits(params, buffers, x[start : start + batch_size])
+        part_loss, part_correct = classification_loss(logits, y[start : start + batch_size], "sum")
+        loss = loss + part_loss
+        correct = correct + part_correct
     return loss, correct
 
 
