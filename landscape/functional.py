@@ -133,6 +133,41 @@ class FunctionalNet:
         return self._widest[input_shape]
 
 
+class BoundModule:
+    """A private copy of a :class:`FunctionalNet`'s architecture, called with one member's
+    tensors set into its modules by hand: ``torch.func.functional_call`` without its per-call
+    cost (it re-derives every module path and swaps with guards and a context manager: about
+    three times a small MLP's forward on a CPU). The same module forward on the same tensors,
+    so the same kernels and numbers. The copy is left in train or eval mode as ``train`` says;
+    the tensors of the last call stay set in it until the next (views of the caller's, no
+    copies). An architecture with a parameter or buffer registered twice (tied) is refused:
+    use :meth:`FunctionalNet.logits` there."""
+
+    def __init__(self, net: FunctionalNet, train: bool):
+        self.module = copy.deepcopy(net.module).train(train)
+        named = dict(self.module.named_modules())
+
+        def slot(name: str, table: str) -> tuple[dict, str]:
+            owner, _, leaf = name.rpartition(".")
+            return getattr(named[owner], table), leaf
+
+        self.param_slots = [slot(n, "_parameters") for n in net.param_names]
+        self.buffer_slots = [slot(n, "_buffers") for n in net.buffer_names]
+        every = len(list(self.module.named_parameters(remove_duplicate=False)))
+        every += len(list(self.module.named_buffers(remove_duplicate=False)))
+        if every != len(self.param_slots) + len(self.buffer_slots):
+            raise ValueError("BoundModule: the architecture ties parameters or buffers")
+
+    def __call__(self, params: Sequence[Tensor], buffers: Sequence[Tensor], x: Tensor) -> Tensor:
+        """Logits of one member: parameters and buffers in ``net.param_names`` /
+        ``net.buffer_names`` order, x (N, *input_shape) -> (N, C)."""
+        for (table, leaf), t in zip(self.param_slots, params, strict=True):
+            table[leaf] = t
+        for (table, leaf), t in zip(self.buffer_slots, buffers, strict=True):
+            table[leaf] = t
+        return self.module(x)
+
+
 def example_input(
     module: nn.Module, input_shape: tuple[int, ...], batch: int, device: torch.device | str
 ) -> Tensor:

@@ -34,7 +34,7 @@ from landscape.channel_layout import PackedNet, channels_last_images, packed_gra
 from landscape.cudagraph import CudaGraphed
 from landscape.data import Dataset, member_view, subset_size
 from landscape.datasets import train_set_size
-from landscape.functional import FunctionalNet, Params, Stack, init_stack
+from landscape.functional import BoundModule, FunctionalNet, Params, Stack, init_stack
 from landscape.models import build_model, model_forward_flops, native_norm
 from landscape.objective import classification_loss, loss_precision
 from landscape.optim import MemberHypers, apply_update, init_state, lr_factor
@@ -146,11 +146,10 @@ class StepFn:
     fn: Callable = field(init=False)
 
     def __post_init__(self) -> None:
-        member = grad_and_value(_member_train_loss(self.net), has_aux=True)
         if self.mode == "vmap":
-            g = vmap(member)
+            g = vmap(grad_and_value(_member_train_loss(self.net), has_aux=True))
         elif self.mode == "loop":
-            g = _looped(member, self.channels_last, self.streams)
+            g = _looped(self.net, self.channels_last, self.streams)
         elif self.mode == "packed":
             g = packed_grad_and_value(PackedNet(self.net), self.channels_last)
         else:
@@ -215,21 +214,27 @@ def _packable(
     return True
 
 
-def _looped(member: Callable, channels_last: bool, streams: int = 1) -> Callable:
-    """``member`` applied to each member's views in turn, results stacked like vmap's. On a
-    CUDA device with ``streams`` > 1, member k runs on side stream k % streams, so the small
-    kernels of several members (the last stages of a ResNet, say) can share the GPU; the side
-    streams fork from and join back into the calling stream, which a CUDA graph records too."""
+def _looped(net: FunctionalNet, channels_last: bool, streams: int = 1) -> Callable:
+    """Each member's training loss and gradient in turn, by plain autograd on views of the
+    stacked tensors (:class:`landscape.functional.BoundModule`: the module's own forward, no
+    functorch), results stacked like vmap's; a pack of one costs what one ``nn.Module`` step
+    costs. On a CUDA device with ``streams`` > 1, member k runs on side stream k % streams,
+    so the small kernels of several members (the last stages of a ResNet, say) can share the
+    GPU; the side streams fork from and join back into the calling stream, which a CUDA graph
+    records too."""
     inputs = channels_last_images if channels_last else (lambda x: x)
     side: dict[torch.device, list[torch.cuda.Stream]] = {}
+    bound = BoundModule(net, train=True)
 
     def one(params: Params, buffers: Params, x: Tensor, y: Tensor, k: int):
-        return member(
-            {n: p[k] for n, p in params.items()},
-            {n: b[k] for n, b in buffers.items()},  # views: BN stats update in place
-            inputs(x[k]),
-            y[k],
-        )
+        leaves = [p[k].detach().requires_grad_() for p in params.values()]
+        with torch.enable_grad():
+            # buffers as views: BatchNorm statistics update in place in the stack
+            logits = bound(leaves, [b[k] for b in buffers.values()], inputs(x[k]))
+            loss, acc = classification_loss(logits, y[k])
+            grads = torch.autograd.grad(loss, leaves)
+        loss = loss.detach()
+        return dict(zip(params, grads)), (loss, (loss, acc))
 
     def run(params: Params, buffers: Params, x: Tensor, y: Tensor):
         K = x.shape[0]
@@ -240,7 +245,10 @@ def _looped(member: Callable, channels_last: bool, streams: int = 1) -> Callable
                 outs = _on_streams(side[x.device], K, lambda k: one(params, buffers, x, y, k))
             else:
                 outs = [one(params, buffers, x, y, k) for k in range(K)]
-        grads = {n: torch.stack([o[0][n] for o in outs]) for n in params}
+        if K == 1:  # a view with the member dimension, not a copy
+            grads = {n: g.unsqueeze(0) for n, g in outs[0][0].items()}
+        else:
+            grads = {n: torch.stack([o[0][n] for o in outs]) for n in params}
         value = torch.stack([o[1][0] for o in outs])
         loss = torch.stack([o[1][1][0] for o in outs])
         acc = torch.stack([o[1][1][1] for o in outs])
