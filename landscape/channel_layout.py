@@ -28,9 +28,8 @@ import types
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from landscape.functional import FunctionalNet, Params
+from landscape.functional import BoundModule, FunctionalNet, Params
 from landscape.objective import classification_loss
 
 __all__ = ["PackedNet", "channels_last_images", "member_losses", "pack_inputs"]
@@ -97,7 +96,7 @@ class PackedNet:
     x_packed)`` with stacked parameters and buffers (K, ...) returns (N, K, classes)."""
 
     def __init__(self, net: FunctionalNet):
-        self.module = copy.deepcopy(net.module)  # meta-device template; never holds weights
+        self.module = copy.deepcopy(net.module)  # a meta-device copy, its layers rewritten
         for name, sub in self.module.named_modules():
             own = list(sub.parameters(recurse=False))
             kind = next((fn for cls, fn in _PACKED if isinstance(sub, cls)), None)
@@ -109,13 +108,13 @@ class PackedNet:
                 raise ValueError(
                     f"packed layout does not support {type(sub).__name__} ({name or 'model'})"
                 )
+        self.bound = BoundModule(net, self.module)  # called with the stacked tensors set in it
 
     def logits(self, params: Params, buffers: Params, x: Tensor, train: bool) -> Tensor:
         """x packed (N, K*C, ...) -> logits (N, K, classes); BatchNorm statistics of every
         member update in place in ``buffers`` when ``train``."""
         K = next(iter(params.values())).shape[0]
-        self.module.train(train)
-        out = functional_call(self.module, (params, buffers), (x,), strict=True)
+        out = self.bound(params, buffers, x, train)
         return out.reshape(out.shape[0], K, -1)
 
     def losses(self, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:

@@ -138,13 +138,15 @@ class BoundModule:
     tensors set into its modules by hand: ``torch.func.functional_call`` without its per-call
     cost (it re-derives every module path and swaps with guards and a context manager: about
     three times a small MLP's forward on a CPU). The same module forward on the same tensors,
-    so the same kernels and numbers. The copy is left in train or eval mode as ``train`` says;
-    the tensors of the last call stay set in it until the next (views of the caller's, no
-    copies). An architecture with a parameter or buffer registered twice (tied) is refused:
-    use :meth:`FunctionalNet.logits` there."""
+    so the same kernels and numbers. ``module`` is a copy of ``net.module`` to call instead
+    (the packed layout's, whose layers are rewritten); the tensors of the last call stay set
+    in it until the next (the caller's own, no copies). An architecture with a parameter or
+    buffer registered twice (tied) is refused: use :meth:`FunctionalNet.logits` there."""
 
-    def __init__(self, net: FunctionalNet, train: bool):
-        self.module = copy.deepcopy(net.module).train(train)
+    def __init__(self, net: FunctionalNet, module: nn.Module | None = None):
+        self.module = copy.deepcopy(net.module) if module is None else module
+        self.names = (net.param_names, net.buffer_names)
+        self.training: bool | None = None  # the mode the copy was last put in
         named = dict(self.module.named_modules())
 
         def slot(name: str, table: str) -> tuple[dict, str]:
@@ -158,13 +160,17 @@ class BoundModule:
         if every != len(self.param_slots) + len(self.buffer_slots):
             raise ValueError("BoundModule: the architecture ties parameters or buffers")
 
-    def __call__(self, params: Sequence[Tensor], buffers: Sequence[Tensor], x: Tensor) -> Tensor:
-        """Logits of one member: parameters and buffers in ``net.param_names`` /
-        ``net.buffer_names`` order, x (N, *input_shape) -> (N, C)."""
-        for (table, leaf), t in zip(self.param_slots, params, strict=True):
-            table[leaf] = t
-        for (table, leaf), t in zip(self.buffer_slots, buffers, strict=True):
-            table[leaf] = t
+    def __call__(self, params: Params, buffers: Params, x: Tensor, train: bool) -> Tensor:
+        """The module's output for ``x`` with these parameters and buffers (every name of
+        the architecture; BatchNorm statistics update in place in ``buffers`` when
+        ``train``): one member's logits (N, C) for x (N, *input_shape)."""
+        if train is not self.training:
+            self.module.train(train)
+            self.training = train
+        for (table, leaf), name in zip(self.param_slots, self.names[0]):
+            table[leaf] = params[name]
+        for (table, leaf), name in zip(self.buffer_slots, self.names[1]):
+            table[leaf] = buffers[name]
         return self.module(x)
 
 

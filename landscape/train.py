@@ -224,17 +224,17 @@ def _looped(net: FunctionalNet, channels_last: bool, streams: int = 1) -> Callab
     records too."""
     inputs = channels_last_images if channels_last else (lambda x: x)
     side: dict[torch.device, list[torch.cuda.Stream]] = {}
-    bound = BoundModule(net, train=True)
+    bound = BoundModule(net)
 
     def one(params: Params, buffers: Params, x: Tensor, y: Tensor, k: int):
-        leaves = [p[k].detach().requires_grad_() for p in params.values()]
+        leaves = {n: p[k].detach().requires_grad_() for n, p in params.items()}
+        views = {n: b[k] for n, b in buffers.items()}  # BN statistics update in the stack
         with torch.enable_grad():
-            # buffers as views: BatchNorm statistics update in place in the stack
-            logits = bound(leaves, [b[k] for b in buffers.values()], inputs(x[k]))
+            logits = bound(leaves, views, inputs(x[k]), train=True)
             loss, acc = classification_loss(logits, y[k])
-            grads = torch.autograd.grad(loss, leaves)
+            grads = torch.autograd.grad(loss, list(leaves.values()))
         loss = loss.detach()
-        return dict(zip(params, grads)), (loss, (loss, acc))
+        return dict(zip(leaves, grads)), (loss, (loss, acc))
 
     def run(params: Params, buffers: Params, x: Tensor, y: Tensor):
         K = x.shape[0]

@@ -29,15 +29,18 @@ def test_bound_module_equals_functional_call(spec, shape, vocab):
         x = torch.randn(6, *shape, generator=g)
     ref_buffers = {n: b.clone() for n, b in buffers.items()}
     expected = net.logits(params, ref_buffers, x, train=True)
-    bound = BoundModule(net, train=True)
-    got = bound(list(params.values()), list(buffers.values()), x)
+    bound = BoundModule(net)
+    got = bound(params, buffers, x, train=True)
     assert torch.equal(got, expected)
     for n in buffers:  # the running statistics moved the same way, in the caller's tensors
         assert torch.equal(buffers[n], ref_buffers[n]), n
     leaves = [p.detach().requires_grad_() for p in params.values()]
     y = torch.arange(6) % 10
     by_autograd = torch.autograd.grad(
-        nn.functional.cross_entropy(bound(leaves, list(ref_buffers.values()), x), y), leaves
+        nn.functional.cross_entropy(
+            bound(dict(zip(params, leaves)), ref_buffers, x, train=True), y
+        ),
+        leaves,
     )
     by_functorch = grad(
         lambda p, b: nn.functional.cross_entropy(net.logits(p, b, x, train=True), y)
@@ -57,4 +60,4 @@ def test_a_tied_architecture_is_refused():
             return self.b(self.a(x))
 
     with pytest.raises(ValueError, match="ties parameters"):
-        BoundModule(FunctionalNet(Tied()), train=True)
+        BoundModule(FunctionalNet(Tied()))
