@@ -334,7 +334,8 @@ def _device_step(
 ) -> tuple[Tensor, Tensor]:
     """The device half of :func:`train_step`: every state change is in place on tensors that
     live across steps and nothing is read back to the host, so it can be recorded once as a
-    CUDA graph and replayed (:class:`GraphedTrainStep`)."""
+    CUDA graph and replayed (:class:`GraphedTrainStep`). On a CPU, where reading a value
+    costs no wait, the bookkeeping of deaths is skipped when every member is alive."""
     step = opt.device_step()
     with autocast(x.device, precision):
         grads, loss, acc = step_fn(stack.params, stack.buffers, x, y)
@@ -344,6 +345,8 @@ def _device_step(
         opt.spec, stack.params, grads, opt.state, opt.hypers, lr, step,
         opt.alive & torch.isfinite(loss),
     )  # fmt: skip
+    if x.device.type == "cpu" and bool(alive.all()):  # no one died now or before: no change
+        return loss, acc
     opt.diverged_step.copy_(torch.where(opt.alive & ~alive, step, opt.diverged_step))
     opt.alive.copy_(alive)
     for b in stack.buffers.values():  # BatchNorm statistics of a dead member: zero too
