@@ -124,17 +124,18 @@ class PackedNet:
         return member_losses(self.logits(params, buffers, pack_inputs(x), train=False), y)
 
 
-def packed_grad_and_value(packed: PackedNet, channels_last: bool = False):
+def packed_grad_and_value(packed: PackedNet, channels_last: bool = False, accuracy: bool = True):
     """(params, buffers, x (K, N, ...), y (K, N)) -> (grads, (loss sum, (loss (K,), acc (K,))))
-    for a training step in train mode: the structure ``StepFn`` returns for vmap. With
-    ``channels_last``, image activations on a CUDA device are NHWC (K*C channels)."""
+    for a training step in train mode: the structure ``StepFn`` returns for vmap (acc None
+    without ``accuracy``). With ``channels_last``, image activations on a CUDA device are
+    NHWC (K*C channels)."""
 
     def run(params: Params, buffers: Params, x: Tensor, y: Tensor):
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
         xp = channels_last_images(pack_inputs(x)) if channels_last else pack_inputs(x)
         with torch.enable_grad():
             logits = packed.logits(leaves, buffers, xp, train=True)  # (N, K, C)
-            loss, acc = classification_loss(logits, y, reduction="members")  # (K,) each
+            loss, acc = classification_loss(logits, y, "members", accuracy)  # (K,) each
             grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
         total = loss.detach().sum()
         return dict(zip(leaves, grads)), (total, (loss.detach(), acc))

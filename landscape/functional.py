@@ -117,7 +117,7 @@ class FunctionalNet:
         self, params: Params, buffers: Params, x: Tensor, y: Tensor, train: bool = False
     ) -> Tensor:
         """Mean cross-entropy of one member (no weight-decay term)."""
-        return classification_loss(self.logits(params, buffers, x, train), y)[0]
+        return classification_loss(self.logits(params, buffers, x, train), y, accuracy=False)[0]
 
     def loss_fn(self, buffers: Params, x: Tensor, y: Tensor) -> Callable[[Params], Tensor]:
         """``params -> loss`` for one member with buffers and data closed over (eval mode)."""

@@ -23,8 +23,8 @@ def loss_precision(t: Tensor) -> Tensor:
 
 
 def classification_loss(
-    logits: Tensor, y: Tensor, reduction: str = "mean"
-) -> tuple[Tensor, Tensor]:
+    logits: Tensor, y: Tensor, reduction: str = "mean", accuracy: bool = True
+) -> tuple[Tensor, Tensor | None]:
     """Cross-entropy of ``logits`` against labels ``y`` and the predictions that were right.
 
     - ``mean``: logits (N, C), y (N,) -> (mean cross-entropy, fraction correct), 0-dim;
@@ -34,13 +34,17 @@ def classification_loss(
 
     The cross-entropy is in :func:`loss_precision` (float32 under bf16 autocast, float64 for
     float64 logits); the correct count is a float32 (its argmax is that of ``logits``, which
-    the cast does not change). Only the cross-entropy carries a gradient.
+    the cast does not change). Only the cross-entropy carries a gradient. Without
+    ``accuracy`` the second value is None (what a loss alone costs: four kernels fewer).
     """
     if reduction == "members":
         losses = F.cross_entropy(loss_precision(logits).permute(0, 2, 1), y.T, reduction="none")
-        return losses.mean(0), (logits.argmax(-1) == y.T).float().mean(0)
+        acc = (logits.argmax(-1) == y.T).float().mean(0) if accuracy else None
+        return losses.mean(0), acc
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
     loss = F.cross_entropy(loss_precision(logits), y, reduction=reduction)
+    if not accuracy:
+        return loss, None
     hits = (logits.argmax(-1) == y).float()
     return loss, hits.mean() if reduction == "mean" else hits.sum()

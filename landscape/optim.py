@@ -53,6 +53,9 @@ class MemberHypers:
     lr: Tensor
     momentum: Tensor
     weight_decay: Tensor
+    # whether any member decays its weights (known on the host): without, the update skips
+    # the decay term, whose value would be + 0 * p (as torch.optim skips it for 0)
+    decays: bool = True
 
     @staticmethod
     def from_specs(specs: Sequence[OptimSpec], device: torch.device | str) -> MemberHypers:
@@ -60,7 +63,8 @@ class MemberHypers:
             return torch.tensor([float(getattr(s, name)) for s in specs], device=device)
 
         lr = torch.tensor([base_lr(s) for s in specs], device=device)
-        return MemberHypers(lr=lr, momentum=col("momentum"), weight_decay=col("weight_decay"))
+        decays = any(s.weight_decay != 0 for s in specs)
+        return MemberHypers(lr, col("momentum"), col("weight_decay"), decays)
 
 
 def base_lr(spec: OptimSpec) -> float:
@@ -103,7 +107,12 @@ class _Local:
 
     lr: Tensor
     momentum: Tensor
-    weight_decay: Tensor
+    weight_decay: Tensor | None  # None: no member decays (MemberHypers.decays)
+
+
+def _l2(g: Tensor, p: Tensor, h: _Local) -> Tensor:
+    """The gradient with L2 weight decay added: g + wd * p."""
+    return g if h.weight_decay is None else g + h.weight_decay * p
 
 
 Slots = dict[str, Tensor]
@@ -115,7 +124,7 @@ def _sgd(
 ) -> tuple[Tensor, Slots]:
     # g += wd*p; buf = mu*buf + g; p -= lr*(g + mu*buf if nesterov else buf). The buffer starts
     # at zeros, so step 1 gives buf = g exactly, as torch's clone of the first gradient does.
-    g = g + h.weight_decay * p
+    g = _l2(g, p, h)
     buf = h.momentum * s["momentum_buffer"] + g
     direction = g + h.momentum * buf if spec.nesterov else buf
     return p - h.lr * direction, {"momentum_buffer": buf}
@@ -137,13 +146,14 @@ def _adam_core(
 def _adam(
     spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: Tensor
 ) -> tuple[Tensor, Slots]:
-    return _adam_core(spec, p, g + h.weight_decay * p, s, h, step)  # L2: decay through the gradient
+    return _adam_core(spec, p, _l2(g, p, h), s, h, step)  # L2: decay through the gradient
 
 
 def _adamw(
     spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: Tensor
 ) -> tuple[Tensor, Slots]:
-    return _adam_core(spec, p * (1 - h.lr * h.weight_decay), g, s, h, step)  # decoupled decay first
+    decayed = p if h.weight_decay is None else p * (1 - h.lr * h.weight_decay)
+    return _adam_core(spec, decayed, g, s, h, step)  # decoupled decay first
 
 
 def _rmsprop(
@@ -151,7 +161,7 @@ def _rmsprop(
 ) -> tuple[Tensor, Slots]:
     # g += wd*p; sq = alpha*sq + (1-alpha)*g^2; buf = mu*buf + g/(sqrt(sq) + eps); p -= lr*buf
     # (with mu = 0 the buffer is exactly g/(sqrt(sq) + eps): torch's momentum-free update)
-    g = g + h.weight_decay * p
+    g = _l2(g, p, h)
     sq = s["square_avg"] * spec.alpha + (1 - spec.alpha) * g * g
     buf = h.momentum * s["momentum_buffer"] + g / (sq.sqrt() + spec.eps)
     return p - h.lr * buf, {"square_avg": sq, "momentum_buffer": buf}
@@ -161,7 +171,7 @@ def _adagrad(
     spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, step: Tensor
 ) -> tuple[Tensor, Slots]:
     # g += wd*p; sum += g^2; p -= lr * g/(sqrt(sum) + eps)   (lr_decay 0, initial accumulator 0)
-    g = g + h.weight_decay * p
+    g = _l2(g, p, h)
     acc = s["sum"] + g * g
     return p - h.lr * g / (acc.sqrt() + spec.eps), {"sum": acc}
 
@@ -294,7 +304,8 @@ def apply_update(
     lr_p = lr.to(dtype)[:, None]
     if state.lr_row is not None:
         lr_p = lr_p * state.lr_row
-    h = _Local(lr_p, hypers.momentum.to(dtype)[:, None], hypers.weight_decay.to(dtype)[:, None])
+    wd = hypers.weight_decay.to(dtype)[:, None] if hypers.decays else None
+    h = _Local(lr_p, hypers.momentum.to(dtype)[:, None], wd)
     new_p, new = rule(spec, p, state.flatten(grads).to(dtype), state.flat, h, step)
     finite = alive.bool() & (new_p.abs().amax(1) < DIVERGED_ABOVE)  # False for NaN and inf too
     if p.device.type == "cpu" and bool(finite.all()):  # a host read costs no wait on a CPU

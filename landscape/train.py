@@ -143,15 +143,17 @@ class StepFn:
     mode: str = "vmap"
     channels_last: bool = False  # loop/packed modes, images on CUDA: NHWC activations
     streams: int = 1  # loop mode on CUDA: members spread over this many side streams
+    # the minibatch accuracy besides the loss (loop and packed skip it when False: acc None)
+    accuracy: bool = True
     fn: Callable = field(init=False)
 
     def __post_init__(self) -> None:
         if self.mode == "vmap":
             g = vmap(grad_and_value(_member_train_loss(self.net), has_aux=True))
         elif self.mode == "loop":
-            g = _looped(self.net, self.channels_last, self.streams)
+            g = _looped(self.net, self.channels_last, self.streams, self.accuracy)
         elif self.mode == "packed":
-            g = packed_grad_and_value(PackedNet(self.net), self.channels_last)
+            g = packed_grad_and_value(PackedNet(self.net), self.channels_last, self.accuracy)
         else:
             raise ValueError(f"StepFn mode must be vmap, loop or packed, got {self.mode!r}")
         self.fn = torch.compile(g) if self.compile else g
@@ -214,7 +216,9 @@ def _packable(
     return True
 
 
-def _looped(net: FunctionalNet, channels_last: bool, streams: int = 1) -> Callable:
+def _looped(
+    net: FunctionalNet, channels_last: bool, streams: int = 1, accuracy: bool = True
+) -> Callable:
     """Each member's training loss and gradient in turn, by plain autograd on views of the
     stacked tensors (:class:`landscape.functional.BoundModule`: the module's own forward, no
     functorch), results stacked like vmap's; a pack of one costs what one ``nn.Module`` step
@@ -231,7 +235,7 @@ def _looped(net: FunctionalNet, channels_last: bool, streams: int = 1) -> Callab
         views = {n: b[k] for n, b in buffers.items()}  # BN statistics update in the stack
         with torch.enable_grad():
             logits = bound(leaves, views, inputs(x[k]), train=True)
-            loss, acc = classification_loss(logits, y[k])
+            loss, acc = classification_loss(logits, y[k], accuracy=accuracy)
             grads = torch.autograd.grad(loss, list(leaves.values()))
         loss = loss.detach()
         return dict(zip(leaves, grads)), (loss, (loss, acc))
@@ -245,14 +249,15 @@ def _looped(net: FunctionalNet, channels_last: bool, streams: int = 1) -> Callab
                 outs = _on_streams(side[x.device], K, lambda k: one(params, buffers, x, y, k))
             else:
                 outs = [one(params, buffers, x, y, k) for k in range(K)]
-        if K == 1:  # a view with the member dimension, not a copy
+        if K == 1:  # views with the member dimension, not copies
             grads = {n: g.unsqueeze(0) for n, g in outs[0][0].items()}
+            loss, acc = outs[0][1][1]
+            loss, acc = loss[None], acc[None] if accuracy else None
         else:
             grads = {n: torch.stack([o[0][n] for o in outs]) for n in params}
-        value = torch.stack([o[1][0] for o in outs])
-        loss = torch.stack([o[1][1][0] for o in outs])
-        acc = torch.stack([o[1][1][1] for o in outs])
-        return grads, (value, (loss, acc))
+            loss = torch.stack([o[1][1][0] for o in outs])
+            acc = torch.stack([o[1][1][1] for o in outs]) if accuracy else None
+        return grads, (loss, (loss, acc))
 
     return run
 
@@ -524,6 +529,7 @@ def train_pack(
     mode = step_mode(first, dataset.input_shape, dataset.num_classes, device, dataset.vocab)
     step_fn = StepFn(
         net,
+        accuracy=False,  # training reads the minibatch loss alone
         compile=first.train.compile,
         mode=mode,
         channels_last=mode != "vmap",
