@@ -19,6 +19,9 @@ bf16 matrix-multiply peak measured in the same run. No Ray. JSON out.
     python benchmarks/bench_packing.py --device cuda --model resnet18 --widths 4 8 16 32 64 \
         --pack-sizes 8 32 64 --modes graph --out bench_packing.json
     python benchmarks/bench_packing.py --quick        # CPU smoke run, under a minute
+    python benchmarks/bench_packing.py --device cpu --threads 1 --model mlp --input-shape 1 8 8 \
+        --precision fp32 --batch-norm off --weight-decay 0 --widths 8 16 32 64 \
+        --batch-size 16 128 --pack-sizes 1 2 4 16 --step-modes auto loop packed  # the demo's
 """
 
 from __future__ import annotations
@@ -90,14 +93,19 @@ def make_packed(
 ) -> tuple[Callable[[], object], str]:
     """A packed step of K members (fresh stack and optimiser state) and its resolved
     ``train.pack_step`` (``auto`` decides as ``landscape.train.train_pack`` does)."""
-    shape, B = tuple(args.input_shape), args.batch_size
+    shape, B = tuple(args.input_shape), optim.batch_size
     train = TrainSpec(precision=args.precision, pack_step=step_mode, pack_streams=streams)
     variants = [Variant(model=spec, optim=optim, train=train, seed=s) for s in range(K)]
-    resolved = step_mode_of(variants[0], shape, args.classes, device)
+    resolved = step_mode_of(variants[0], shape, args.classes, device, members=K)
     net, stack = init_stack(lambda: build_model(spec, shape, args.classes), range(K), device)
     state = new_optim_state([v.optim for v in variants], stack)
-    step_fn = StepFn(
-        net, compile=args.compile, mode=resolved, channels_last=resolved != "vmap", streams=streams
+    step_fn = StepFn(  # as train_pack builds it (the minibatch accuracy is not read)
+        net,
+        accuracy=False,
+        compile=args.compile,
+        mode=resolved,
+        channels_last=resolved != "vmap",
+        streams=streams,
     )
     xs = torch.randn(K, B, *shape, device=device)
     ys = torch.randint(args.classes, (K, B), device=device)
@@ -108,18 +116,20 @@ def make_packed(
     return (lambda: train_step(step_fn, stack, state, xs, ys, lr, args.precision)), resolved
 
 
-def bench_width(args, device: torch.device, width: int, pack_sizes: list[int]) -> list[dict]:
-    spec = ModelSpec(args.model, width=width, batch_norm=True)
+def bench_width(
+    args, device: torch.device, width: int, pack_sizes: list[int], B: int
+) -> list[dict]:
+    spec = ModelSpec(args.model, width=width, batch_norm=args.batch_norm == "on")
     shape = tuple(args.input_shape)
-    B = args.batch_size
     x1 = torch.randn(B, *shape, device=device)
     y1 = torch.randint(args.classes, (B,), device=device)
-    optim = OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4, batch_size=B)
+    wd = args.weight_decay
+    optim = OptimSpec(lr=0.05, momentum=0.9, weight_decay=wd, batch_size=B)
 
     # the usual eager loop: one model, torch.optim, autocast at the same precision
     model = build_model(spec, shape, args.classes).to(device)
     flops = model_forward_flops(spec, shape, args.classes) * B
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=wd)
 
     def sequential_step() -> None:
         with autocast(device, args.precision):
@@ -134,7 +144,8 @@ def bench_width(args, device: torch.device, width: int, pack_sizes: list[int]) -
             args.step_modes, args.streams, args.modes
         ):
             row = {"model": args.model, "width": width, "pack": K, "step": step_mode,
-                   "streams": streams, "mode": mode, "batch": B, "precision": args.precision}  # fmt: skip
+                   "streams": streams, "mode": mode, "batch": B, "precision": args.precision,
+                   "batch_norm": args.batch_norm, "weight_decay": wd}  # fmt: skip
             try:
                 packed, row["step"] = make_packed(
                     args, device, spec, optim, K, mode, step_mode, streams
@@ -183,7 +194,14 @@ def main() -> None:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--widths", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     p.add_argument("--pack-sizes", type=int, nargs="+", default=[8, 32])
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, nargs="+", default=[128], help="one or several")
+    p.add_argument(
+        "--batch-norm", choices=["on", "off"], default="on", help="model.batch_norm (demo: off)"
+    )
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="optim.weight_decay (demo: 0)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: torch's default; workers: 1)"
+    )
     p.add_argument("--input-shape", type=int, nargs=3, default=[3, 32, 32])
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
@@ -219,16 +237,23 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.model, args.widths, args.pack_sizes = "cnn", [4, 8], [4, 8]
-        args.batch_size, args.steps, args.warmup, args.precision = 32, 5, 1, "fp32"
+        args.batch_size, args.steps, args.warmup, args.precision = [32], 5, 1, "fp32"
         args.rounds = 1
     device = torch.device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.modes is None:
         args.modes = ["eager", "graph"] if device.type == "cuda" else ["eager"]
     torch.manual_seed(0)
     peak_n = 8192 if device.type == "cuda" else 1024
     peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = matmul_peak(device, peak_n, peak_dtype)
-    rows = [r for w in args.widths for r in bench_width(args, device, w, args.pack_sizes)]
+    rows = [
+        r
+        for B in args.batch_size
+        for w in args.widths
+        for r in bench_width(args, device, w, args.pack_sizes, B)
+    ]
     for r in rows:
         if "packed_tflops" in r:
             r["packed_fraction_of_peak"] = round(r["packed_tflops"] / peak, 4)

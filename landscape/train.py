@@ -167,6 +167,8 @@ class StepFn:
 # a CIFAR ResNet18 of width 32 (3.6e10 at batch 128) and width 64 (1.4e11), where the measured
 # crossover lies (``step_mode``).
 LOOP_FLOPS = 7e10
+# Packs of at most this many members run member by member on a CPU (``step_mode``).
+LOOP_MEMBERS_CPU = 2
 
 
 def step_mode(
@@ -175,12 +177,18 @@ def step_mode(
     num_classes: int,
     device: torch.device,
     vocab: int = 0,
+    members: int = 0,
 ) -> str:
     """``train.pack_step`` resolved. ``auto`` picks what ``bench_packing.py`` measured fastest
     among the modes that keep a diverging member to itself:
 
-    - on a CPU, ``packed`` (1.3-1.6x vmap's speed on this project's CPU) when the model's
-      layers allow it, else ``loop``: for a one-layer transformer (d_model 128, p = 97 token
+    - on a CPU, ``loop`` for a pack of at most :data:`LOOP_MEMBERS_CPU` ``members`` (a
+      pack of one is then a plain module's step): on the demo's MLPs (widths 8-64, batch 16
+      and 128, 8x8 digits, SGD momentum, one thread, 2-core x86_64 shared) ``loop`` ran at
+      1.6-1.8x ``packed``'s model-steps/s at one member and 1.1-1.2x at two, ``packed`` at
+      1.1-1.4x ``loop``'s at four and 1.8-3.5x at sixteen (``bench_packing.py``);
+      larger packs run ``packed`` (1.3-1.6x vmap's speed on this project's CPU) when the
+      model's layers allow it, else ``loop``: for a one-layer transformer (d_model 128, p = 97 token
       triples, full batch of 2,822, AdamW) ``benchmarks/bench_transformer_modes.py`` measured
       vmap at 0.98x, 1.08x and 1.7x loop's time per step at 1, 4 and 8 members (2-core x86_64,
       one thread);
@@ -196,6 +204,8 @@ def step_mode(
     if variant.train.pack_step != "auto":
         return variant.train.pack_step
     if device.type != "cuda":
+        if 0 < members <= LOOP_MEMBERS_CPU:
+            return "loop"
         packable = _packable(variant.model, tuple(input_shape), num_classes, vocab)
         return "packed" if packable else "loop"
     flops = model_forward_flops(variant.model, tuple(input_shape), num_classes, vocab)
@@ -229,10 +239,26 @@ def _looped(
     inputs = channels_last_images if channels_last else (lambda x: x)
     side: dict[torch.device, list[torch.cuda.Stream]] = {}
     bound = BoundModule(net)
+    made: dict[int, tuple[list[Tensor], Params, Params]] = {}
+
+    def member_tensors(params: Params, buffers: Params, k: int) -> tuple[Params, Params]:
+        """Member k's parameters as autograd leaves and its buffers as views, made once per
+        set of stacked tensors: they share the stack's storage, so its in-place updates
+        reach them (the stacked tensors are held, so an identity check is sound)."""
+        sources = [*params.values(), *buffers.values()]
+        hit = made.get(k)
+        if (
+            hit is None
+            or len(hit[0]) != len(sources)
+            or any(a is not b for a, b in zip(hit[0], sources))
+        ):
+            leaves = {n: p[k].detach().requires_grad_() for n, p in params.items()}
+            views = {n: b[k] for n, b in buffers.items()}  # BN statistics update in the stack
+            made[k] = hit = (sources, leaves, views)
+        return hit[1], hit[2]
 
     def one(params: Params, buffers: Params, x: Tensor, y: Tensor, k: int):
-        leaves = {n: p[k].detach().requires_grad_() for n, p in params.items()}
-        views = {n: b[k] for n, b in buffers.items()}  # BN statistics update in the stack
+        leaves, views = member_tensors(params, buffers, k)
         with torch.enable_grad():
             logits = bound(leaves, views, inputs(x[k]), train=True)
             loss, acc = classification_loss(logits, y[k], accuracy=accuracy)
@@ -348,7 +374,7 @@ def _device_step(
     # dead from this step on: a non-finite loss, or parameters the update made non-finite/huge
     alive = apply_update(
         opt.spec, stack.params, grads, opt.state, opt.hypers, lr, step,
-        opt.alive & torch.isfinite(loss),
+        opt.alive & (loss.abs() < math.inf),  # torch.isfinite's truth in two kernels, not four
     )  # fmt: skip
     if x.device.type == "cpu" and bool(alive.all()):  # no one died now or before: no change
         return loss, acc
@@ -526,7 +552,9 @@ def train_pack(
     )
     init = stack.clone()
     opt = new_optim_state([v.optim for v in variants], stack)
-    mode = step_mode(first, dataset.input_shape, dataset.num_classes, device, dataset.vocab)
+    mode = step_mode(
+        first, dataset.input_shape, dataset.num_classes, device, dataset.vocab, members=K
+    )
     step_fn = StepFn(
         net,
         accuracy=False,  # training reads the minibatch loss alone

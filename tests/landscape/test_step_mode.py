@@ -64,3 +64,14 @@ def test_a_transformer_on_a_cpu_runs_members_in_turn():
     """The packed layout refuses attention, and vmap measured up to 1.7x loop's time."""
     v = Variant(model=ModelSpec("transformer", width=16, depth=1, heads=2), optim=OptimSpec())
     assert step_mode(v, (3,), 7, CPU, vocab=8) == "loop"
+
+
+@pytest.mark.parametrize(
+    ("members", "expected"),
+    [(1, "loop"), (2, "loop"), (3, "packed"), (16, "packed"), (0, "packed")],
+)
+def test_small_packs_run_member_by_member_on_a_cpu(members, expected):
+    """At one or two members ``loop`` measured fastest on a CPU (a pack of one is a plain
+    module's step), from four on ``packed`` (``landscape.train.step_mode``); 0: not given."""
+    assert step_mode(_resnet(4), *CIFAR, CPU, members=members) == expected
+    assert step_mode(_resnet(4), *CIFAR, CUDA, members=members) == "vmap"  # the GPU's rule
