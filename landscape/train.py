@@ -10,8 +10,9 @@ label noise, so a pack of K ends where K solo runs would (tests check this).
 A member whose loss turns NaN or inf, or whose update makes a parameter non-finite (or
 larger than :data:`landscape.optim.DIVERGED_ABOVE`), is marked diverged at that step; from
 then on its parameters, optimiser state and BatchNorm statistics are zero (so no NaN of it can reach the others through a batched kernel) and its
-losses and accuracies read NaN. The others go on unchanged. No host sync in the hot loop:
-divergence is tracked with tensor ops and read once per epoch.
+losses and accuracies read NaN. The others go on unchanged. No host sync in the hot loop on
+a GPU: divergence is tracked with tensor ops and read once per epoch (on a CPU, where a read
+costs no wait, each step reads whether every member is alive and skips the masking if so).
 """
 
 from __future__ import annotations
@@ -130,8 +131,9 @@ class StepFn:
     ``vmap`` (the default) batches the members into each kernel (a convolution becomes one
     grouped convolution over the pack): the fast way for small models, whose kernels are
     too small to fill a GPU. ``loop`` runs the members one after another on views of the
-    stacked tensors, each with the library's ordinary kernels: for wide models whose
-    kernels fill the GPU on their own, recorded as one CUDA graph (:class:`GraphedTrainStep`);
+    stacked tensors, each with the library's ordinary kernels and plain autograd: on a CPU
+    the fastest for one or two members (:func:`step_mode`), on a GPU for wide models whose
+    kernels fill it on their own, recorded as one CUDA graph (:class:`GraphedTrainStep`);
     with ``streams`` > 1 the members are spread over that many CUDA streams.
     ``packed`` keeps the members side by side in the channel dimension between layers and
     takes ordinary autograd gradients (:mod:`landscape.channel_layout`): vmap's kernels without its
