@@ -11,6 +11,11 @@ For each width k and pack size K: model-steps per second of
   after another in channels-last layout for large ones; ``--step-modes`` forces one, or picks
   ``packed``: members side by side in the channel dimension, see ``landscape.channel_layout``).
 
+``--model transformer`` measures issue #24's setting instead of images: one-block pre-LN
+transformers of width d_model (4 heads, MLP 4 x d_model) on the token triples (a, b, =) of
+modular addition with p = 97 (vocab 98, 97 classes), a full batch of 2,822 examples (30% of the
+p^2 pairs), AdamW (lr 1e-3, weight decay 1) for both the plain module and the pack.
+
 The two are timed in alternating rounds (``--rounds``) so that drifts of a shared machine
 reach both; the medians give the speed-up = packed / sequential, per model. Achieved TFLOP/s
 = K x 3 x forward FLOPs (counted by ``torch.utils.flop_counter``) per step / time, against a
@@ -22,6 +27,8 @@ bf16 matrix-multiply peak measured in the same run. No Ray. JSON out.
     python benchmarks/bench_packing.py --device cpu --threads 1 --model mlp --input-shape 1 8 8 \
         --precision fp32 --batch-norm off --weight-decay 0 --widths 8 16 32 64 \
         --batch-size 16 128 --pack-sizes 1 2 4 16 --step-modes auto loop packed  # the demo's
+    python benchmarks/bench_packing.py --model transformer --widths 128 --pack-sizes 1 4 16 \
+        --precision fp32 --step-modes auto vmap loop --out bench_packing_transformer.json
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from landscape.functional import init_stack
 from landscape.models import build_model, model_forward_flops
@@ -81,6 +89,46 @@ def matmul_peak(device: torch.device, n: int, dtype: torch.dtype) -> float:
     return 2 * n**3 / sec / 1e12
 
 
+# issue #24's transformer setting: a + b mod 97 as token triples, 30% of the pairs, full batch
+MODADD_P, MODADD_N = 97, 2822
+
+
+def task(args) -> tuple[tuple[int, ...], int, int]:
+    """(input shape, classes, vocab) of the benchmark's data: images, or token triples."""
+    if args.model == "transformer":
+        return (3,), MODADD_P, MODADD_P + 1
+    return tuple(args.input_shape), args.classes, 0
+
+
+def model_spec(args, width: int) -> ModelSpec:
+    if args.model == "transformer":
+        return ModelSpec("transformer", width=width, depth=1, heads=4, mlp_ratio=4)
+    return ModelSpec(args.model, width=width, batch_norm=args.batch_norm == "on")
+
+
+def optim_spec(args, B: int) -> OptimSpec:
+    if args.model == "transformer":
+        return OptimSpec(name="adamw", lr=1e-3, weight_decay=1.0, batch_size=B)
+    return OptimSpec(lr=0.05, momentum=0.9, weight_decay=args.weight_decay, batch_size=B)
+
+
+def plain_optimizer(o: OptimSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """What a research script would use for the settings ``o``."""
+    if o.name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay
+    )
+
+
+def batch(args, lead: tuple[int, ...], B: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Random inputs (images, or token ids) and labels of shape (*lead, B, ...)."""
+    shape, classes, vocab = task(args)
+    size = (*lead, B, *shape)
+    x = torch.randint(vocab, size, device=device) if vocab else torch.randn(size, device=device)
+    return x, torch.randint(classes, (*lead, B), device=device)
+
+
 def make_packed(
     args,
     device: torch.device,
@@ -93,11 +141,11 @@ def make_packed(
 ) -> tuple[Callable[[], object], str]:
     """A packed step of K members (fresh stack and optimiser state) and its resolved
     ``train.pack_step`` (``auto`` decides as ``landscape.train.train_pack`` does)."""
-    shape, B = tuple(args.input_shape), optim.batch_size
+    (shape, classes, vocab), B = task(args), optim.batch_size
     train = TrainSpec(precision=args.precision, pack_step=step_mode, pack_streams=streams)
     variants = [Variant(model=spec, optim=optim, train=train, seed=s) for s in range(K)]
-    resolved = step_mode_of(variants[0], shape, args.classes, device, members=K)
-    net, stack = init_stack(lambda: build_model(spec, shape, args.classes), range(K), device)
+    resolved = step_mode_of(variants[0], shape, classes, device, vocab, members=K)
+    net, stack = init_stack(lambda: build_model(spec, shape, classes, vocab), range(K), device)
     state = new_optim_state([v.optim for v in variants], stack)
     step_fn = StepFn(  # as train_pack builds it (the minibatch accuracy is not read)
         net,
@@ -107,8 +155,7 @@ def make_packed(
         channels_last=resolved != "vmap",
         streams=streams,
     )
-    xs = torch.randn(K, B, *shape, device=device)
-    ys = torch.randint(args.classes, (K, B), device=device)
+    xs, ys = batch(args, (K,), B, device)
     lr = torch.full((K,), 0.05, device=device)
     if mode == "graph":
         graphed = GraphedTrainStep(step_fn, stack, state, args.precision)
@@ -119,17 +166,16 @@ def make_packed(
 def bench_width(
     args, device: torch.device, width: int, pack_sizes: list[int], B: int
 ) -> list[dict]:
-    spec = ModelSpec(args.model, width=width, batch_norm=args.batch_norm == "on")
-    shape = tuple(args.input_shape)
-    x1 = torch.randn(B, *shape, device=device)
-    y1 = torch.randint(args.classes, (B,), device=device)
-    wd = args.weight_decay
-    optim = OptimSpec(lr=0.05, momentum=0.9, weight_decay=wd, batch_size=B)
+    spec = model_spec(args, width)
+    shape, classes, vocab = task(args)
+    x1, y1 = batch(args, (), B, device)
+    optim = optim_spec(args, B)
+    wd = optim.weight_decay
 
     # the usual eager loop: one model, torch.optim, autocast at the same precision
-    model = build_model(spec, shape, args.classes).to(device)
-    flops = model_forward_flops(spec, shape, args.classes) * B
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=wd)
+    model = build_model(spec, shape, classes, vocab).to(device)
+    flops = model_forward_flops(spec, shape, classes, vocab) * B
+    opt = plain_optimizer(optim, model)
 
     def sequential_step() -> None:
         with autocast(device, args.precision):
@@ -194,7 +240,13 @@ def main() -> None:
     p.add_argument("--model", default="resnet18")
     p.add_argument("--widths", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     p.add_argument("--pack-sizes", type=int, nargs="+", default=[8, 32])
-    p.add_argument("--batch-size", type=int, nargs="+", default=[128], help="one or several")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=None,
+        help="one or several (default 128; transformer: the full batch, 2,822)",
+    )
     p.add_argument(
         "--batch-norm", choices=["on", "off"], default="on", help="model.batch_norm (demo: off)"
     )
@@ -235,6 +287,8 @@ def main() -> None:
     )
     p.add_argument("--out", default="bench_packing.json")
     args = p.parse_args()
+    if args.batch_size is None:
+        args.batch_size = [MODADD_N if args.model == "transformer" else 128]
     if args.quick:
         args.model, args.widths, args.pack_sizes = "cnn", [4, 8], [4, 8]
         args.batch_size, args.steps, args.warmup, args.precision = [32], 5, 1, "fp32"

@@ -11,13 +11,14 @@
 #     bash benchmarks/run_gpu.sh OUT_DIR streams surfaces        # at most 5 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR profile                 # at most 4 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR packing                 # at most 5.5 minutes
+#     bash benchmarks/run_gpu.sh OUT_DIR transformer             # at most 3 minutes
 #     bash benchmarks/run_gpu.sh OUT_DIR                         # all of them
 #     bash benchmarks/run_gpu.sh OUT_DIR grokking                # at most 10 minutes; not in "all"
 #
 # Needs torch with CUDA, torchvision, numpy and scikit-learn (no Ray, no Hydra): landscape/ is
 # imported from this checkout. Each step has a time limit, so one slow step cannot eat the rest.
 set -u
-all="tests replay taxonomy concurrency layouts hessian streams packing surfaces profile"
+all="tests replay taxonomy concurrency layouts hessian streams packing transformer surfaces profile"
 # grokking is named only explicitly (see its step)
 out=${1:?usage: bash benchmarks/run_gpu.sh OUT_DIR [STEP ...] (steps: $all)}
 shift
@@ -58,6 +59,12 @@ for step in $steps; do
         timeout 330 "$py" benchmarks/bench_packing.py --device cuda --model resnet18 \
             --widths 4 8 16 32 64 --pack-sizes 8 32 64 --modes graph --rounds 3 \
             --out "$out/bench_packing.json" | grep -E '^peak' ;;
+    transformer)  # issue 24's goal: 64 one-block transformers (d_model 128, a + b mod 97, full
+        # batch, AdamW, fp32) packed at >= 10x the model-steps/s of one nn.Module at a time
+        timeout 180 "$py" benchmarks/bench_packing.py --device cuda --model transformer \
+            --widths 128 --pack-sizes 1 8 64 --step-modes vmap loop --precision fp32 \
+            --steps 10 --warmup 3 --rounds 3 --out "$out/bench_packing_transformer.json" |
+            grep -E '^peak|"pack": 64' ;;
     surfaces)
         timeout 100 "$py" benchmarks/bench_surfaces.py --device cuda \
             --out "$out/bench_surfaces.json" > "$out/bench_surfaces.log" 2>&1 ;;

@@ -191,9 +191,9 @@ def step_mode(
       1.1-1.4x ``loop``'s at four and 1.8-3.5x at sixteen (``bench_packing.py``);
       larger packs run ``packed`` (1.3-1.6x vmap's speed on this project's CPU) when the
       model's layers allow it, else ``loop``: for a one-layer transformer (d_model 128, p = 97 token
-      triples, full batch of 2,822, AdamW) ``benchmarks/bench_transformer_modes.py`` measured
-      vmap at 0.98x, 1.08x and 1.7x loop's time per step at 1, 4 and 8 members (2-core x86_64,
-      one thread);
+      triples, full batch of 2,822, AdamW) ``bench_packing.py --model transformer`` measured
+      loop at 0.89x, 0.92x and 0.87x a plain module's model-steps/s at 1, 4 and 16 members,
+      vmap at 0.88x, 0.80x and 0.34x (2-core x86_64 shared, one thread);
     - on a CUDA device, ``loop`` when one member's batch is at least :data:`LOOP_FLOPS`
       forward FLOPs (its kernels fill the GPU alone), else ``vmap``. Measured on an H200
       (CIFAR ResNet18, batch 128, bf16, CUDA graphs, model-steps/s, vmap / packed / loop):
