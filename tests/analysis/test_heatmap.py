@@ -117,7 +117,7 @@ def test_seaborns_overlap_draw_is_skipped_in_draw_grid(monkeypatch):
     drawn = seaborn.matrix._draw_figure
     monkeypatch.setattr(seaborn.matrix, "_draw_figure", lambda fig: calls.append(drawn(fig)))
     frame = _labels_frame(long=True)
-    ax = metric_heatmap(frame, "m", "x", "y")
+    metric_heatmap(frame, "m", "x", "y")
     assert calls == []
     sns.heatmap(grid(frame, "m", "x", "y"), ax=plt.subplots()[1])
     assert len(calls) == 1
