@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from analysis.columns import Shown
 
@@ -59,6 +58,8 @@ def kendall_tau_test(x: Sequence[float], y: Sequence[float]) -> tuple[float, flo
     x, y = x[keep], y[keep]
     if len(x) < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return float("nan"), float("nan")
+    from scipy import stats  # here: importing scipy.stats costs 0.7 s, paid only when used
+
     result = stats.kendalltau(x, y, variant="b")
     return float(result.statistic), float(result.pvalue)
 

@@ -8,7 +8,9 @@ per value, which is a log axis with its true labels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,27 @@ def axis_label(frame: pd.DataFrame, axis: str) -> str:
     return f"{axis} (log scale)" if is_geometric(frame[axis].dropna()) else axis
 
 
+@contextmanager
+def no_overlap_draw() -> Iterator[None]:
+    """While it lasts, ``sns.heatmap`` does not draw the whole figure to see whether its tick
+    labels overlap (seaborn 0.13 draws it once per call, only to rotate overlapping labels;
+    a panel of a multi-panel figure redraws every panel before it). :func:`draw_grid` sets
+    both label rotations itself right after, so that draw changes no pixel of the figure
+    (tests/analysis/test_heatmap.py compares the PNGs) and cost a third of a heatmap's time.
+    A seaborn without the helper is left as it is."""
+    import seaborn.matrix
+
+    drawn = getattr(seaborn.matrix, "_draw_figure", None)
+    if drawn is None:
+        yield
+        return
+    seaborn.matrix._draw_figure = lambda fig: None
+    try:
+        yield
+    finally:
+        seaborn.matrix._draw_figure = drawn
+
+
 def draw_grid(
     table: pd.DataFrame,
     ax: plt.Axes,
@@ -120,20 +143,21 @@ def draw_grid(
     """Draw a pivoted grid with seaborn; empty cells show the grey background."""
     ax.set_facecolor("#f0f0f0")
     small = table.size <= 144
-    sns.heatmap(
-        table,
-        ax=ax,
-        cmap=cmap,
-        center=center,
-        vmin=vmin,
-        vmax=vmax,
-        annot=annot and small,
-        fmt=".3g",
-        annot_kws={"fontsize": 7},
-        cbar_kws={"label": cbar_label} if cbar_label else None,
-        linewidths=0.3,
-        linecolor="white",
-    )
+    with no_overlap_draw():  # the rotations are set below: seaborn's check would be undone
+        sns.heatmap(
+            table,
+            ax=ax,
+            cmap=cmap,
+            center=center,
+            vmin=vmin,
+            vmax=vmax,
+            annot=annot and small,
+            fmt=".3g",
+            annot_kws={"fontsize": 7},
+            cbar_kws={"label": cbar_label} if cbar_label else None,
+            linewidths=0.3,
+            linecolor="white",
+        )
     ax.set_title(title)
     ax.tick_params(axis="y", rotation=0)
     ax.tick_params(axis="x", rotation=45)
@@ -181,11 +205,19 @@ def metric_heatmap(
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 110) -> Path:
-    """Save ``fig`` as PNG (cropped to its content) and close it."""
+    """Save ``fig`` as PNG (cropped to its content) and close it. The PNG is written under a
+    hidden temporary name and renamed: a kill or a full disk never leaves a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
     return path
 
 

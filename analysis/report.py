@@ -25,10 +25,11 @@ import argparse
 import base64
 import hashlib
 import html
+import multiprocessing
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,7 @@ class ReportOptions:
     curves_by: str | None = None
     log_surfaces: bool = False
     max_variants: int = 4
+    jobs: int | None = None  # processes drawing the figures (None: one per CPU); same report
 
 
 def _finite(frame: pd.DataFrame, col: str) -> bool:
@@ -217,10 +219,17 @@ def heatmap_columns(results: Results, cells: pd.DataFrame) -> list[Shown]:
     return [Shown(c) for c in measured if {f"{c}_std", f"{c}_n"} <= set(cells.columns)]
 
 
-def heatmaps_section(results: Results, cells: pd.DataFrame, keys: list[str], out: Path) -> Section:
+def heatmaps_section(
+    results: Results,
+    cells: pd.DataFrame,
+    keys: list[str],
+    out: Path,
+    columns: Sequence[Shown] | None = None,
+) -> Section:
+    """One heatmap per column of ``columns`` (default: :func:`heatmap_columns`)."""
     extra = f" and {', '.join(keys[2:])}" if keys[2:] else ""
     section = Section(f"Metrics over {keys[0]} x {keys[1]} (mean over seeds{extra})")
-    for column in heatmap_columns(results, cells):
+    for column in heatmap_columns(results, cells) if columns is None else columns:
         ax = metric_heatmap(cells, column.name, keys[0], keys[1], shown=column)
         section.add(column.name, ax.figure, out / f"heatmap_{column.name}.png")
     return section
@@ -489,25 +498,82 @@ def build_report(results: Results, out: Path, opts: ReportOptions | None = None)
     cells = classify_phases(cells, opts.thresholds, results.num_classes())
     out.mkdir(parents=True, exist_ok=True)
     cells.to_csv(out / "cells.csv", index=False)
-    sections = [
-        summary_section(results, cells, keys, out),
-        panels_section(results, cells, keys, out),
-        heatmaps_section(results, cells, keys, out),
-        correlations_section(results, cells, keys, out),
-        curves_section(results, keys, out, opts.curves_by),
-        surfaces_section(results, keys, out, opts),
-        matrices_section(results, keys, out, opts),
-        training_section(results, keys, out, opts),
-        grokking_section(results, keys, out),
-        claims_section(results, out),
-        status_section(results, keys),
+    results.columns  # noqa: B018  (computed once, before the workers fork)
+    heatmaps = heatmap_columns(results, cells)
+    chunks = [heatmaps[i : i + HEATMAPS_PER_JOB] for i in range(0, len(heatmaps), HEATMAPS_PER_JOB)]
+    # (page position, job); the list's order is the order the workers take them in: the
+    # costliest first, the heatmaps (many small jobs) filling in after
+    jobs: list[tuple[int, Callable[[], Section]]] = [
+        (1, lambda: panels_section(results, cells, keys, out)),
+        (5, lambda: surfaces_section(results, keys, out, opts)),
+        (7, lambda: training_section(results, keys, out, opts)),
+        (3, lambda: correlations_section(results, cells, keys, out)),
+        (4, lambda: curves_section(results, keys, out, opts.curves_by)),
+        (6, lambda: matrices_section(results, keys, out, opts)),
+        (8, lambda: grokking_section(results, keys, out)),
+        (0, lambda: summary_section(results, cells, keys, out)),
+        *[(2, lambda c=c: heatmaps_section(results, cells, keys, out, c)) for c in chunks or [[]]],
+        (9, lambda: claims_section(results, out)),
+        (10, lambda: status_section(results, keys)),
     ]
+    sections = _in_page_order(jobs, _draw(jobs, opts.jobs))
     sections = [s for s in sections if s.items]
     subtitle = f"temperature {temperature}, load {load}; {len(results.runs)} runs"
     page = out / "index.html"
     _write_atomically(page, render_html(f"Sweep {results.name}", sections, subtitle))
     plt.close("all")
     return page
+
+
+HEATMAPS_PER_JOB = 3  # the heatmaps are drawn in jobs of this many, spread over the workers
+
+_JOBS: list[Callable[[], Section]] = []  # what the forked workers run, by index
+
+
+def _run_job(index: int) -> Section:
+    return _JOBS[index]()
+
+
+def _workers(jobs: int | None, n: int) -> int:
+    """How many processes draw ``n`` jobs: ``jobs``, else one per CPU this process may use;
+    1 (drawn here) where processes cannot be forked (they inherit the loaded tables and the
+    imported modules: a spawned one would import and load them again)."""
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(n, jobs or cpus or 1))
+
+
+def _draw(
+    jobs: Sequence[tuple[int, Callable[[], Section]]], n_workers: int | None
+) -> list[Section]:
+    """Each job's section, in the order of ``jobs``; drawn by a pool of forked processes, which
+    write their figures' PNGs and send back the sections (captions and paths). Every figure
+    is drawn from the same data by the same code on the Agg backend in whichever process, so
+    the report is the same with one worker or many (tests/analysis/test_report.py)."""
+    n = _workers(n_workers, len(jobs))
+    if n == 1:
+        return [job() for _, job in jobs]
+    _JOBS[:] = [job for _, job in jobs]
+    try:
+        with multiprocessing.get_context("fork").Pool(n) as pool:
+            pending = [pool.apply_async(_run_job, (i,)) for i in range(len(jobs))]
+            return [p.get() for p in pending]
+    finally:
+        _JOBS.clear()
+
+
+def _in_page_order(
+    jobs: Sequence[tuple[int, Callable[[], Section]]], drawn: Sequence[Section]
+) -> list[Section]:
+    """The sections in page order, the parts of one (the heatmaps' jobs) joined in job order."""
+    merged: dict[int, Section] = {}
+    for (position, _), section in sorted(zip(jobs, drawn), key=lambda pair: pair[0][0]):
+        if position in merged:
+            merged[position].items.extend(section.items)
+        else:
+            merged[position] = section
+    return list(merged.values())
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -552,6 +618,13 @@ def parser() -> argparse.ArgumentParser:
         default=4,
         help="models per surface/stiffness figure (default: 4)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes drawing the figures (default: one per CPU); the report is the same",
+    )
     rule = p.add_argument_group("phase rule (see analysis.phases)")
     for name, kind, default, text, choices in threshold_options():
         shown = (
@@ -575,6 +648,8 @@ def options(args: argparse.Namespace) -> ReportOptions:
     values = {k[4:]: v for k, v in vars(args).items() if k.startswith("thr_")}
     if args.max_variants < 1:
         raise ValueError(f"--max-variants must be >= 1, got {args.max_variants}")
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     return ReportOptions(
         args.temperature,
         args.load,
@@ -582,6 +657,7 @@ def options(args: argparse.Namespace) -> ReportOptions:
         args.curves_by,
         args.log_surfaces,
         args.max_variants,
+        args.jobs,
     )
 
 
@@ -621,7 +697,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_ = None
     if Path(args.results).is_dir():  # nothing to redraw when nothing changed since the last drawing
         out = Path(args.out) if args.out else Path(args.results) / "report"
-        drawn_with = repr(sorted((k, v) for k, v in vars(args).items() if k != "force"))
+        how = ("force", "jobs")  # how it is drawn, not what: the same report either way
+        drawn_with = repr(sorted((k, v) for k, v in vars(args).items() if k not in how))
         print_ = fingerprint(Path(args.results), out, drawn_with)
         if not args.force and _unchanged(out, print_):
             print(

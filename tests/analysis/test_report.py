@@ -156,3 +156,25 @@ def test_the_report_page_is_written_atomically(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert page.read_text() == "<html>the previous report</html>"
     assert [p.name for p in tmp_path.iterdir()] == ["index.html"]
+
+
+def test_the_report_is_the_same_drawn_by_one_process_or_several(tmp_path):
+    """Every file of the report (PNGs, CSVs, index.html) is byte-identical whether its
+    figures are drawn here or by forked workers: the same code draws the same data on Agg,
+    whose PNGs carry no date, so only a drawing that depended on the order or the process
+    (shared random state, a figure left open) would differ."""
+    from analysis.load import load_results
+    from analysis.report import ReportOptions, _workers, build_report
+
+    from .conftest import REPORT_METRICS
+    from .fake_results import write_results
+
+    if _workers(2, 2) < 2:
+        pytest.skip("processes cannot be forked here: the report is drawn by one")
+    results = load_results(write_results(tmp_path / "fake", local_metrics=REPORT_METRICS))
+    files = {}
+    for jobs in (1, 2):
+        out = build_report(results, tmp_path / f"jobs{jobs}", ReportOptions(jobs=jobs)).parent
+        files[jobs] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    assert files[1].keys() == files[2].keys() and len(files[1]) > 10
+    assert [n for n in files[1] if files[1][n] != files[2][n]] == []

@@ -42,6 +42,7 @@ def test_default_out_is_inside_results_and_printed(tmp_path, monkeypatch, capsys
         ("bad_axis", "'model.nope'"),
         ("bad_threshold", "mc_k must be finite and > 0, got -1.0"),
         ("out_is_file", "is not a directory"),
+        ("bad_jobs", "--jobs must be >= 1, got 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_nothing_written(case, message, tmp_path, capsys):
@@ -56,6 +57,9 @@ def test_bad_input_is_one_line_exit_2_nothing_written(case, message, tmp_path, c
     if case == "bad_threshold":
         write_results(root, tables=("runs",), local_metrics=())
         args += ["--mc-k", "-1"]
+    if case == "bad_jobs":
+        write_results(root, tables=("runs",), local_metrics=())
+        args += ["--jobs", "0"]
     if case == "out_is_file":
         write_results(root, tables=("runs",), local_metrics=())
         (tmp_path / "file").write_text("x")
