@@ -311,8 +311,8 @@ def _run_locked(
             dispatch.show_progress = progress
             dispatch.on_pack = on_pack
             _run_on_ray(plan, store, manifest, todo, redo, dispatch)
-        else:
-            store.write_manifest(manifest)
+        else:  # nothing to train: "updated" stays the last training command's start
+            store.write_manifest(manifest, unless_only=("updated",))
         summary.remeasured = run_passes(plan, store, ids, log)
         for table in store.tables():
             store.harmonize(table)

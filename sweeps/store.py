@@ -581,23 +581,40 @@ class Store:
             )
         return manifest
 
-    def write_manifest(self, manifest: dict) -> None:
+    def write_manifest(self, manifest: dict, unless_only: tuple[str, ...] = ()) -> bool:
         """Write atomically, with ``schemas``: each table's column types as its parts have them
         (kept from the manifest for tables this Store has not written), and the catalogue's
-        ``tables`` (each table's columns) from them."""
+        ``tables`` (each table's columns) from them. The file is left as it is when it differs
+        from ``manifest`` in the keys ``unless_only`` alone (a command that trains nothing
+        leaves the directory as it found it, so the report sees no change). Returns whether it
+        was written."""
         schemas = dict(manifest.get("schemas") or {})
         schemas.update({t: schema_record(schema) for t, schema in self._schemas.items()})
         manifest = {**manifest, "schemas": schemas}
         if isinstance(manifest.get("catalogue"), dict):
             manifest["catalogue"] = {**manifest["catalogue"], "tables": table_columns(schemas)}
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+        if unless_only and self.manifest_path.exists():
+            try:
+                current = json.loads(self.manifest_path.read_text())
+            except (ValueError, UnicodeDecodeError):
+                current = None  # damaged: written again
+            if isinstance(current, dict):
+                new = json.loads(text)
+                for key in unless_only:
+                    current.pop(key, None)
+                    new.pop(key, None)
+                if new == current:
+                    return False
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / ".manifest.json.tmp"
         try:
-            tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+            tmp.write_text(text)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         os.replace(tmp, self.manifest_path)
+        return True
 
 
 def package_versions() -> dict[str, str]:

@@ -1,6 +1,8 @@
 """A results directory only takes variants of its own base config and its own metrics settings,
 unless asked explicitly; axes, where and how it runs may change freely."""
 
+import json
+
 import pytest
 
 from landscape.run import metrics_id
@@ -132,3 +134,25 @@ def test_other_metrics_settings_are_refused_naming_the_flag(tmp_path):
         in message
     )
     assert "pass --remeasure" in message and "\n" not in message
+
+
+def test_a_rerun_that_trains_nothing_leaves_the_manifest_and_starts_no_ray(tmp_path, monkeypatch):
+    """A command with nothing to train rewrites no file (the report's fingerprint then sees the
+    directory unchanged and skips drawing) and never starts Ray; ``updated`` stays the start of
+    the command that trained. A command that plans other variants (a subset) writes it again."""
+    import ray
+
+    plan = _finished(tmp_path)
+    manifest = plan.results_dir / "manifest.json"
+    before, stamp = manifest.read_text(), manifest.stat().st_mtime_ns
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # not another test's instance
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started"))
+    summary = run_sweep(plan, progress=False, log=lambda line: None)
+    assert summary.to_run == 0 and summary.skipped == len(plan.variants)
+    assert manifest.read_text() == before and manifest.stat().st_mtime_ns == stamp
+
+    subset = tiny_plan(tmp_path, "model.width=4,5")  # finished too, but another plan
+    assert run_sweep(subset, progress=False, log=lambda line: None).to_run == 0
+    after = Store(plan.results_dir).read_manifest()
+    assert after["variant_ids"] == [v.variant_id for v in subset.variants]
+    assert after["updated"] != json.loads(before)["updated"]
