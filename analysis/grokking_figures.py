@@ -8,6 +8,14 @@ run that generalised at ``step / test_step`` on a log axis (1: the step its test
 crossed), so runs of very different delays line up on their generalisation. Panels and labels
 come from the results' catalogue (:mod:`analysis.columns`): the trajectory's sharpness columns
 (``sharpness``, else ``hessian_top_eig``, else ``hessian_trace``) and ``param_norm``.
+
+Between seeds at the end of training (the ``pairs`` table: distance, CKA, linear barrier,
+Bezier mc), each pair takes its two runs' phase when they agree and ``mixed`` when they do
+not; the pair metrics are drawn over the two knobs (mean over a cell's pairs) and by that
+phase. A Bezier curve whose training loss still fell by more than the phase rule's
+``mc_converge_tol`` over its last fifth of steps (``bezier_improvement``) measured its own
+under-training, not the landscape: its mc is left out of both figures and of the table, which
+counts the curves kept.
 """
 
 from __future__ import annotations
@@ -18,10 +26,16 @@ import pandas as pd
 
 from analysis.columns import shown
 from analysis.grokking import GROKKING_PHASES, grokking_phases
-from analysis.heatmap import format_values, sort_values
+from analysis.heatmap import format_values, metric_heatmap, sort_values
 from analysis.load import Results
+from analysis.phases import PhaseThresholds
 
 SHARPNESS = ("sharpness", "hessian_top_eig", "hessian_trace")
+# between seeds, in this order where measured: distance, CKA (Yang's softmax, then features),
+# the linear barrier in error and Bezier mode connectivity
+PAIR_METRICS = ("l2_distance", "cka_linear_softmax", "cka_linear_features", "barrier_error", "mc")
+MIXED = "mixed"  # a pair whose two runs are in different phases
+PAIR_PHASES = (*GROKKING_PHASES, MIXED)
 
 
 def variant_phases(results: Results) -> pd.DataFrame | None:
@@ -140,4 +154,90 @@ def plot_aligned(results: Results) -> plt.Figure | None:
         ax.set_xscale("log")
         ax.set_xlabel("step / step of generalisation (log)")
         ax.set_title(shown(results.columns, col).title())
+    return fig
+
+
+def pair_phases(results: Results, keys: list[str]) -> tuple[pd.DataFrame, list[str]] | None:
+    """Each pair of ok runs with its cell's knobs ``keys``, ``pair_phase`` (its runs' phase, or
+    ``mixed``) and ``converged`` (False for a Bezier curve still improving: its ``mc`` is set
+    to NaN), and the pair metrics present; None without pairs, phases or pair metrics."""
+    v = variant_phases(results)
+    pairs = results.pairs
+    if v is None or pairs is None or not {"variant_a", "variant_b"} <= set(pairs.columns):
+        return None
+    cols = [c for c in PAIR_METRICS if c in pairs and pd.to_numeric(pairs[c]).notna().any()]
+    if not cols or not set(keys) <= set(v.columns):
+        return None
+    phase = v.set_index("variant_id")["grokking_phase"]
+    rows = pairs[pairs["variant_a"].isin(phase.index) & pairs["variant_b"].isin(phase.index)]
+    rows = rows.merge(v[["variant_id", *keys]], left_on="variant_a", right_on="variant_id")
+    a, b = phase.loc[rows["variant_a"]].to_numpy(), phase.loc[rows["variant_b"]].to_numpy()
+    rows = rows.assign(pair_phase=np.where(a == b, a, MIXED))
+    tol = PhaseThresholds().mc_converge_tol
+    if "bezier_improvement" in rows:  # NaN (no curve, or too short to tell): no evidence
+        improvement = pd.to_numeric(rows["bezier_improvement"], errors="coerce")
+        rows = rows.assign(converged=~(improvement > tol))
+    else:
+        rows = rows.assign(converged=True)
+    if "mc" in rows:
+        rows["mc"] = pd.to_numeric(rows["mc"]).where(rows["converged"])
+    return rows, [c for c in cols if rows[c].notna().any()]
+
+
+def pair_phase_table(results: Results, keys: list[str]) -> pd.DataFrame | None:
+    """Per pair phase: the number of pairs, the mean of each pair metric, and for ``mc`` the
+    number of curves that converged (the mean is over those)."""
+    got = pair_phases(results, keys)
+    if got is None:
+        return None
+    rows, cols = got
+    order = [p for p in PAIR_PHASES if p in set(rows["pair_phase"])]
+    grouped = rows.groupby("pair_phase")
+    table = pd.DataFrame({"pairs": grouped.size()})
+    for c in cols:
+        table[c] = grouped[c].mean()
+    if "mc" in rows and "bezier_improvement" in rows:
+        table["mc_curves_converged"] = grouped["converged"].sum().astype(int)
+    return table.reindex(order).reset_index().rename(columns={"pair_phase": "phase"})
+
+
+def plot_pair_map(results: Results, keys: list[str]) -> plt.Figure | None:
+    """One heatmap per pair metric over the two knobs (mean over a cell's seed pairs)."""
+    got = pair_phases(results, keys[:2])
+    if got is None:
+        return None
+    rows, cols = got
+    fig, axes = plt.subplots(
+        1, len(cols), figsize=(4.2 * len(cols), 3.4), squeeze=False
+    )  # fmt: skip
+    for ax, col in zip(axes[0], cols):
+        s = shown(results.columns, col)
+        dropped = col == "mc" and not rows["converged"].all()
+        title = f"{s.title()}\n(converged curves only)" if dropped else None
+        metric_heatmap(rows, col, keys[0], keys[1], ax=ax, shown=s, title=title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pairs_by_phase(results: Results, keys: list[str]) -> plt.Figure | None:
+    """Each pair metric by pair phase: one dot per pair, a bar at each phase's mean."""
+    got = pair_phases(results, keys[:2])
+    if got is None:
+        return None
+    rows, cols = got
+    order = [p for p in PAIR_PHASES if p in set(rows["pair_phase"])]
+    fig, axes = plt.subplots(1, len(cols), figsize=(3.2 * len(cols), 3.2), squeeze=False)
+    spread = np.random.default_rng(0)  # horizontal jitter only; the values are as measured
+    for ax, col in zip(axes[0], cols):
+        for i, p in enumerate(order):
+            values = rows.loc[rows["pair_phase"] == p, col].dropna()
+            if values.empty:
+                continue
+            ax.scatter(i + spread.uniform(-0.15, 0.15, len(values)), values, s=14, alpha=0.7)
+            ax.hlines(values.mean(), i - 0.3, i + 0.3, color="k", lw=1.2)
+        ax.set_xticks(range(len(order)), order, rotation=30, ha="right", fontsize=8)
+        s = shown(results.columns, col)
+        ax.set_title(s.title() + (" (converged)" if col == "mc" else ""), fontsize=9)
+        ax.set_ylabel(s.colour_label())
+    fig.tight_layout()
     return fig

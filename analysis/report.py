@@ -58,8 +58,11 @@ from analysis.curves import (  # noqa: E402
 )
 from analysis.grokking_figures import (  # noqa: E402
     has_grokking,
+    pair_phase_table,
     plot_accuracy_by_cell,
     plot_aligned,
+    plot_pair_map,
+    plot_pairs_by_phase,
     plot_phase_map,
 )
 from analysis.heatmap import metric_heatmap, save_figure  # noqa: E402
@@ -377,6 +380,24 @@ def grokking_section(results: Results, keys: list[str], out: Path) -> Section:
         plot_aligned(results),
         out / "grokking_aligned.png",
     )
+    section.add(
+        f"between seeds at the end of training, over {keys[0]} x {keys[1]} (mean over pairs)",
+        plot_pair_map(results, keys),
+        out / "grokking_pairs_map.png",
+    )
+    section.add(
+        "between seeds by grokking phase (a pair whose runs differ: mixed)",
+        plot_pairs_by_phase(results, keys),
+        out / "grokking_pairs_phase.png",
+    )
+    table = pair_phase_table(results, keys[:2])
+    if table is not None:
+        table.to_csv(out / "grokking_pairs.csv", index=False)
+        section.add_html(
+            "<p>Between seeds by phase: mean of each pair metric; mc only over curves whose "
+            "training loss had stopped falling (<code>bezier_improvement</code> at most the "
+            "phase rule's <code>mc_converge_tol</code>).</p>" + _table_html(table)
+        )
     return section
 
 

@@ -81,7 +81,10 @@ for step in $steps; do
         timeout 540 "$sweep" sweep=grokking_modadd device=cuda out_dir="$out/grokking" 2>&1 |
             tail -5 | tee "$out/grokking_sweep.txt"
         timeout 60 "$py" -m analysis.claims "$out/grokking/grokking_modadd" \
-            --json "$out/grokking_claims.json" 2>&1 | tee "$out/grokking_claims.txt" ;;
+            --json "$out/grokking_claims.json" 2>&1 | tee "$out/grokking_claims.txt"
+        # between seeds by grokking phase (the report's table), where the sweep got that far
+        cp "$out/grokking/grokking_modadd/report/grokking_pairs.csv" "$out/" 2>/dev/null ||
+            echo "no grokking_pairs.csv: the sweep's report did not reach the pairs" ;;
     *) echo "unknown step $step (steps: $all)" >&2; exit 2 ;;
     esac
 done

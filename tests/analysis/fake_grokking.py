@@ -8,6 +8,11 @@ never fits). Test accuracy crosses at ``TEST_INDEX[(wd, fraction)]`` (+1 for see
 the model generalises; without weight decay, and at the fraction 0.2 for every weight decay,
 it never does (memorisation). The delay falls with both weight decay and training fraction.
 The weight norm falls along training while test accuracy rises (``norm_falls``), or rises.
+
+With ``pairs``, a ``pairs`` table (one seed pair per cell) whose metrics are planted by the
+pair's phase (:data:`PAIR_PLANT`, read from the phases the curves above give its two runs:
+``mixed`` when they differ, as at weight decay 3, fraction 0.5); the curve of the cell
+:data:`UNCONVERGED` is still improving (``bezier_improvement`` 0.5) and its mc is -99.
 """
 
 from __future__ import annotations
@@ -31,6 +36,29 @@ TEST_INDEX = {  # index into STEPS of the test crossing, seed 0
     (3.0, 0.3): 23, (3.0, 0.5): 20, (3.0, 0.7): 17,
 }  # fmt: skip
 
+PAIR_PLANT = {  # phase of a pair -> (l2_distance, cka_linear_softmax, barrier_error, mc)
+    "comprehension": (10.0, 0.9, 5.0, -1.0),
+    "grokking": (12.0, 0.8, 10.0, -2.0),
+    "memorisation": (30.0, 0.5, 60.0, -20.0),
+    "confusion": (50.0, 0.3, 80.0, -40.0),
+    "mixed": (20.0, 0.7, 30.0, -5.0),
+}
+UNCONVERGED = (0.0, 0.7)  # memorisation; its curve's mc reads -99 and is still improving
+
+
+def pair_phase(wd: float, fraction: float, plant: dict | None = None) -> str:
+    """The planted phase of the cell's seed pair (both seeds' phases, or ``mixed``)."""
+    phases = set()
+    for seed in SEEDS:
+        t = test_step(wd, fraction, seed, plant)
+        if wd >= 10:
+            phases.add("confusion")
+        elif t is None:
+            phases.add("memorisation")
+        else:
+            phases.add("comprehension" if t <= 10 * TRAIN_STEP else "grokking")
+    return phases.pop() if len(phases) == 1 else "mixed"
+
 
 def test_step(wd: float, fraction: float, seed: int, plant: dict | None = None) -> int | None:
     """The planted step at which test accuracy crosses 90% and holds, or None."""
@@ -42,10 +70,14 @@ test_step.__test__ = False  # not a test, though pytest would collect it by name
 
 
 def write_grokking(
-    root: Path, norm_falls: bool = True, trajectory: bool = True, plant: dict | None = None
+    root: Path,
+    norm_falls: bool = True,
+    trajectory: bool = True,
+    plant: dict | None = None,
+    pairs: bool = False,
 ) -> Path:
     """The sweep under ``root``; ``plant`` replaces :data:`TEST_INDEX`."""
-    runs, curves, traj = [], [], []
+    runs, curves, traj, pair_rows = [], [], [], []
     for wd in WEIGHT_DECAYS:
         for f in FRACTIONS:
             for seed in SEEDS:
@@ -63,11 +95,21 @@ def write_grokking(
                                    "train_acc": train, "test_acc": test})  # fmt: skip
                     norm = 50.0 - k if norm_falls else 10.0 + k
                     traj.append({"variant_id": vid, "step": int(s), "param_norm": norm})
+            dist, cka, barrier, mc = PAIR_PLANT[pair_phase(wd, f, plant)]
+            stuck = (wd, f) == UNCONVERGED
+            pair_rows.append(
+                {"group_id": f"wd{wd}-f{f}", "variant_a": f"wd{wd}-f{f}-s0",
+                 "variant_b": f"wd{wd}-f{f}-s1", "l2_distance": dist, "cka_linear_softmax": cka,
+                 "barrier_error": barrier, "mc": -99.0 if stuck else mc,
+                 "bezier_improvement": 0.5 if stuck else 0.01}
+            )  # fmt: skip
     root.mkdir(parents=True, exist_ok=True)
     _write_table(pd.DataFrame(runs), root / "runs")
     _write_table(pd.DataFrame(curves), root / "curves")
     if trajectory:
         _write_table(pd.DataFrame(traj), root / "trajectory")
+    if pairs:
+        _write_table(pd.DataFrame(pair_rows), root / "pairs")
     manifest = {
         "sweep": "grokking_fake",
         "axes": {
