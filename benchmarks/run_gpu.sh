@@ -75,11 +75,15 @@ for step in $steps; do
             timeout 60 "$py" benchmarks/profile_step.py --device cuda --width 4 --pack 8 \
                 --hvp $m --probes 1 > "$out/profile_hvp_$m.txt" 2>&1
         done ;;
-    grokking)  # sweep=grokking_modadd (issue 25), then its claims; not in the default steps: it
-        # needs landscape-sweep (Ray, Hydra) and the transformer and modular-arithmetic knobs
-        sweep=${LANDSCAPE_SWEEP:-landscape-sweep}
-        timeout 540 "$sweep" sweep=grokking_modadd device=cuda out_dir="$out/grokking" 2>&1 |
-            tail -5 | tee "$out/grokking_sweep.txt"
+    grokking)  # sweep=grokking_modadd (issue 25), then its claims; not in the default steps. The
+        # device's Python has no Ray or Hydra: the preset's packs were composed here, with Hydra,
+        # into benchmarks/plans/grokking_modadd.json (a test keeps it current); run_plan.py trains
+        # and measures them with the sweep's worker and store, one pack after another
+        timeout 540 "$py" benchmarks/run_plan.py run benchmarks/plans/grokking_modadd.json \
+            "$out/grokking/grokking_modadd" --device cuda --budget-s 420 2>&1 |
+            tail -8 | tee "$out/grokking_sweep.txt"
+        timeout 120 "$py" -m analysis.report "$out/grokking/grokking_modadd" \
+            --out "$out/grokking/grokking_modadd/report" 2>&1 | tail -2
         timeout 60 "$py" -m analysis.claims "$out/grokking/grokking_modadd" \
             --json "$out/grokking_claims.json" 2>&1 | tee "$out/grokking_claims.txt"
         # between seeds by grokking phase (the report's table), where the sweep got that far

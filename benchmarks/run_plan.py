@@ -8,8 +8,12 @@ and ``analysis.load`` read the directory as any sweep's. What it leaves out: wor
 parallel, retries of a dead worker, and the passes that pair variants across packs (a
 preset whose seeds share a pack, as the grokking presets' do, needs none).
 
-    python benchmarks/run_plan.py export grokking.json sweep=grokking_modadd device=cuda
-    python benchmarks/run_plan.py run grokking.json OUT/grokking_modadd --budget-s 500
+    python benchmarks/run_plan.py export benchmarks/plans/grokking_modadd.json sweep=grokking_modadd
+    python benchmarks/run_plan.py run benchmarks/plans/grokking_modadd.json OUT/grokking_modadd \
+        --device cuda --budget-s 500
+
+``benchmarks/plans/`` holds the plans that ``benchmarks/run_gpu.sh`` runs; a test checks that
+each still equals a fresh export of its preset (the same packs of the same variants).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ def _nested(v) -> dict:
     }
 
 
-def run(path: Path, results: Path, budget_s: float, threads: int) -> int:
+def run(path: Path, results: Path, budget_s: float, threads: int, device: str | None) -> int:
     from landscape.measure import MetricsSpec
     from landscape.variant import Variant, build_spec
     from sweeps.store import Store
@@ -59,7 +63,7 @@ def run(path: Path, results: Path, budget_s: float, threads: int) -> int:
     metrics = build_spec(MetricsSpec, _tuples(doc["metrics"]), "metrics")
     store = Store(results)
     store.write_manifest(doc["manifest"])
-    worker = PackWorker(doc["device"], threads)
+    worker = PackWorker(device or doc["device"], threads)
     done = set(store.finished_ids())
     t0, counts = time.perf_counter(), {}
     for i, pack in enumerate(doc["packs"]):
@@ -107,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("results", type=Path)
     r.add_argument("--budget-s", type=float, default=float("inf"), help="start no pack after this")
     r.add_argument("--threads", type=int, default=4, help="torch threads of the worker")
+    r.add_argument("--device", default=None, help="in place of the plan's (composed elsewhere)")
     args = p.parse_args(argv)
     if args.command == "export":
         export(args.plan, args.overrides)
         return 0
-    return run(args.plan, args.results, args.budget_s, args.threads)
+    return run(args.plan, args.results, args.budget_s, args.threads, args.device)
 
 
 if __name__ == "__main__":

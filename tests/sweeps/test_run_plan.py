@@ -46,3 +46,19 @@ def test_an_exported_plan_runs_without_ray_or_hydra_into_a_readable_results_dir(
     # a second run finds everything finished and trains nothing
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert again.returncode == 0 and "ran 0 variants" in again.stdout
+
+
+def test_the_committed_gpu_plans_equal_a_fresh_export_of_their_presets(tmp_path):
+    """run_gpu.sh runs benchmarks/plans/*.json on a machine that cannot compose them again:
+    each must still be its preset's packs, variants and metrics settings."""
+    run_plan = _run_plan()
+    plans = sorted((REPO / "benchmarks/plans").glob("*.json"))
+    assert plans
+    for committed in plans:
+        old = json.loads(committed.read_text())
+        fresh = tmp_path / committed.name
+        run_plan.export(fresh, [f"sweep={old['name']}"])
+        new = json.loads(fresh.read_text())
+        assert old["packs"] == new["packs"], f"{committed.name} is stale: export it again"
+        assert old["metrics"] == new["metrics"], f"{committed.name} is stale: export it again"
+        assert old["manifest"]["analysis"] == new["manifest"]["analysis"]
