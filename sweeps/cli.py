@@ -230,6 +230,15 @@ def _sweep(overrides: list[str], flags: set[str], command: str) -> int:
     for note in plan.notes:
         print(note)
 
+    from sweeps.runner import wait_for_ray_shutdown
+
+    try:
+        return _run_and_report(plan, flags, command)
+    finally:
+        wait_for_ray_shutdown()  # the embedded instance ends while the report is drawn
+
+
+def _run_and_report(plan, flags: set[str], command: str) -> int:
     from sweeps.runner import DiskFull, SweepStopped, run_sweep
 
     try:
@@ -239,6 +248,7 @@ def _sweep(overrides: list[str], flags: set[str], command: str) -> int:
             retry_failed="--retry-failed" in flags,
             remeasure="--remeasure" in flags,
             force="--force" in flags,
+            shutdown_later=True,
         )
     except ConfigError as exc:
         return _error(str(exc))

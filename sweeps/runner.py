@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -115,6 +116,7 @@ def _init_ray(plan: SweepPlan, log: Callable[[str], None]) -> bool:
     """Start a local instance or join a cluster; returns True if this call started Ray. Joining
     checks the cluster first (:func:`sweeps.cluster.check_cluster`), each step bounded by
     ``ray.connect_timeout_s``, and fails with one line naming the address and Ray's reason."""
+    wait_for_ray_shutdown()
     if ray.is_initialized():
         return False
     kwargs = _ray_init_kwargs(plan)
@@ -237,10 +239,14 @@ def run_sweep(
     worker_cls: type = PackWorker,
     worker_kwargs: dict | None = None,
     on_pack: PackCallback | None = None,
+    shutdown_later: bool = False,
 ) -> SweepSummary:
     """Run what the results directory lacks of ``plan``. Raises ConfigError (one line) when the
     directory is another driver's, holds another base config (unless ``force``) or other
-    metrics (unless ``remeasure``); nothing is changed then but crash repairs."""
+    metrics (unless ``remeasure``); nothing is changed then but crash repairs. The embedded
+    instance started here is gone when this returns, unless ``shutdown_later``: then it is
+    still ending, and :func:`wait_for_ray_shutdown` waits for it (the command line draws the
+    report meanwhile)."""
     t0 = time.perf_counter()
     summary: SweepSummary | None = None
     joined = False
@@ -266,6 +272,8 @@ def run_sweep(
     finally:
         if joined:
             ray.shutdown()
+        if not shutdown_later:
+            wait_for_ray_shutdown()
     summary.wall_time_s = time.perf_counter() - t0
     return summary
 
@@ -361,9 +369,32 @@ def _run_on_ray(
             n_workers = _num_workers(plan, len(packs))
             scheduled = schedule(packs, plan.metrics, n_workers)
             dispatch.run(scheduled, n_workers)
-        finally:
+        except BaseException:
             if started:
                 ray.shutdown()
+            raise
+        if started and plan.ray.mps:  # its workers end before the daemon does
+            ray.shutdown()
+        elif started:  # every result is written: the instance ends while the driver goes on
+            _shutdown_in_background()
+
+
+# ray.shutdown after a finished dispatch: it ends the instance's processes one after another,
+# each given a second to exit (about 1.5 s on a 2-core CPU), which overlaps the driver's passes
+# and the report; joined before Ray starts again and before the command exits.
+_shutting_down: list[threading.Thread] = []
+
+
+def _shutdown_in_background() -> None:
+    thread = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    thread.start()
+    _shutting_down.append(thread)
+
+
+def wait_for_ray_shutdown() -> None:
+    """Wait until a Ray instance this process is ending (after a finished dispatch) is gone."""
+    while _shutting_down:
+        _shutting_down.pop().join()
 
 
 def _check_mps(plan: SweepPlan) -> None:

@@ -53,3 +53,28 @@ def test_node_removed_mid_sweep_loses_nothing(tmp_path):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_shutdown_left_running_is_waited_for_before_ray_starts_again(monkeypatch, tmp_path):
+    """After a finished dispatch the embedded instance ends in a thread (the report is drawn
+    meanwhile); starting Ray again, or the command's end, waits for it first."""
+    import threading
+
+    from sweeps import runner
+
+    release, done = threading.Event(), []
+
+    def slow_shutdown():
+        release.wait(10)
+        done.append(True)
+
+    monkeypatch.setattr(runner.ray, "shutdown", slow_shutdown)
+    monkeypatch.setattr(runner.ray, "is_initialized", lambda: bool(done))  # up until it ends
+    monkeypatch.setattr(runner.ray, "init", lambda **kw: pytest.fail("started before the end"))
+    runner._shutdown_in_background()
+    assert not done and runner._shutting_down
+    threading.Timer(0.2, release.set).start()
+    plan = tiny_plan(tmp_path)
+    assert runner._init_ray(plan, lambda line: None) is False  # waited, found it "running"
+    assert done and not runner._shutting_down
+    runner.wait_for_ray_shutdown()  # nothing left: returns at once
