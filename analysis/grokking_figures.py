@@ -233,7 +233,8 @@ def plot_pairs_by_phase(results: Results, keys: list[str]) -> plt.Figure | None:
             values = rows.loc[rows["pair_phase"] == p, col].dropna()
             if values.empty:
                 continue
-            ax.scatter(i + spread.uniform(-0.15, 0.15, len(values)), values, s=14, alpha=0.7)
+            x = i + spread.uniform(-0.15, 0.15, len(values))
+            ax.scatter(x, values, s=14, alpha=0.7, color=f"C{PAIR_PHASES.index(p)}")  # per phase
             ax.hlines(values.mean(), i - 0.3, i + 0.3, color="k", lw=1.2)
         ax.set_xticks(range(len(order)), order, rotation=30, ha="right", fontsize=8)
         s = shown(results.columns, col)
