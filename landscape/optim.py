@@ -234,11 +234,36 @@ class SlotState(Mapping[str, "dict[str, Tensor]"]):
         P = sum(self.sizes)
         self.flat = {s: first.new_zeros(K, P) for s in slots}
         self.lr_row: Tensor | None = None
+        self.params_flat: Tensor | None = None  # see adopt
+        self.param_views: list[Tensor] | None = None
         if spec.lr_multipliers:
             mult = [lr_multiplier(spec, n) for n in self.names]
             self.lr_row = torch.repeat_interleave(
                 torch.tensor(mult, dtype=first.dtype), torch.tensor(self.sizes)
             ).to(first.device)[None]
+
+    def adopt(self, params: dict[str, Tensor]) -> None:
+        """Lay a pack of one's parameters out in one (1, P) matrix, in this state's order, and
+        put its views in ``params`` in place of the tensors (the same values, contiguous, so
+        nothing that reads them can tell): :func:`apply_update` then updates the matrix
+        itself, without concatenating the parameters and copying the result back (a dozen
+        kernels and views a step, which on a small model cost more than the rule). Packs of
+        several members keep their tensors: a member's block of a (K, P) row would not be
+        contiguous. Replacing a tensor in ``params`` later undoes it (an identity check)."""
+        first = params[self.names[0]]
+        if first.shape[0] != 1 or any(params[n].dtype != first.dtype for n in self.names):
+            return
+        self.params_flat = self.flatten(params)
+        views = self.unflatten(self.params_flat)
+        for n in self.names:
+            params[n] = views[n]
+        self.param_views = [views[n] for n in self.names]
+
+    def laid_out(self, params: Params) -> bool:
+        """Whether ``params`` holds the views :meth:`adopt` made (so ``params_flat`` is them)."""
+        return self.param_views is not None and all(
+            params[n] is v for n, v in zip(self.names, self.param_views, strict=True)
+        )
 
     def flatten(self, tensors: Params) -> Tensor:
         """Stacked tensors (K, *shape) by name -> one (K, P) matrix in this state's order."""
@@ -299,7 +324,8 @@ def apply_update(
     rule, slots = _rule(spec)
     if not isinstance(step, Tensor):
         step = torch.tensor(step, device=alive.device)
-    p = state.flatten(params)
+    flat = state.laid_out(params)  # params are views of state.params_flat: no concatenation
+    p = state.params_flat if flat else state.flatten(params)
     dtype = p.dtype
     lr_p = lr.to(dtype)[:, None]
     if state.lr_row is not None:
@@ -311,12 +337,18 @@ def apply_update(
     if p.device.type == "cpu" and bool(finite.all()):  # a host read costs no wait on a CPU
         for slot in slots:  # every member alive: nothing to zero
             state.flat[slot].copy_(new[slot])
+        if flat:
+            p.copy_(new_p)
+            return finite
         new_views = state.unflatten(new_p)
         torch._foreach_copy_([params[n] for n in state.names], [new_views[n] for n in state.names])
         return finite
     keep = finite[:, None]
     for slot in slots:
         state.flat[slot].copy_(torch.where(keep, new[slot], 0))
+    if flat:
+        p.copy_(torch.where(keep, new_p, 0))
+        return finite
     new_views = state.unflatten(torch.where(keep, new_p, 0))
     torch._foreach_copy_([params[n] for n in state.names], [new_views[n] for n in state.names])
     return finite

@@ -328,13 +328,16 @@ class OptimState:
 
 def new_optim_state(specs: Sequence[OptimSpec], stack: Stack) -> OptimState:
     """Fresh optimiser state for a pack (one spec per member): every member alive, per-member
-    hyperparameters."""
+    hyperparameters. A pack of one's parameters are laid out in ``stack.params`` as views of
+    the optimiser's (1, P) matrix (:meth:`landscape.optim.SlotState.adopt`: the same values)."""
     device = next(iter(stack.params.values())).device
     K = len(specs)
+    state = init_state(specs[0], stack.params)
+    state.adopt(stack.params)  # a pack of one's parameters: views of the update's (1, P) matrix
     return OptimState(
         spec=specs[0],
         hypers=MemberHypers.from_specs(specs, device),
-        state=init_state(specs[0], stack.params),
+        state=state,
         alive=torch.ones(K, dtype=torch.bool, device=device),
         diverged_step=torch.full((K,), -1, dtype=torch.long, device=device),
     )

@@ -138,6 +138,51 @@ def test_dead_members_are_zeroed_and_the_others_move_on(spec, torch_cls, torch_k
             assert torch.equal(t[1], torch.zeros_like(t[1]))
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize(("spec", "torch_cls", "torch_kwargs"), CASES)
+def test_a_pack_of_one_laid_out_in_one_matrix_updates_bit_identically(
+    spec, torch_cls, torch_kwargs, dtype
+):
+    """``SlotState.adopt`` (a pack of one's parameters as views of the update's (1, P) matrix)
+    against the same pack with its own tensors, four steps, the last with a NaN gradient that
+    kills the member: torch.equal, parameters and state, since the rule runs the same kernels
+    on the same (1, P) values either way (only the concatenation and the copy back are gone).
+    The adopted views hold the parameters' values and shapes, and a tensor replaced in the
+    dict afterwards is updated through the concatenating path."""
+    hypers = _hypers(lambda k: torch_kwargs(0))
+    hypers = MemberHypers(hypers.lr[:1], hypers.momentum[:1], hypers.weight_decay[:1])
+    a = {n: p[:1].to(dtype) for n, p in _stacked_params().items()}
+    b = {n: p.clone() for n, p in a.items()}
+    sa, sb = init_state(spec, a), init_state(spec, b)
+    sa.adopt(a)
+    assert sa.laid_out(a) and not sb.laid_out(b)
+    for n in a:
+        assert torch.equal(a[n], b[n]) and a[n].is_contiguous()
+    alive = torch.ones(1, dtype=torch.bool)
+    for step in range(1, 5):
+        grads = {n: g[:1].to(dtype) for n, g in _grads(step).items()}
+        if step == 4:
+            grads["head.weight"][0, 0, 0] = float("nan")
+        got = apply_update(spec, a, grads, sa, hypers, hypers.lr, step, alive)
+        want = apply_update(spec, b, grads, sb, hypers, hypers.lr, step, alive)
+        assert torch.equal(got, want) and got.tolist() == [step < 4]
+        for n in a:
+            assert torch.equal(a[n], b[n]), (step, n)
+        for slot in sa:
+            assert torch.equal(sa.flat[slot], sb.flat[slot]), (step, slot)
+    a["conv.bias"] = a["conv.bias"].clone()
+    assert not sa.laid_out(a)
+
+
+def test_adopt_leaves_a_pack_of_several_members_alone():
+    params = _stacked_params()
+    before = dict(params)
+    state = init_state(OptimSpec(name="sgd"), params)
+    state.adopt(params)
+    assert all(params[n] is before[n] for n in params) and not state.laid_out(params)
+
+
 @pytest.mark.parametrize("huge_lr", [math.inf, 1e30], ids=["non-finite", "huge"])
 def test_an_update_that_makes_parameters_non_finite_or_huge_kills_the_member(huge_lr):
     """lr = 1e30 leaves finite parameters of ~1e29, past DIVERGED_ABOVE: dead at once, so
