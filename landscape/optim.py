@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._utils import _flatten_dense_tensors
 
 from landscape.functional import Params
 from landscape.variant import ConfigError, OptimSpec
@@ -128,6 +129,25 @@ def _sgd(
     buf = h.momentum * s["momentum_buffer"] + g
     direction = g + h.momentum * buf if spec.nesterov else buf
     return p - h.lr * direction, {"momentum_buffer": buf}
+
+
+def _sgd_in_place(
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, alive: Tensor
+) -> Tensor:
+    """:func:`_sgd` written into ``p`` and the buffer (the same kernels on the same values, so
+    the same bits, without a new matrix for each and the copies back), then the divergence
+    check of :func:`apply_update` on the result: a pack of one laid out in one matrix on a
+    CPU, where the check's host read costs no wait. Returns the (K,) bool still alive."""
+    g = _l2(g, p, h)
+    buf = s["momentum_buffer"]
+    buf.mul_(h.momentum).add_(g)
+    p.sub_(h.lr * (g + h.momentum * buf if spec.nesterov else buf))
+    finite = alive.bool() & (p.abs().amax(1) < DIVERGED_ABOVE)  # False for NaN and inf too
+    if not bool(finite.all()):
+        keep = finite[:, None]
+        buf.copy_(torch.where(keep, buf, 0))
+        p.copy_(torch.where(keep, p, 0))
+    return finite
 
 
 def _adam_core(
@@ -267,6 +287,9 @@ class SlotState(Mapping[str, "dict[str, Tensor]"]):
 
     def flatten(self, tensors: Params) -> Tensor:
         """Stacked tensors (K, *shape) by name -> one (K, P) matrix in this state's order."""
+        if tensors[self.names[0]].shape[0] == 1:
+            # a pack of one: the tensors end to end, flattened and joined in one call
+            return _flatten_dense_tensors([tensors[n] for n in self.names]).view(1, -1)
         return torch.cat([tensors[n].reshape(tensors[n].shape[0], -1) for n in self.names], 1)
 
     def unflatten(self, flat: Tensor) -> Params:
@@ -332,6 +355,8 @@ def apply_update(
         lr_p = lr_p * state.lr_row
     wd = hypers.weight_decay.to(dtype)[:, None] if hypers.decays else None
     h = _Local(lr_p, hypers.momentum.to(dtype)[:, None], wd)
+    if flat and spec.name == "sgd" and p.device.type == "cpu":
+        return _sgd_in_place(spec, p, state.flatten(grads).to(dtype), state.flat, h, alive)
     new_p, new = rule(spec, p, state.flatten(grads).to(dtype), state.flat, h, step)
     finite = alive.bool() & (new_p.abs().amax(1) < DIVERGED_ABOVE)  # False for NaN and inf too
     if p.device.type == "cpu" and bool(finite.all()):  # a host read costs no wait on a CPU

@@ -139,18 +139,28 @@ def test_dead_members_are_zeroed_and_the_others_move_on(spec, torch_cls, torch_k
 
 
 
+MULTIPLIED = pytest.param(
+    OptimSpec(name="sgd", lr_multipliers={"head.*": 10.0, "conv.bias": 0.5}),
+    torch.optim.SGD,
+    CASES[0].values[2],
+    id="sgd-lr-multipliers",
+)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize(("spec", "torch_cls", "torch_kwargs"), CASES)
+@pytest.mark.parametrize("member", [0, 2], ids=["no-decay", "decay"])
+@pytest.mark.parametrize(("spec", "torch_cls", "torch_kwargs"), [*CASES, MULTIPLIED])
 def test_a_pack_of_one_laid_out_in_one_matrix_updates_bit_identically(
-    spec, torch_cls, torch_kwargs, dtype
+    spec, torch_cls, torch_kwargs, member, dtype
 ):
     """``SlotState.adopt`` (a pack of one's parameters as views of the update's (1, P) matrix)
     against the same pack with its own tensors, four steps, the last with a NaN gradient that
     kills the member: torch.equal, parameters and state, since the rule runs the same kernels
     on the same (1, P) values either way (only the concatenation and the copy back are gone).
-    The adopted views hold the parameters' values and shapes, and a tensor replaced in the
-    dict afterwards is updated through the concatenating path."""
-    hypers = _hypers(lambda k: torch_kwargs(0))
+    SGD on a CPU takes its in-place update there (``_sgd_in_place``), the others the rule
+    and a copy into the matrix. The adopted views hold the parameters' values and shapes, and
+    a tensor replaced in the dict afterwards is updated through the concatenating path."""
+    hypers = _hypers(lambda k: torch_kwargs(member))
     hypers = MemberHypers(hypers.lr[:1], hypers.momentum[:1], hypers.weight_decay[:1])
     a = {n: p[:1].to(dtype) for n, p in _stacked_params().items()}
     b = {n: p.clone() for n, p in a.items()}
