@@ -256,6 +256,7 @@ class SlotState(Mapping[str, "dict[str, Tensor]"]):
         self.lr_row: Tensor | None = None
         self.params_flat: Tensor | None = None  # see adopt
         self.param_views: list[Tensor] | None = None
+        self._columns: tuple[tuple, tuple[Tensor, Tensor | None]] | None = None  # see columns
         if spec.lr_multipliers:
             mult = [lr_multiplier(spec, n) for n in self.names]
             self.lr_row = torch.repeat_interleave(
@@ -284,6 +285,19 @@ class SlotState(Mapping[str, "dict[str, Tensor]"]):
         return self.param_views is not None and all(
             params[n] is v for n, v in zip(self.names, self.param_views, strict=True)
         )
+
+    def columns(self, hypers: MemberHypers, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """The members' momentum and weight decay (None: no member decays) as (K, 1) columns
+        in ``dtype``, kept from the last call for the same tensors: where they have ``dtype``
+        already, the columns are views of them (no copy that could fall out of date)."""
+        key = (hypers.momentum, hypers.weight_decay, hypers.decays, dtype)
+        if self._columns is not None and all(a is b for a, b in zip(self._columns[0], key)):
+            return self._columns[1]
+        wd = hypers.weight_decay.to(dtype)[:, None] if hypers.decays else None
+        cols = (hypers.momentum.to(dtype)[:, None], wd)
+        same = hypers.momentum.dtype == dtype and hypers.weight_decay.dtype == dtype
+        self._columns = (key, cols) if same else None
+        return cols
 
     def flatten(self, tensors: Params) -> Tensor:
         """Stacked tensors (K, *shape) by name -> one (K, P) matrix in this state's order."""
@@ -353,8 +367,7 @@ def apply_update(
     lr_p = lr.to(dtype)[:, None]
     if state.lr_row is not None:
         lr_p = lr_p * state.lr_row
-    wd = hypers.weight_decay.to(dtype)[:, None] if hypers.decays else None
-    h = _Local(lr_p, hypers.momentum.to(dtype)[:, None], wd)
+    h = _Local(lr_p, *state.columns(hypers, dtype))
     if flat and spec.name == "sgd" and p.device.type == "cpu":
         return _sgd_in_place(spec, p, state.flatten(grads).to(dtype), state.flat, h, alive)
     new_p, new = rule(spec, p, state.flatten(grads).to(dtype), state.flat, h, step)

@@ -330,3 +330,22 @@ def test_step_milestone_is_the_first_epoch_at_or_past_the_fraction(epochs, drop_
     factors = [lr_factor(spec, s, spe * epochs, spe) for s in range(spe * epochs)]
     assert factors[drop_after * spe - 1] == 1.0
     assert factors[drop_after * spe] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_the_hyperparameter_columns_kept_between_steps_follow_the_hyperparameters(dtype):
+    """``SlotState.columns`` keeps the (K, 1) momentum and decay between updates: they must
+    still read the members' values after those change in place or are replaced (a float64
+    pack's columns are copies, so they are made again)."""
+    params = {n: p.to(dtype) for n, p in _stacked_params().items()}
+    state = init_state(OptimSpec(name="sgd"), params)
+    hypers = _hypers(CASES[0].values[2])
+    for change in (lambda: None, lambda: hypers.momentum.mul_(0.5)):
+        change()
+        mu, wd = state.columns(hypers, dtype)
+        assert mu.dtype == dtype and torch.equal(mu[:, 0], hypers.momentum.to(dtype))
+        assert torch.equal(wd[:, 0], hypers.weight_decay.to(dtype))
+    hypers.weight_decay = torch.zeros(K)
+    assert torch.equal(state.columns(hypers, dtype)[1][:, 0], torch.zeros(K, dtype=dtype))
+    hypers.decays = False
+    assert state.columns(hypers, dtype)[1] is None
