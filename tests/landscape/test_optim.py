@@ -138,7 +138,6 @@ def test_dead_members_are_zeroed_and_the_others_move_on(spec, torch_cls, torch_k
             assert torch.equal(t[1], torch.zeros_like(t[1]))
 
 
-
 MULTIPLIED = pytest.param(
     OptimSpec(name="sgd", lr_multipliers={"head.*": 10.0, "conv.bias": 0.5}),
     torch.optim.SGD,
