@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._utils import _flatten_dense_tensors
 
 from landscape.functional import Params
 from landscape.variant import ConfigError, OptimSpec
@@ -128,6 +129,25 @@ def _sgd(
     buf = h.momentum * s["momentum_buffer"] + g
     direction = g + h.momentum * buf if spec.nesterov else buf
     return p - h.lr * direction, {"momentum_buffer": buf}
+
+
+def _sgd_in_place(
+    spec: OptimSpec, p: Tensor, g: Tensor, s: Slots, h: _Local, alive: Tensor
+) -> Tensor:
+    """:func:`_sgd` written into ``p`` and the buffer (the same kernels on the same values, so
+    the same bits, without a new matrix for each and the copies back), then the divergence
+    check of :func:`apply_update` on the result: a pack of one laid out in one matrix on a
+    CPU, where the check's host read costs no wait. Returns the (K,) bool still alive."""
+    g = _l2(g, p, h)
+    buf = s["momentum_buffer"]
+    buf.mul_(h.momentum).add_(g)
+    p.sub_(h.lr * (g + h.momentum * buf if spec.nesterov else buf))
+    finite = alive.bool() & (p.abs().amax(1) < DIVERGED_ABOVE)  # False for NaN and inf too
+    if not bool(finite.all()):
+        keep = finite[:, None]
+        buf.copy_(torch.where(keep, buf, 0))
+        p.copy_(torch.where(keep, p, 0))
+    return finite
 
 
 def _adam_core(
@@ -236,6 +256,7 @@ class SlotState(Mapping[str, "dict[str, Tensor]"]):
         self.lr_row: Tensor | None = None
         self.params_flat: Tensor | None = None  # see adopt
         self.param_views: list[Tensor] | None = None
+        self._columns: tuple[tuple, tuple[Tensor, Tensor | None]] | None = None  # see columns
         if spec.lr_multipliers:
             mult = [lr_multiplier(spec, n) for n in self.names]
             self.lr_row = torch.repeat_interleave(
@@ -265,8 +286,24 @@ class SlotState(Mapping[str, "dict[str, Tensor]"]):
             params[n] is v for n, v in zip(self.names, self.param_views, strict=True)
         )
 
+    def columns(self, hypers: MemberHypers, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """The members' momentum and weight decay (None: no member decays) as (K, 1) columns
+        in ``dtype``, kept from the last call for the same tensors: where they have ``dtype``
+        already, the columns are views of them (no copy that could fall out of date)."""
+        key = (hypers.momentum, hypers.weight_decay, hypers.decays, dtype)
+        if self._columns is not None and all(a is b for a, b in zip(self._columns[0], key)):
+            return self._columns[1]
+        wd = hypers.weight_decay.to(dtype)[:, None] if hypers.decays else None
+        cols = (hypers.momentum.to(dtype)[:, None], wd)
+        same = hypers.momentum.dtype == dtype and hypers.weight_decay.dtype == dtype
+        self._columns = (key, cols) if same else None
+        return cols
+
     def flatten(self, tensors: Params) -> Tensor:
         """Stacked tensors (K, *shape) by name -> one (K, P) matrix in this state's order."""
+        if tensors[self.names[0]].shape[0] == 1:
+            # a pack of one: the tensors end to end, flattened and joined in one call
+            return _flatten_dense_tensors([tensors[n] for n in self.names]).view(1, -1)
         return torch.cat([tensors[n].reshape(tensors[n].shape[0], -1) for n in self.names], 1)
 
     def unflatten(self, flat: Tensor) -> Params:
@@ -330,8 +367,9 @@ def apply_update(
     lr_p = lr.to(dtype)[:, None]
     if state.lr_row is not None:
         lr_p = lr_p * state.lr_row
-    wd = hypers.weight_decay.to(dtype)[:, None] if hypers.decays else None
-    h = _Local(lr_p, hypers.momentum.to(dtype)[:, None], wd)
+    h = _Local(lr_p, *state.columns(hypers, dtype))
+    if flat and spec.name == "sgd" and p.device.type == "cpu":
+        return _sgd_in_place(spec, p, state.flatten(grads).to(dtype), state.flat, h, alive)
     new_p, new = rule(spec, p, state.flatten(grads).to(dtype), state.flat, h, step)
     finite = alive.bool() & (new_p.abs().amax(1) < DIVERGED_ABOVE)  # False for NaN and inf too
     if p.device.type == "cpu" and bool(finite.all()):  # a host read costs no wait on a CPU

@@ -138,19 +138,28 @@ def test_dead_members_are_zeroed_and_the_others_move_on(spec, torch_cls, torch_k
             assert torch.equal(t[1], torch.zeros_like(t[1]))
 
 
+MULTIPLIED = pytest.param(
+    OptimSpec(name="sgd", lr_multipliers={"head.*": 10.0, "conv.bias": 0.5}),
+    torch.optim.SGD,
+    CASES[0].values[2],
+    id="sgd-lr-multipliers",
+)
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
-@pytest.mark.parametrize(("spec", "torch_cls", "torch_kwargs"), CASES)
+@pytest.mark.parametrize("member", [0, 2], ids=["no-decay", "decay"])
+@pytest.mark.parametrize(("spec", "torch_cls", "torch_kwargs"), [*CASES, MULTIPLIED])
 def test_a_pack_of_one_laid_out_in_one_matrix_updates_bit_identically(
-    spec, torch_cls, torch_kwargs, dtype
+    spec, torch_cls, torch_kwargs, member, dtype
 ):
     """``SlotState.adopt`` (a pack of one's parameters as views of the update's (1, P) matrix)
     against the same pack with its own tensors, four steps, the last with a NaN gradient that
     kills the member: torch.equal, parameters and state, since the rule runs the same kernels
     on the same (1, P) values either way (only the concatenation and the copy back are gone).
-    The adopted views hold the parameters' values and shapes, and a tensor replaced in the
-    dict afterwards is updated through the concatenating path."""
-    hypers = _hypers(lambda k: torch_kwargs(0))
+    SGD on a CPU takes its in-place update there (``_sgd_in_place``), the others the rule
+    and a copy into the matrix. The adopted views hold the parameters' values and shapes, and
+    a tensor replaced in the dict afterwards is updated through the concatenating path."""
+    hypers = _hypers(lambda k: torch_kwargs(member))
     hypers = MemberHypers(hypers.lr[:1], hypers.momentum[:1], hypers.weight_decay[:1])
     a = {n: p[:1].to(dtype) for n, p in _stacked_params().items()}
     b = {n: p.clone() for n, p in a.items()}
@@ -320,3 +329,22 @@ def test_step_milestone_is_the_first_epoch_at_or_past_the_fraction(epochs, drop_
     factors = [lr_factor(spec, s, spe * epochs, spe) for s in range(spe * epochs)]
     assert factors[drop_after * spe - 1] == 1.0
     assert factors[drop_after * spe] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_the_hyperparameter_columns_kept_between_steps_follow_the_hyperparameters(dtype):
+    """``SlotState.columns`` keeps the (K, 1) momentum and decay between updates: they must
+    still read the members' values after those change in place or are replaced (a float64
+    pack's columns are copies, so they are made again)."""
+    params = {n: p.to(dtype) for n, p in _stacked_params().items()}
+    state = init_state(OptimSpec(name="sgd"), params)
+    hypers = _hypers(CASES[0].values[2])
+    for change in (lambda: None, lambda: hypers.momentum.mul_(0.5)):
+        change()
+        mu, wd = state.columns(hypers, dtype)
+        assert mu.dtype == dtype and torch.equal(mu[:, 0], hypers.momentum.to(dtype))
+        assert torch.equal(wd[:, 0], hypers.weight_decay.to(dtype))
+    hypers.weight_decay = torch.zeros(K)
+    assert torch.equal(state.columns(hypers, dtype)[1][:, 0], torch.zeros(K, dtype=dtype))
+    hypers.decays = False
+    assert state.columns(hypers, dtype)[1] is None
