@@ -27,4 +27,6 @@ def test_grokking_preset_measures_pairs_between_its_seeds(preset, tmp_path):
         cell = (flat["optim.weight_decay"], flat["data.train_fraction"])
         cells.setdefault(cell, set()).add(v.seed)
     assert all(s == set(seeds) for s in cells.values())
-    assert len(cells) == len(plan.axes["optim.weight_decay"]) * len(plan.axes["data.train_fraction"])
+    assert len(cells) == len(plan.axes["optim.weight_decay"]) * len(
+        plan.axes["data.train_fraction"]
+    )
