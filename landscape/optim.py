@@ -372,21 +372,18 @@ def apply_update(
         return _sgd_in_place(spec, p, state.flatten(grads).to(dtype), state.flat, h, alive)
     new_p, new = rule(spec, p, state.flatten(grads).to(dtype), state.flat, h, step)
     finite = alive.bool() & (new_p.abs().amax(1) < DIVERGED_ABOVE)  # False for NaN and inf too
-    if p.device.type == "cpu" and bool(finite.all()):  # a host read costs no wait on a CPU
-        for slot in slots:  # every member alive: nothing to zero
-            state.flat[slot].copy_(new[slot])
-        if flat:
-            p.copy_(new_p)
-            return finite
-        new_views = state.unflatten(new_p)
-        torch._foreach_copy_([params[n] for n in state.names], [new_views[n] for n in state.names])
-        return finite
+    # every member alive (a host read costs no wait on a CPU): nothing to zero
+    everyone = p.device.type == "cpu" and bool(finite.all())
     keep = finite[:, None]
+
+    def kept(t: Tensor) -> Tensor:
+        return t if everyone else torch.where(keep, t, 0)
+
     for slot in slots:
-        state.flat[slot].copy_(torch.where(keep, new[slot], 0))
+        state.flat[slot].copy_(kept(new[slot]))
     if flat:
-        p.copy_(torch.where(keep, new_p, 0))
+        p.copy_(kept(new_p))
         return finite
-    new_views = state.unflatten(torch.where(keep, new_p, 0))
+    new_views = state.unflatten(kept(new_p))
     torch._foreach_copy_([params[n] for n in state.names], [new_views[n] for n in state.names])
     return finite
