@@ -379,14 +379,30 @@ def _run_on_ray(
             _shutdown_in_background()
 
 
-# ray.shutdown after a finished dispatch: it ends the instance's processes one after another,
-# each given a second to exit (about 1.5 s on a 2-core CPU), which overlaps the driver's passes
-# and the report; joined before Ray starts again and before the command exits.
+# ray.shutdown after a finished dispatch, in a thread that overlaps the driver's passes and the
+# report; joined before Ray starts again and before the command exits. Every result is written
+# by then and the workers are idle, so the instance's processes are killed outright: Ray's own
+# shutdown gives each a second to exit, one after another (1.34 against 0.30 s on this
+# project's 2-core CPU). Its agents, orphaned either way, end with the driver (the reaper).
 _shutting_down: list[threading.Thread] = []
 
 
+def _shutdown_now() -> None:
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is not None:
+        kill_all = node.kill_all_processes
+
+        def without_grace(
+            check_alive: bool = True, allow_graceful: bool = False, wait: bool = False
+        ):
+            kill_all(check_alive=check_alive, allow_graceful=False, wait=wait)
+
+        node.kill_all_processes = without_grace
+    ray.shutdown()
+
+
 def _shutdown_in_background() -> None:
-    thread = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    thread = threading.Thread(target=_shutdown_now, name="ray-shutdown")
     thread.start()
     _shutting_down.append(thread)
 

@@ -335,3 +335,31 @@ def test_a_vmapped_pack_of_transformers_equals_each_member_trained_alone():
         train_step(StepFn(net, mode="loop"), alone, opt1, x[k : k + 1], y[k : k + 1], opt1.hypers.lr, "fp32")  # fmt: skip
         assert max_diff(stack.member(k).params, alone.params) < 1e-12, k
         assert max_diff(alone.params, init.member(k).params) > 1e-3, k  # it moved
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_member_by_member_evaluation_equals_the_vmapped_one(monkeypatch, batch_norm):
+    """``evaluate`` on a CPU runs small packs member by member (``LOOP_EVAL_MEMBERS_CPU``);
+    against the vmapped evaluation in float64, with a shared set gathered by ``idx`` and with
+    each member's own rows, BatchNorm on its running statistics: the same per-member forward
+    up to how a matrix product is batched, so equal to rounding (1e-12)."""
+    import landscape.train as train
+    from landscape.functional import init_stack
+    from landscape.models import MLP
+
+    net, stack = init_stack(lambda: MLP(5, 3, 6, 2, batch_norm).double(), [0, 1, 2], "cpu")
+    for name, buf in stack.buffers.items():  # running statistics that differ per member
+        if name.endswith("running_mean"):
+            buf.copy_(0.1 * torch.randn_like(buf))
+        elif name.endswith("running_var"):
+            buf.copy_(torch.rand_like(buf) + 0.5)
+    g = torch.Generator().manual_seed(0)
+    shared = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    idx = torch.stack([torch.randperm(40, generator=g)[:30] for _ in range(3)])
+    y = torch.randint(0, 3, (3, 30), generator=g)
+    own = torch.randn(3, 30, 5, generator=g, dtype=torch.float64)
+    got = [train.evaluate(net, stack, shared, y, idx=idx), train.evaluate(net, stack, own, y)]
+    monkeypatch.setattr(train, "LOOP_EVAL_MEMBERS_CPU", 0)
+    want = [train.evaluate(net, stack, shared, y, idx=idx), train.evaluate(net, stack, own, y)]
+    assert got[0][0].shape == (3,) and not torch.equal(got[0][0], got[1][0])
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
