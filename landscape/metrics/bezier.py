@@ -12,7 +12,8 @@ at the midpoint, SGD with lr 0.01, momentum 0.9, weight decay 5e-4, one t per st
 the learning rate constant for the first 50% of training, then linearly down to 1% of its
 value at 90%, then constant; the curve's training error (%) is read at t in {0, .25, .5,
 .75, 1} with BatchNorm statistics recomputed at each t, and summarised by Yang's
-:func:`yang_mc`. P pairs train together as one stack (vmap over pairs).
+:func:`yang_mc`. P pairs train together as one stack (vmap over pairs; on a CPU, up to
+:data:`LOOP_PAIRS_CPU` pairs take their gradients pair by pair, :func:`curve_mode`).
 
 Weight decay on a curve is Garipov et al.'s (their ``dnn-mode-connectivity``, which Yang et al.
 ran): not the optimiser's decay of w_c but the penalty 0.5 wd ||phi(t)||^2 on the curve point
@@ -157,7 +158,8 @@ def _looped_curves(
 
 class CurveStep:
     """One training step of P curves' control points, in place: the gradient of each pair's
-    curve objective at its own t (vmapped over pairs), then one SGD update
+    curve objective at its own t (vmapped over pairs, or pair by pair: ``mode``, resolved by
+    :func:`curve_mode` when ``auto``), then one SGD update
     (``landscape.optim.apply_update``) of the control points and their momentum.
 
     Every state change is in place on tensors that live across steps and nothing is read back
