@@ -13,8 +13,8 @@ building the model, a ``torch.Generator`` seeded by ``seed`` for the epoch shuff
 metric are written out here, with the demo preset's settings (``conf/metrics/demo.yaml``: 30
 probes on 256 samples, 50 power iterations, 512 CKA inputs, 11 barrier and MLI points, a
 10-epoch curve with Garipov et al.'s penalty and schedule). So its training follows the same
-arithmetic as the project's and most test accuracies agree to 4 decimals (rounding differences of a packed step can flip a few); the
-comparison in the JSON says how many.
+arithmetic as the project's and most test accuracies agree to 4 decimals (rounding differences
+of a packed step can flip a few); the comparison in the JSON says how many.
 
 The harness runs each job as a cold process (imports, Ray and the report included where the
 project does them) in alternating rounds, script first then project, and reports medians and

@@ -437,29 +437,24 @@ def evaluate(
     total_loss = torch.zeros(K, device=y.device, dtype=dtype)
     total_correct = torch.zeros(K, device=y.device, dtype=dtype)
 
+    in_turn = y.device.type != "cuda" and K <= LOOP_EVAL_MEMBERS_CPU
+    logits_of = _eval_module(net) if in_turn else None
+
     def member(params: Params, buffers: Params, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
-        return classification_loss(net.logits(params, buffers, xb), yb, reduction="sum")
+        if logits_of is None:
+            logits = net.logits(params, buffers, xb)
+        else:
+            logits = logits_of(params, buffers, xb, False)
+        return classification_loss(logits, yb, reduction="sum")
 
-    if y.device.type != "cuda" and K <= LOOP_EVAL_MEMBERS_CPU:
-        bound = _eval_module(net)
+    def members_in_turn(params: Params, buffers: Params, xb: Tensor, yb: Tensor):
+        outs = []
+        for k in range(K):
+            own = {n: p[k] for n, p in params.items()}, {n: b[k] for n, b in buffers.items()}
+            outs.append(member(*own, xb[k], yb[k]))
+        return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
 
-        def batched(params: Params, buffers: Params, xb: Tensor, yb: Tensor):
-            outs = [
-                classification_loss(
-                    bound(
-                        {n: p[k] for n, p in params.items()},
-                        {n: b[k] for n, b in buffers.items()},
-                        xb[k],
-                        False,
-                    ),
-                    yb[k],
-                    reduction="sum",
-                )
-                for k in range(K)
-            ]
-            return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
-    else:
-        batched = vmap(member)
+    batched = members_in_turn if in_turn else vmap(member)
     for start in range(0, N, EVAL_CHUNK):
         part = slice(start, start + EVAL_CHUNK)
         xb = x[:, part] if idx is None else x[idx[:, part]]

@@ -86,21 +86,27 @@ def yang_mc(errors: Tensor) -> Tensor:
 
 
 def _curve_loss(
-    net: FunctionalNet, weight_decay: float, shapes: dict[str, torch.Size]
+    net: FunctionalNet,
+    weight_decay: float,
+    shapes: dict[str, torch.Size],
+    logits_of: Callable[[Params, Params, Tensor], Tensor] | None = None,
 ) -> Callable[..., tuple[Tensor, Tensor]]:
     """One pair's training objective at t and, as the auxiliary output, its cross-entropy:
     cross-entropy + 0.5 wd ||phi(t)||^2 (Garipov et al.'s curve regulariser). The control
     point and the endpoints come flat (``landscape.functional.flatten``, one vector of every
     parameter): phi(t) and its norm are a handful of kernels on it, where per-tensor
     arithmetic is a handful per parameter tensor (about 60 in a ResNet18) in a step that is
-    launch-bound; the network gets views of phi(t) (``unflatten``)."""
-    stat_net = batch_stat_net(net)  # train mode: BatchNorm normalises with batch statistics
+    launch-bound; the network gets views of phi(t) (``unflatten``). ``logits_of(params,
+    buffers, x)`` is the train-mode forward (BatchNorm on batch statistics); by default
+    :func:`landscape.metrics.batchnorm.batch_stat_net`'s, which vmap can batch."""
+    if logits_of is None:  # train mode: BatchNorm normalises with batch statistics
+        logits_of = batch_stat_net(net).logits
 
     def loss(
         c: Tensor, a: Tensor, b: Tensor, buffers: Params, x: Tensor, y: Tensor, t: Tensor
     ) -> tuple[Tensor, Tensor]:
         phi = (1 - t) ** 2 * a + 2 * t * (1 - t) * c + t**2 * b  # (N,)
-        logits = stat_net.logits(unflatten(phi, shapes), buffers, x)
+        logits = logits_of(unflatten(phi, shapes), buffers, x)
         ce = classification_loss(logits, y, accuracy=False)[0]
         l2 = loss_precision(phi).square().sum()
         return ce + 0.5 * weight_decay * l2, ce
@@ -126,13 +132,16 @@ def curve_mode(device: torch.device, pairs: int) -> str:
 def _looped_curves(
     net: FunctionalNet, weight_decay: float, shapes: dict[str, torch.Size]
 ) -> Callable[..., tuple[Tensor, tuple[Tensor, Tensor]]]:
-    """The vmapped gradient of :func:`_curve_loss` computed pair by pair: phi(t) of each pair
-    from its control point as an autograd leaf, the train-mode forward of a private copy of
-    the architecture with phi's views set into it (:class:`landscape.functional.BoundModule`,
-    BatchNorm on batch statistics as in :func:`landscape.metrics.batchnorm.batch_stat_net`),
-    and one ``torch.autograd.grad``. The same objective term by term; results stacked as
-    vmap's: (gradients (P, N), (objective (P,), cross-entropy (P,)))."""
+    """The vmapped gradient of :func:`_curve_loss` computed pair by pair: each pair's control
+    point as an autograd leaf, the objective with the train-mode forward of a private copy of
+    the architecture that phi(t)'s views are set into (:class:`landscape.functional.BoundModule`,
+    BatchNorm on batch statistics as :func:`landscape.metrics.batchnorm.batch_stat_net`'s),
+    and one ``torch.autograd.grad``; results stacked as vmap's: (gradients (P, N),
+    (objective (P,), cross-entropy (P,)))."""
     bound = BoundModule(net, copy.deepcopy(batch_stat_net(net).module))
+    loss = _curve_loss(
+        net, weight_decay, shapes, lambda params, buffers, x: bound(params, buffers, x, True)
+    )
 
     def grad_fn(
         c: Tensor, a: Tensor, b: Tensor, buffers: Params, x: Tensor, y: Tensor, t: Tensor
@@ -140,13 +149,8 @@ def _looped_curves(
         grads, objectives, ces = [], [], []
         for p in range(c.shape[0]):
             cp = c[p].detach().requires_grad_()
-            tp = t[p]
-            phi = (1 - tp) ** 2 * a[p] + 2 * tp * (1 - tp) * cp + tp**2 * b[p]
-            logits = bound(
-                unflatten(phi, shapes), {n: v[p] for n, v in buffers.items()}, x[p], True
-            )
-            ce = classification_loss(logits, y[p], accuracy=False)[0]
-            objective = ce + 0.5 * weight_decay * loss_precision(phi).square().sum()
+            pair_buffers = {n: v[p] for n, v in buffers.items()}
+            objective, ce = loss(cp, a[p], b[p], pair_buffers, x[p], y[p], t[p])
             (g,) = torch.autograd.grad(objective, cp)
             grads.append(g)
             objectives.append(objective.detach())
