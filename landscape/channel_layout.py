@@ -8,7 +8,8 @@ grouped convolution (groups = K), BatchNorm over the K*C channels (per member by
 construction), a linear layer as one batched matmul, and every other layer (ReLU, pooling,
 flatten, residual sums) as it is, since it acts per channel. Gradients come from ordinary
 autograd on the stacked parameters (members are independent, so the gradient of the sum of
-their losses is each member's own gradient): no vmap at all.
+their losses is each member's own gradient): no vmap at all. The training step that does so
+is ``packed`` mode in :mod:`landscape.train`.
 
 It computes what :class:`landscape.functional.FunctionalNet` under vmap computes (tests
 compare them: in float64 over several steps, and one float32 step's gradients). Under bf16
@@ -122,22 +123,3 @@ class PackedNet:
         x (K, N, ...) and labels y (K, N): :meth:`FunctionalNet.loss` for all members at once,
         without vmap (so it can be differentiated twice by plain autograd)."""
         return member_losses(self.logits(params, buffers, pack_inputs(x), train=False), y)
-
-
-def packed_grad_and_value(packed: PackedNet, channels_last: bool = False, accuracy: bool = True):
-    """(params, buffers, x (K, N, ...), y (K, N)) -> (grads, (loss sum, (loss (K,), acc (K,))))
-    for a training step in train mode: the structure ``StepFn`` returns for vmap (acc None
-    without ``accuracy``). With ``channels_last``, image activations on a CUDA device are
-    NHWC (K*C channels)."""
-
-    def run(params: Params, buffers: Params, x: Tensor, y: Tensor):
-        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-        xp = channels_last_images(pack_inputs(x)) if channels_last else pack_inputs(x)
-        with torch.enable_grad():
-            logits = packed.logits(leaves, buffers, xp, train=True)  # (N, K, C)
-            loss, acc = classification_loss(logits, y, "members", accuracy)  # (K,) each
-            grads = torch.autograd.grad(loss.sum(), list(leaves.values()))
-        total = loss.detach().sum()
-        return dict(zip(leaves, grads)), (total, (loss.detach(), acc))
-
-    return run

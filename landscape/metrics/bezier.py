@@ -52,8 +52,8 @@ from landscape.metrics.batchnorm import batch_stat_net
 from landscape.metrics.registry import Column, Metric, register, require_positive
 from landscape.metrics.surfaces import evaluate_combinations, stack_basis
 from landscape.objective import classification_loss
-from landscape.optim import MemberHypers, apply_update, init_state
-from landscape.train import autocast
+from landscape.optim import MemberHypers
+from landscape.train import apply_update, autocast, init_state
 from landscape.variant import ConfigError, OptimSpec, setting
 
 YANG_TS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -164,7 +164,7 @@ class CurveStep:
     """One training step of P curves' control points, in place: the gradient of each pair's
     curve objective at its own t (vmapped over pairs, or pair by pair: ``mode``, resolved by
     :func:`curve_mode` when ``auto``), then one SGD update
-    (``landscape.optim.apply_update``) of the control points and their momentum.
+    (``landscape.train.apply_update``) of the control points and their momentum.
 
     Every state change is in place on tensors that live across steps and nothing is read back
     to the host, so on a CUDA device the step is recorded once as a CUDA graph and replayed
@@ -251,7 +251,7 @@ def train_bezier(
 
     ``draw_batch(generator)`` returns one training batch per pair: x (P, B, *input), y (P, B).
     One t ~ U(0, 1) per pair per step, drawn from ``generator``. The update is
-    ``landscape.optim.apply_update`` (torch.optim.SGD semantics, no decay of its own) on the
+    ``landscape.train.apply_update`` (torch.optim.SGD semantics, no decay of its own) on the
     gradient of cross-entropy + 0.5 ``weight_decay`` ||phi(t)||^2 (module docstring), one
     :class:`CurveStep` per step (a CUDA graph replay on a GPU unless ``cuda_graphs`` is off;
     ``precision`` bf16 runs the curve's forward and backward under bf16 autocast, as the

@@ -30,9 +30,9 @@ from torch import Tensor
 
 from landscape.functional import FunctionalNet, Stack
 from landscape.metrics.registry import Metric, check_ranges, register
-from landscape.optim import MemberHypers, init_state
+from landscape.optim import MemberHypers
 from landscape.pack import PackData
-from landscape.train import OptimState, StepFn, train_step
+from landscape.train import OptimState, StepFn, init_state, train_step
 from landscape.variant import ConfigError, OptimSpec
 
 if TYPE_CHECKING:

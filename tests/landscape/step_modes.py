@@ -1,5 +1,5 @@
 """Helpers shared by the step-mode equivalence tests (``test_train.py``) and their GPU
-versions (``test_cuda.py``): a pack of 3 trained a few steps with each ``StepFn`` mode, and
+versions (``test_cuda.py``): a pack of 3 (or any size) trained a few steps with each ``StepFn`` mode, and
 one step's gradients with each mode.
 
 Why float64: a tiny ReLU net amplifies rounding. Two step modes that differ only in the
@@ -39,21 +39,22 @@ def relative_diff(a, b) -> float:
     return float((num / den).sqrt())
 
 
-def fresh_stack(device, model=RESNET, dtype=torch.float64):
+def fresh_stack(device, model=RESNET, dtype=torch.float64, members: int = K):
     spec, shape, vocab = (*model, 0)[:3]
-    net, stack = init_stack(lambda: build_model(spec, shape, 10, vocab), range(K), device)
+    net, stack = init_stack(lambda: build_model(spec, shape, 10, vocab), range(members), device)
     return net, stack.to(device, dtype)
 
 
-def batches(device, model, steps, dtype):
+def batches(device, model, steps, dtype, members: int = K):
     shape, vocab = (*model, 0)[1:3]
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
         if vocab:
-            x = torch.randint(vocab, (K, B, *shape), generator=g).to(device)
+            x = torch.randint(vocab, (members, B, *shape), generator=g).to(device)
         else:
-            x = torch.randn(K, B, *shape, generator=g, dtype=torch.float64).to(device, dtype)
-        yield x, torch.randint(10, (K, B), generator=g).to(device)
+            shape_ = (members, B, *shape)
+            x = torch.randn(shape_, generator=g, dtype=torch.float64).to(device, dtype)
+        yield x, torch.randint(10, (members, B), generator=g).to(device)
 
 
 def stacks_by_mode(
@@ -64,19 +65,22 @@ def stacks_by_mode(
     channels_last: bool = False,
     streams: int = 1,
     dtype: torch.dtype = torch.float64,
+    members: int = K,
 ):
-    """A pack of 3 trained ``steps`` SGD steps (momentum, weight decay) on the same batches
-    with each StepFn mode, in ``dtype``; and a function that builds the same pack fresh."""
+    """A pack of ``members`` (3) trained ``steps`` SGD steps (momentum, weight decay) on the
+    same batches with each StepFn mode, in ``dtype``; and a function that builds the same
+    pack fresh."""
     stacks = {}
     for mode in modes:
-        net, stack = fresh_stack(device, model, dtype)
-        opt = new_optim_state([OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4)] * K, stack)
+        net, stack = fresh_stack(device, model, dtype, members)
+        spec = OptimSpec(lr=0.05, momentum=0.9, weight_decay=5e-4)
+        opt = new_optim_state([spec] * members, stack)
         step_fn = StepFn(net, mode=mode, channels_last=channels_last, streams=streams)
-        lr = torch.full((K,), 0.05, device=device)
-        for x, y in batches(device, model, steps, dtype):
+        lr = torch.full((members,), 0.05, device=device)
+        for x, y in batches(device, model, steps, dtype, members):
             train_step(step_fn, stack, opt, x, y, lr, "fp32")
         stacks[mode] = stack
-    return stacks, lambda: fresh_stack(device, model, dtype)
+    return stacks, lambda: fresh_stack(device, model, dtype, members)
 
 
 def step_gradients(

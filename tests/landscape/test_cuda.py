@@ -39,7 +39,7 @@ pytestmark = [
 _max_diff = max_diff
 
 # A finite learning rate (OptimSpec refuses inf) that makes member 1 diverge at once: the
-# first update scales its gradient by 1e30, past landscape.optim.DIVERGED_ABOVE, so it is
+# first update scales its gradient by 1e30, past landscape.train.DIVERGED_ABOVE, so it is
 # zeroed at step 1 before its parameters reach a kernel (the CPU twin,
 # test_train.py::test_a_diverging_member_is_quarantined_in_bf16, checks this).
 DIVERGING_LR = 1e30

@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from landscape.optim import MemberHypers, apply_update, base_lr, init_state, lr_factor
+from landscape.optim import MemberHypers, base_lr, lr_factor
+from landscape.train import apply_update, init_state
 from landscape.variant import OptimSpec
 
 K = 3
@@ -156,8 +157,8 @@ def test_a_pack_of_one_laid_out_in_one_matrix_updates_bit_identically(
     against the same pack with its own tensors, four steps, the last with a NaN gradient that
     kills the member: torch.equal, parameters and state, since the rule runs the same kernels
     on the same (1, P) values either way (only the concatenation and the copy back are gone).
-    SGD on a CPU takes its in-place update there (``_sgd_in_place``), the others the rule
-    and a copy into the matrix. The adopted views hold the parameters' values and shapes, and
+    SGD on a CPU takes its in-place update there (``landscape.optim.sgd_in_place``), the
+    others the rule and a copy into the matrix. The adopted views hold the parameters' values and shapes, and
     a tensor replaced in the dict afterwards is updated through the concatenating path."""
     hypers = _hypers(lambda k: torch_kwargs(member))
     hypers = MemberHypers(hypers.lr[:1], hypers.momentum[:1], hypers.weight_decay[:1])

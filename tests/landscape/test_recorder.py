@@ -6,7 +6,7 @@ import torch
 from landscape import ModelSpec, OptimSpec, TrainSpec, load_dataset
 from landscape.measure import MetricsSpec
 from landscape.metrics.hessian import HessianTraceSpec, hessian_eigenvalues
-from landscape.optim import MemberHypers, apply_update, init_state
+from landscape.optim import MemberHypers
 from landscape.recorder import (
     TrajectoryRecorder,
     TrajectorySpec,
@@ -14,7 +14,7 @@ from landscape.recorder import (
     stability_threshold,
 )
 from landscape.run import run_pack
-from landscape.train import pack_steps, train_pack
+from landscape.train import apply_update, init_state, pack_steps, train_pack
 from landscape.variant import ConfigError
 
 
@@ -165,7 +165,7 @@ def test_stability_threshold_is_where_our_sgd_turns_unstable_on_a_quadratic(mome
             alive = apply_update(
                 spec, w, {"w": curvature * w["w"]}, state, hypers, hypers.lr, step, alive
             )
-        # blown up past landscape.optim.DIVERGED_ABOVE: dead, its zeroed weight means nothing
+        # blown up past landscape.train.DIVERGED_ABOVE: dead, its zeroed weight means nothing
         return w["w"].abs().item() if alive.item() else math.inf
 
     assert final_size(edge * 0.97) < 1e-3

@@ -211,6 +211,21 @@ def test_step_modes_train_the_same_pack_in_float64(model):
     assert max_diff(stacks["vmap"].params, fresh()[1].params) > 1e-2
 
 
+@pytest.mark.parametrize(
+    "model", [MODELS[0], MODELS[3], MODELS[6]], ids=[MODEL_IDS[i] for i in (0, 3, 6)]
+)
+def test_a_pack_of_one_takes_the_same_steps_in_every_mode(model):
+    """A pack of one has its own fast paths: its parameters are views of the update's (1, P)
+    matrix (SGD in place there on a CPU), and loop mode hands back its gradients as views
+    with the member dimension. Five float64 SGD steps of every mode must agree as a pack of three's do (same tolerance and
+    reasoning as test_step_modes_train_the_same_pack_in_float64), BatchNorm included."""
+    stacks, fresh = stacks_by_mode("cpu", modes_of(model), model, steps=5, members=1)
+    for mode in modes_of(model)[1:]:
+        assert max_diff(stacks["vmap"].params, stacks[mode].params) < 1e-10, mode
+        assert max_diff(stacks["vmap"].buffers, stacks[mode].buffers) < 1e-10, mode
+    assert max_diff(stacks["vmap"].params, fresh()[1].params) > 1e-2
+
+
 @pytest.mark.parametrize("model", MODELS, ids=MODEL_IDS)
 def test_step_modes_give_the_same_float32_gradients(model):
     """The float32 path the sweeps run: one step's gradients of every mode against vmap's,
