@@ -184,10 +184,24 @@ def example_input(
     return torch.zeros(batch, *input_shape, device=device)
 
 
-def leaf_output_sizes(module: nn.Module, input_shape: tuple[int, ...], batch: int) -> list[int]:
-    """Elements of every leaf module's output for one batch, in call order, from a forward
-    pass on the meta device (no memory, no arithmetic); ``module`` must be on the meta device.
-    What memory estimates and the 32-bit indexing bound count."""
+# A model of at most this many parameter and buffer elements is probed for shapes on the CPU
+# (a copy with uninitialised tensors: 64 MB at most), larger ones on the meta device. A
+# process's first meta-device pass imports torch's decompositions and dynamo (about 900
+# modules: 1.3 s on this project's 2-core x86_64 CPU), which the driver would pay for every
+# sweep; a CPU pass of a few examples through a small model takes milliseconds.
+PROBE_ON_CPU_ELEMENTS = 2**24
+
+
+def probe_device(module: nn.Module) -> tuple[nn.Module, str]:
+    """``module`` (on the meta device) for a pass that only reads shapes: an uninitialised CPU
+    copy when it is small (:data:`PROBE_ON_CPU_ELEMENTS`), else itself on the meta device."""
+    elements = sum(t.numel() for t in (*module.parameters(), *module.buffers()))
+    if elements <= PROBE_ON_CPU_ELEMENTS:
+        return copy.deepcopy(module).to_empty(device="cpu"), "cpu"
+    return module, "meta"
+
+
+def _sizes(module: nn.Module, input_shape: tuple[int, ...], batch: int, device: str) -> list[int]:
     sizes: list[int] = []
 
     def count(_module, _inputs, output) -> None:
@@ -198,11 +212,25 @@ def leaf_output_sizes(module: nn.Module, input_shape: tuple[int, ...], batch: in
     handles = [m.register_forward_hook(count) for m in leaves]
     try:
         with torch.no_grad():
-            module(example_input(module, input_shape, batch, "meta"))
+            module(example_input(module, input_shape, batch, device))
     finally:
         for h in handles:
             h.remove()
-    return sizes or [1]
+    return sizes
+
+
+def leaf_output_sizes(module: nn.Module, input_shape: tuple[int, ...], batch: int) -> list[int]:
+    """Elements of every leaf module's output for one batch, in call order, from a pass that
+    computes nothing of use (:func:`probe_device`; ``module`` is on the meta device): on
+    the CPU, passes of 2 and 3 examples, extrapolated to ``batch`` (every output of these
+    models grows with the batch by a fixed number of elements per example, which the test
+    checks against the meta device's count), or one pass of ``batch`` when it is at most 3.
+    What memory estimates and the 32-bit indexing bound count."""
+    probe, device = probe_device(module)
+    if device == "meta" or batch <= 3:
+        return _sizes(probe, input_shape, batch, device) or [1]
+    two, three = _sizes(probe, input_shape, 2, device), _sizes(probe, input_shape, 3, device)
+    return [a + (b - a) * (batch - 2) for a, b in zip(two, three, strict=True)] or [1]
 
 
 # Elements one tensor of a batched call may hold: CUDA kernels index with 32-bit math and

@@ -22,9 +22,8 @@ from contextvars import ContextVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from landscape.functional import example_input
+from landscape.functional import example_input, probe_device
 from landscape.variant import ConfigError, ModelSpec
 
 _NATIVE_NORM: ContextVar[bool] = ContextVar("native_norm", default=False)
@@ -420,14 +419,35 @@ def build_model(
 def model_forward_flops(
     spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, vocab: int = 0
 ) -> float:
-    """Forward FLOPs of one example (two per multiply-accumulate, as ``torch.utils.flop_counter``
-    counts), counted on the ``meta`` device: nothing is allocated or computed. A model whose
-    work the counter cannot see (no matmul or convolution) counts its parameter count. Token
-    data (``vocab`` > 0) is fed as int64 ids."""
+    """Forward FLOPs of one example, two per multiply-accumulate of every matrix product and
+    convolution, as ``torch.utils.flop_counter`` counts them (a test holds the two equal for
+    every model of the zoo): counted by forward hooks on the layers that do them (``nn.Linear``,
+    ``nn.Conv2d``, :class:`Attention`'s two products) during a pass that computes nothing of
+    use (:func:`landscape.functional.probe_device`). Not the counter itself: its first use
+    imports torch's compiler stack (about 0.9 s, in every driver). A model whose work this
+    cannot see counts its parameter count. Token data (``vocab`` > 0) is fed as int64 ids."""
     with torch.device("meta"):
         model = build_model(spec, input_shape, num_classes, vocab).eval()  # BN takes 1 example
-        x = example_input(model, input_shape, 1, "meta")
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(x)
-    return max(float(counter.get_total_flops()), float(sum(p.numel() for p in model.parameters())))
+    probe, device = probe_device(model)
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += 2 * output.numel() * module.in_features
+        elif isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+            total += 2 * output.numel() * per_output
+        else:  # Attention: (q k^T) and (att v), each 2 B H T^2 (C / H) = 2 B T^2 C
+            B, T, C = inputs[0].shape
+            total += 4 * B * T * T * C
+
+    kinds = (nn.Linear, nn.Conv2d, Attention)
+    handles = [m.register_forward_hook(count) for m in probe.modules() if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            probe(example_input(probe, input_shape, 1, device))
+    finally:
+        for h in handles:
+            h.remove()
+    return max(float(total), float(sum(p.numel() for p in model.parameters())))

@@ -239,6 +239,16 @@ def _sweep(overrides: list[str], flags: set[str], command: str) -> int:
 
 
 def _run_and_report(plan, flags: set[str], command: str) -> int:
+    report = None if "--no-report" in flags else _Report(plan.results_dir)
+    try:
+        status = _run(plan, flags, command)
+        return report.draw() if report is not None and status == 0 else status
+    finally:
+        if report is not None:
+            report.cancel()
+
+
+def _run(plan, flags: set[str], command: str) -> int:
     from sweeps.runner import DiskFull, SweepStopped, run_sweep
 
     try:
@@ -274,39 +284,60 @@ def _run_and_report(plan, flags: set[str], command: str) -> int:
 
     for line in end_of_sweep(plan, summary, command):
         print(line)
-    if "--no-report" not in flags:
-        return _report(plan.results_dir)
     return 0
 
 
 # How a child process's error says that the disk is full (Python's and pyarrow's alike)
 DISK_FULL = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT))
+# The report's child: its imports (pandas, matplotlib, seaborn, the analysis: about 1.5 s on a
+# 2-core CPU) while the sweep runs, then ``landscape-report``'s own main once told to draw
+_REPORT_CHILD = (
+    "import sys\n"
+    "import analysis.report as report\n"
+    "sys.exit(report.main(sys.argv[1:]) if sys.stdin.readline() == 'draw\\n' else 0)"
+)
 
 
-def _report(results_dir: Path) -> int:
-    """Draw the report with its own command, ``landscape-report``, in a child process (the
-    sweep's code never imports the analysis'), and print where it is. A full disk is one line
-    and exit 1, as is any other failure after the child's own message: the sweep's results are
-    complete either way, and ``landscape-report`` draws the report again."""
-    out = results_dir / "report"
-    cmd = [sys.executable, "-m", "analysis.report", str(results_dir), "--out", str(out)]
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode == 0:
-        sys.stderr.write(done.stderr)  # warnings, as the report command prints them
-        print(f"report:  {out / 'index.html'}")
-        return 0
-    if any(text in done.stderr for text in DISK_FULL):
-        what = f"no space left on the device of {results_dir} while writing the report"
-        then = "free some space and run"
-    else:
-        sys.stderr.write(done.stderr)
-        what, then = f"the report failed (exit {done.returncode}, above)", "run"
-    print(
-        f"landscape-sweep: error: {what} (the sweep's results are complete); "
-        f"{then} `landscape-report {results_dir}`",
-        file=sys.stderr,
-    )
-    return 1
+class _Report:
+    """Draw the report with its own command's code, ``landscape-report``, in a child process
+    (the sweep's code never imports the analysis'), started with the sweep so that it has
+    imported what it needs by the time the results are in; it reads them only when told to
+    draw. A full disk is one line and exit 1, as is any other failure after the child's own
+    message: the sweep's results are complete either way, and ``landscape-report`` draws the
+    report again."""
+
+    def __init__(self, results_dir: Path):
+        self.results_dir = results_dir
+        self.out = results_dir / "report"
+        cmd = [sys.executable, "-c", _REPORT_CHILD, str(results_dir), "--out", str(self.out)]
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+
+    def cancel(self) -> None:
+        """End the child if it was not told to draw (it has written nothing)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+    def draw(self) -> int:
+        _, stderr = self.proc.communicate("draw\n")
+        if self.proc.returncode == 0:
+            sys.stderr.write(stderr)  # warnings, as the report command prints them
+            print(f"report:  {self.out / 'index.html'}")
+            return 0
+        if any(text in stderr for text in DISK_FULL):
+            what = f"no space left on the device of {self.results_dir} while writing the report"
+            then = "free some space and run"
+        else:
+            sys.stderr.write(stderr)
+            what, then = f"the report failed (exit {self.proc.returncode}, above)", "run"
+        print(
+            f"landscape-sweep: error: {what} (the sweep's results are complete); "
+            f"{then} `landscape-report {self.results_dir}`",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -86,6 +86,11 @@ class RaySettings:
     # seconds each step of joining a cluster may take (reach the port, Ray's answer) before the
     # driver gives up with the reason
     connect_timeout_s: float = 20.0
+    # where an embedded sweep's packs run: "auto" in this process, one after another, when the
+    # sweep is small enough that starting Ray would cost more than its workers save (a CPU
+    # device, an estimate of the work: sweeps/runner.py), else on Ray; true always in this
+    # process; false always on Ray
+    inline: Any = "auto"
 
     def __post_init__(self) -> None:
         if self.address is not None and not _ADDRESS.fullmatch(str(self.address)):
@@ -121,6 +126,14 @@ class RaySettings:
             )
         if self.num_workers is not None and self.num_workers < 1:
             raise ConfigError(f"ray.num_workers must be >= 1 or null, got {self.num_workers!r}")
+        if not (self.inline == "auto" or isinstance(self.inline, bool)):
+            raise ConfigError(f"ray.inline must be auto, true or false, got {self.inline!r}")
+        if self.inline is True and (self.mps or self.address not in (None, "local")):
+            what = "ray.mps=true" if self.mps else f"ray.address={self.address}"
+            raise ConfigError(
+                f"ray.inline=true runs the packs in this process, without Ray, got {what}: "
+                "leave ray.inline at auto or false to use Ray"
+            )
 
     def resolved_address(self) -> str:
         """Where the sweep runs: ``ray.address``, else RAY_ADDRESS, else ``local`` (start one)."""

@@ -32,11 +32,16 @@ def forward_flops(v: Variant) -> float:
     )
 
 
-def variant_cost(v: Variant, metrics: MetricsSpec) -> float:
+def _steps_per_epoch(v: Variant) -> tuple[int, int, int]:
+    """(training examples, batch size, steps per epoch) of a variant."""
     n_train = subset_size(v.data, train_set_size(v.data))
-    n_test = DATA_SETS[v.data.name].test_size_of(v.data)
     batch = v.optim.batch_for(n_train)  # 0: full batch
-    steps = n_train // batch if v.train.drop_last else math.ceil(n_train / batch)
+    return n_train, batch, n_train // batch if v.train.drop_last else math.ceil(n_train / batch)
+
+
+def variant_cost(v: Variant, metrics: MetricsSpec) -> float:
+    n_train, batch, steps = _steps_per_epoch(v)
+    n_test = DATA_SETS[v.data.name].test_size_of(v.data)
     examples = 3.0 * v.train.epochs * steps * batch  # forward + backward
     evaluations = 1 + len(eval_steps(v.train, v.train.epochs * steps, steps))  # and step 0
     examples += evaluations * (n_train + n_test)  # by default after every epoch
@@ -79,3 +84,27 @@ def schedule(
             out.append((pack, cost))
     out.sort(key=lambda pc: -pc[1])
     return out
+
+
+# What a variant costs one CPU core in seconds, roughly: a small model's training step costs
+# about STEP_S whatever its FLOPs (Python and kernel launches: ~0.25 ms for a member of a pack
+# of two, with the evaluations), its metrics about MEASURE_S (the demo's: Hessian trace and
+# top eigenvalue, and its share of its seed pair's distance, CKA, barrier, Bezier curve and
+# MLI); a large model costs its FLOPs at CPU_FLOPS. Fitted to the demo's grid on this
+# project's 2-core x86_64 CPU (one thread): 8 variants of 2 epochs took 1.2 s one pack after
+# another (estimate 1.2), the demo's 40 of 2 epochs 5.2 s (5.2), of 30 epochs 17.4 s (17.4),
+# 160 of 2 epochs 17.9 s (20.9).
+STEP_S = 3.3e-4
+MEASURE_S = 0.11
+CPU_FLOPS = 1e10
+
+
+def cpu_seconds(variants: Sequence[Variant], metrics: MetricsSpec) -> float:
+    """An estimate of the seconds one CPU core takes to train and measure ``variants`` one
+    after another (what deciding whether to start Ray for them needs: its order of
+    magnitude)."""
+    total = 0.0
+    for v in variants:
+        steps = v.train.epochs * _steps_per_epoch(v)[2]
+        total += max(STEP_S * steps + MEASURE_S, variant_cost(v, metrics) / CPU_FLOPS)
+    return total

@@ -6,6 +6,10 @@ measured in the driver after training, from checkpoints, is in :mod:`sweeps.pass
 Failure is data: a pack whose worker process dies is run again (on the restarted actor or
 another one); a pack that has killed its worker ``ray.max_pack_attempts`` times is recorded
 ``failed`` with the error, and the sweep goes on.
+
+A small sweep on the embedded instance runs its packs in this process instead, one after
+another, with the same worker class (``ray.inline``, :func:`runs_inline`): starting Ray and
+its workers costs seconds that a sweep of a few seconds' work would not win back.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray._private import ray_constants
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from tqdm import tqdm
@@ -33,10 +38,11 @@ from tqdm import tqdm
 import landscape
 from landscape.pack import make_packs
 from landscape.run import failed_rows, metrics_id
+from landscape.train import resolve_device
 from landscape.variant import ConfigError, Variant
 from sweeps.cluster import check_cluster
 from sweeps.config import SweepPlan, check_fits_this_machine
-from sweeps.cost import schedule
+from sweeps.cost import cpu_seconds, schedule
 from sweeps.lock import ResultsLock, ResultsLockedError
 from sweeps.manifest import build_manifest, check_same_base
 from sweeps.mps import check_mps_available, mps_daemon
@@ -49,6 +55,12 @@ from sweeps.trackers import PackCallback, make_tracker
 from sweeps.workers import PackWorker
 
 WAIT_LOG_S = 60.0  # with no result for this long, say what the driver is waiting for
+# ray.inline=auto runs a sweep in this process below this estimate of its work on one CPU core
+# (sweeps.cost.cpu_seconds). On this project's 2-core x86_64 CPU the embedded instance and its
+# workers take about 6 s to start, and two workers then do the work at about 1.4x one
+# process's speed (the demo: 17.4 s of packs in 12.3 s), so one process wins below ~20 s there;
+# with 8 cores (workers at ~5.6x) below ~7.5 s.
+INLINE_BELOW_S = 8.0
 DIED = (RayActorError, WorkerCrashedError)
 
 
@@ -348,6 +360,32 @@ def _todo(
     return todo, redo
 
 
+def runs_inline(plan: SweepPlan, packs: list[list[Variant]], log: Callable[[str], None]) -> bool:
+    """Whether the packs run in this process (``ray.inline``): ``true``; or ``auto`` on the
+    embedded instance not started yet, without MPS, on a CPU device, with an estimate of the
+    work on one core below :data:`INLINE_BELOW_S`. Logs the choice of ``auto``."""
+    local = plan.ray.resolved_address() == "local" and not plan.ray.mps
+    if plan.ray.inline is True:
+        if not local:  # RAY_ADDRESS names a cluster (the config's own address was checked)
+            raise ConfigError(
+                f"ray.inline=true runs the packs in this process, without Ray, got RAY_ADDRESS="
+                f"{os.environ.get('RAY_ADDRESS')}: unset it, or set ray.inline=false"
+            )
+        return True
+    if plan.ray.inline is False or not local or ray.is_initialized():
+        return False
+    if resolve_device(plan.device).type != "cpu":
+        return False
+    seconds = cpu_seconds([v for p in packs for v in p], plan.metrics)
+    if seconds >= INLINE_BELOW_S:
+        return False
+    log(
+        f"running the {len(packs)} packs in this process, without Ray: about {seconds:.0f} s "
+        "of work, less than starting Ray would cost (ray.inline=false runs them on Ray)"
+    )
+    return True
+
+
 def _run_on_ray(
     plan: SweepPlan,
     store: Store,
@@ -359,13 +397,18 @@ def _run_on_ray(
     """Start or join Ray (with ``ray.mps``, under the MPS daemon), then (only once Ray says the
     workers fit) write the manifest, drop the rows being replaced, and dispatch the packs,
     biggest first."""
+    packs = make_packs(todo, plan.pack.max_members)
+    if runs_inline(plan, packs, dispatch.log):
+        store.write_manifest(manifest)
+        store.supersede(redo)
+        dispatch.run_inline(packs)
+        return
     with _mps(plan, dispatch.log):
         started = _init_ray(plan, dispatch.log)
         try:
             _check_resources(plan)
             store.write_manifest(manifest)
             store.supersede(redo)
-            packs = make_packs(todo, plan.pack.max_members)
             n_workers = _num_workers(plan, len(packs))
             scheduled = schedule(packs, plan.metrics, n_workers)
             dispatch.run(scheduled, n_workers)
@@ -503,6 +546,31 @@ class _Dispatch:
             self.bar.close()
             for w in self.workers:
                 ray.kill(w.handle)
+
+    def run_inline(self, packs: list[list[Variant]]) -> None:
+        """The packs one after another in this process, by the worker class's own ``run``
+        (the rows a Ray worker returns); an error outside ``run_pack``'s own handling is
+        recorded as a Ray task's would be (the pack ``failed``, with the error)."""
+        threads = torch.get_num_threads()
+        worker = self.worker_cls(
+            self.plan.device, math.floor(self.plan.ray.cpus_per_worker), **self.worker_kwargs
+        )
+        ckpt = str(self.plan.checkpoint_dir) if self.plan.checkpoint_dir else None
+        total = sum(len(p) for p in packs)
+        self.bar = progress_bar(total, len(packs), self.plan.name, self.show_progress, self.log)
+        try:
+            for pack in packs:
+                try:
+                    tables = worker.run(pack, self.plan.metrics, ckpt)
+                except Exception as exc:
+                    if is_disk_full(exc):  # a checkpoint write: every later pack would fail
+                        raise
+                    error = _first_line(exc)
+                    tables = failed_rows(pack, self.plan.metrics, error, self.plan.device).tables
+                self._write(pack, tables)
+        finally:
+            self.bar.close()
+            torch.set_num_threads(threads)  # the worker set its own
 
     def _submit(self) -> None:
         while self.queue:

@@ -267,3 +267,30 @@ def test_sample_seed_at_its_default_leaves_variant_ids_as_they_were():
     assert "data.sample_seed" not in v.identity()  # the ids from before the knob existed
     shared = dataclasses.replace(v, data=dataclasses.replace(v.data, sample_seed=0))
     assert shared.variant_id != v.variant_id and shared.identity()["data.sample_seed"] == 0
+
+
+def test_digits_are_read_from_scikit_learns_file_as_load_digits_gives_them(monkeypatch):
+    """The digits come from the CSV file in scikit-learn's package, without importing it (its
+    imports cost every process ~1.5 s); they must be ``load_digits``' images and labels, bit
+    for bit, and where the file is not found ``load_digits`` itself answers."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from landscape.data import _digits_arrays
+
+    bunch = load_digits()
+    want = torch.tensor(bunch.images, dtype=torch.float32), torch.tensor(bunch.target)
+    got = _digits_arrays()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # no file: the fallback
+    fallback = _digits_arrays()
+    assert torch.equal(fallback[0], want[0]) and torch.equal(fallback[1], want[1])
+    code = (
+        "import sys; from landscape.data import load_dataset; from landscape.variant import "
+        "DataSpec; load_dataset(DataSpec(name='digits')); print('sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

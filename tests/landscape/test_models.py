@@ -242,3 +242,49 @@ def test_meta_device_helpers_feed_token_models_int64_ids():
     assert model_forward_flops(spec, (5,), 3, 11) > 0
     net = FunctionalNet(build_model(spec, (5,), 3, vocab=11))
     assert net.widest_activation((5,)) == 5 * 3 * 8
+
+
+ZOO = [
+    (ModelSpec("mlp", width=8, depth=2, batch_norm=True), (1, 8, 8), 0),
+    (ModelSpec("cnn", width=4, batch_norm=True), (3, 16, 16), 0),
+    (ModelSpec("resnet18", width=2, batch_norm=True), (3, 16, 16), 0),
+    (ModelSpec("resnet18", width=2, skip=False), (3, 16, 16), 0),
+    (ModelSpec("vgg9", width=2, batch_norm=True), (3, 16, 16), 0),
+    (ModelSpec("transformer", width=8, depth=2, heads=2, mlp_ratio=3), (5,), 11),
+    (ModelSpec("transformer", width=8, depth=1, heads=2, patch=2), (1, 8, 8), 0),
+]
+ZOO_IDS = ["mlp-bn", "cnn-bn", "resnet18-bn", "resnet18-noskip", "vgg9-bn", "gpt", "vit"]
+
+
+@pytest.mark.parametrize(("spec", "shape", "vocab"), ZOO, ids=ZOO_IDS)
+def test_forward_flops_are_torchs_flop_counter_count(spec, shape, vocab):
+    """The hooks that count a model's FLOPs (model_forward_flops, which avoids importing the
+    counter's compiler stack in every driver) count what torch.utils.flop_counter counts on
+    the meta device: integers, equal."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from landscape.functional import example_input
+    from landscape.models import model_forward_flops
+
+    with torch.device("meta"):
+        model = build_model(spec, shape, 10, vocab).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(example_input(model, shape, 1, "meta"))
+    assert counter.get_total_flops() > 0
+    assert model_forward_flops(spec, shape, 10, vocab) == float(counter.get_total_flops())
+
+
+@pytest.mark.parametrize(("spec", "shape", "vocab"), ZOO, ids=ZOO_IDS)
+def test_leaf_output_sizes_on_the_cpu_are_the_meta_devices(spec, shape, vocab):
+    """A small model's leaf output sizes come from CPU passes of 2 and 3 examples, extrapolated
+    to the batch (landscape.functional.leaf_output_sizes): equal to one meta-device pass of the
+    whole batch, in train mode (memory estimates) and eval mode (one example)."""
+    from landscape.functional import _sizes, leaf_output_sizes
+
+    with torch.device("meta"):
+        model = build_model(spec, shape, 10, vocab)
+    for train, batches in ((True, (2, 3, 16, 129)), (False, (1, 7))):
+        model.train(train)
+        for batch in batches:
+            assert leaf_output_sizes(model, shape, batch) == _sizes(model, shape, batch, "meta")

@@ -119,20 +119,23 @@ def test_hydra_shell_completion(tmp_path):
 
 
 def test_the_report_is_its_own_command_and_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
-    """The sweep draws its report with ``landscape-report`` in a child process (the report
-    itself: tests/analysis; a sweep that draws one: test_end_to_end.py)."""
-    ran = []
+    """The sweep draws its report with ``landscape-report``'s code in a child process started
+    with the sweep (the report itself: tests/analysis; a sweep that draws one:
+    test_end_to_end.py). The child draws only when told: cancelled, it ends having written
+    nothing; told to draw into a full disk, the sweep says so in one line."""
+    assert "import analysis.report" in cli._REPORT_CHILD  # landscape-report's own main
+    report = cli._Report(tmp_path)
+    assert report.proc.args[3:] == [str(tmp_path), "--out", str(tmp_path / "report")]
+    report.cancel()
+    assert report.proc.returncode is not None and list(tmp_path.iterdir()) == []
 
-    def full_disk(cmd, **kwargs):
-        ran.append(cmd)
-        stderr = "Traceback (most recent call last):\n  ...\nOSError: [Errno 28] No space left on device\n"
-        return subprocess.CompletedProcess(cmd, 1, stderr=stderr)
-
-    monkeypatch.setattr(cli.subprocess, "run", full_disk)
-    assert cli._report(tmp_path) == 1
-    assert ran == [
-        [sys.executable, "-m", "analysis.report", str(tmp_path), "--out", str(tmp_path / "report")]
-    ]
+    full_disk = (
+        "import sys\n"
+        "assert sys.stdin.readline() == 'draw\\n'\n"
+        "sys.exit('Traceback (most recent call last):\\nOSError: [Errno 28] No space left on device')"
+    )
+    monkeypatch.setattr(cli, "_REPORT_CHILD", full_disk)
+    assert cli._Report(tmp_path).draw() == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1, lines
     assert f"no space left on the device of {tmp_path} while writing the report" in lines[0]

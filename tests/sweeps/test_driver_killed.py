@@ -28,6 +28,7 @@ ARGS = [
     "optim.batch_size=32",
     "metrics.hessian_trace.n_probes=5",
     "ray.num_cpus=2",
+    "ray.inline=false",  # the driver of an embedded Ray instance
     "--quiet",
     "--no-report",
 ]

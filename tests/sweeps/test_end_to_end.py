@@ -24,6 +24,7 @@ ARGS = [
     "metrics=fast",
     "metrics.hessian_trace.n_probes=10",
     "ray.num_cpus=2",
+    "ray.inline=false",  # on Ray, however small (tests/sweeps/test_inline.py: in the driver)
     "--quiet",
 ]
 

@@ -52,6 +52,7 @@ def _driver(tmp_path, *args: str, out: Path | None = None) -> subprocess.Popen:
             "-m",
             "sweeps.cli",
             *TINY,
+            "ray.inline=false",  # the driver of an embedded Ray instance, however small
             f"out_dir={out or tmp_path / 'results'}",
             "--quiet",
             "--no-report",
