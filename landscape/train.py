@@ -818,9 +818,10 @@ def apply_update(
     if state.lr_row is not None:
         lr_p = lr_p * state.lr_row
     h = LocalHypers(lr_p, *state.columns(hypers, dtype))
-    # SGD on a CPU writes p (laid out) and its buffer in place: the same kernels on the same
-    # values, so the same bits, without a new matrix for each and the copies back
-    in_place = flat and spec.name == "sgd" and p.device.type == "cpu"
+    # SGD on a CPU writes p (the parameters laid out, or their fresh concatenation) and its
+    # buffer in place: the same kernels on the same values, so the same bits, without a new
+    # matrix for each and the copies back
+    in_place = spec.name == "sgd" and p.device.type == "cpu"
     rule = sgd_in_place if in_place else state.rule
     new_p, new = rule(spec, p, state.flatten(grads).to(dtype), state.flat, h, step)
     top = new_p.abs().amax(1)  # (K,) the largest parameter of each member, NaN for a NaN
