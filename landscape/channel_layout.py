@@ -11,6 +11,15 @@ autograd on the stacked parameters (members are independent, so the gradient of 
 their losses is each member's own gradient): no vmap at all. The training step that does so
 is ``packed`` mode in :mod:`landscape.train`.
 
+A model whose parametrised layers are all ``nn.Linear`` (an MLP without BatchNorm) runs
+member-major instead, in *member rows*: activations (K*N, ...), member k's examples in rows
+k*N to (k+1)*N - 1, so that the members' inputs are a view of the stacked batch, every Linear
+one batched matrix product over (K, N, in) views with its bias in the product's kernel (as
+``nn.Linear``'s addmm: under bf16 autocast it rounds as the plain module does), and no
+activation is transposed between layers. On a CPU, 16 members of the demo's MLPs train
+1.5-1.9x faster in member rows than side by side in the channels (``benchmarks/NOTES.md``,
+session 13).
+
 It computes what :class:`landscape.functional.FunctionalNet` under vmap computes (tests
 compare them: in float64 over several steps, and one float32 step's gradients). Under bf16
 autocast the two round differently in one place only: BatchNorm normalises bf16 activations
@@ -73,6 +82,24 @@ def _norm(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
 _PACKED = ((nn.Conv2d, _conv), (nn.Linear, _linear), (nn.modules.batchnorm._BatchNorm, _norm))
 
 
+def _linear_rows(self: nn.Linear, x: Tensor) -> Tensor:
+    w = self.weight  # (K, out, in); x (K*N, ..., in), member k's rows k*N to (k+1)*N - 1
+    K, n_out, n_in = w.shape
+    x3 = x.reshape(K, -1, n_in)
+    if n_out < n_in:
+        # narrow outputs (a classifier head): the products as (out, N) = W (out, in) x^T, so
+        # that no product, forward or backward, writes a matrix of few columns (on a CPU,
+        # (N, 10) outputs ran at a fifth of the speed of (10, N) ones); one small copy back
+        b = self.bias.unsqueeze(2) if self.bias is not None else None
+        hT = torch.bmm(w, x3.mT) if b is None else torch.baddbmm(b, w, x3.mT)
+        return hT.mT.reshape(*x.shape[:-1], n_out)
+    if self.bias is None:
+        h = torch.bmm(x3, w.mT)
+    else:  # the bias in the product's kernel, as nn.Linear's addmm
+        h = torch.baddbmm(self.bias.unsqueeze(1), x3, w.mT)
+    return h.view(*x.shape[:-1], n_out)
+
+
 def channels_last_images(x: Tensor) -> Tensor:
     """Image batches (4-D) on a CUDA device in NHWC layout; anything else as it is."""
     if x.dim() == 4 and x.is_cuda:
@@ -94,13 +121,20 @@ def member_losses(logits: Tensor, y: Tensor) -> Tensor:
 
 class PackedNet:
     """The packed view of a :class:`FunctionalNet`'s architecture: ``logits(params, buffers,
-    x_packed)`` with stacked parameters and buffers (K, ...) returns (N, K, classes)."""
+    x_packed)`` with stacked parameters and buffers (K, ...) returns (N, K, classes), for
+    inputs laid out by :meth:`inputs`. ``rows``: the layout is member rows (see the module)."""
 
     def __init__(self, net: FunctionalNet):
         self.module = copy.deepcopy(net.module)  # a meta-device copy, its layers rewritten
+        subs = list(self.module.modules())
+        self.rows = all(
+            isinstance(m, nn.Linear) or not list(m.parameters(recurse=False)) for m in subs
+        ) and not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in subs)
         for name, sub in self.module.named_modules():
             own = list(sub.parameters(recurse=False))
             kind = next((fn for cls, fn in _PACKED if isinstance(sub, cls)), None)
+            if self.rows and kind is _linear:
+                kind = _linear_rows
             if kind is not None:
                 if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.momentum is None:
                     raise ValueError(f"packed layout: {name} uses a cumulative moving average")
@@ -116,10 +150,16 @@ class PackedNet:
         member update in place in ``buffers`` when ``train``."""
         K = next(iter(params.values())).shape[0]
         out = self.bound(params, buffers, x, train)
+        if self.rows:
+            return out.view(K, -1, out.shape[-1]).transpose(0, 1)
         return out.reshape(out.shape[0], K, -1)
+
+    def inputs(self, x: Tensor) -> Tensor:
+        """Per-member inputs (K, N, ...) in this layout."""
+        return x.flatten(0, 1) if self.rows else pack_inputs(x)
 
     def losses(self, params: Params, buffers: Params, x: Tensor, y: Tensor) -> Tensor:
         """(K,) mean cross-entropy of every member in eval mode, from per-member inputs
         x (K, N, ...) and labels y (K, N): :meth:`FunctionalNet.loss` for all members at once,
         without vmap (so it can be differentiated twice by plain autograd)."""
-        return member_losses(self.logits(params, buffers, pack_inputs(x), train=False), y)
+        return member_losses(self.logits(params, buffers, self.inputs(x), train=False), y)

@@ -46,7 +46,7 @@ from torch.func import grad_and_value, vmap
 from torch.utils._pytree import tree_flatten
 
 from landscape.augment import augment_batch
-from landscape.channel_layout import PackedNet, channels_last_images, pack_inputs
+from landscape.channel_layout import PackedNet, channels_last_images
 from landscape.cudagraph import CudaGraphed
 from landscape.data import Dataset, member_view, subset_size
 from landscape.datasets import train_set_size
@@ -366,12 +366,13 @@ class OptimState:
 
 def new_optim_state(specs: Sequence[OptimSpec], stack: Stack) -> OptimState:
     """Fresh optimiser state for a pack (one spec per member): every member alive, per-member
-    hyperparameters. A pack of one's parameters are laid out in ``stack.params`` as views of
-    the optimiser's (1, P) matrix (:meth:`SlotState.adopt`: the same values)."""
+    hyperparameters. A pack's parameters are laid out in ``stack.params`` as views of the
+    optimiser's (K, P) matrix (:meth:`SlotState.adopt`: the same values; on a GPU a pack of
+    one only)."""
     device = next(iter(stack.params.values())).device
     K = len(specs)
     state = init_state(specs[0], stack.params)
-    state.adopt(stack.params)  # a pack of one's parameters: views of the update's (1, P) matrix
+    state.adopt(stack.params)  # the parameters as views of the update's (K, P) matrix
     return OptimState(
         spec=specs[0],
         hypers=MemberHypers.from_specs(specs, device),
@@ -604,14 +605,16 @@ def _on_streams(streams: list[torch.cuda.Stream], K: int, fn: Callable[[int], An
 
 def _packed(net: FunctionalNet, channels_last: bool = False, accuracy: bool = True) -> Callable:
     """All members at once in the packed layout (:class:`landscape.channel_layout.PackedNet`:
-    inputs (N, K*C, ...), one grouped kernel per layer), in train mode, gradients by plain
-    autograd of the sum of the members' losses (each member's own gradient: they share no
-    parameter). With ``channels_last``, image activations on a CUDA device are NHWC."""
+    inputs (N, K*C, ...), one grouped kernel per layer, or member rows (K*N, ...) for a model
+    of Linear layers), in train mode, gradients by plain autograd of the sum of the members'
+    losses (each member's own gradient: they share no parameter). With ``channels_last``,
+    image activations on a CUDA device are NHWC (in the channel layout)."""
     packed = PackedNet(net)
+    channels_last = channels_last and not packed.rows
 
     def run(params: Params, buffers: Params, x: Tensor, y: Tensor):
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
-        xp = channels_last_images(pack_inputs(x)) if channels_last else pack_inputs(x)
+        xp = channels_last_images(packed.inputs(x)) if channels_last else packed.inputs(x)
         with torch.enable_grad():
             logits = packed.logits(leaves, buffers, xp, train=True)  # (N, K, C)
             loss, acc = classification_loss(logits, y, "members", accuracy)  # (K,) each
@@ -640,13 +643,16 @@ def step_mode(
     """``train.pack_step`` resolved. ``auto`` picks what ``bench_packing.py`` measured fastest
     among the modes that keep a diverging member to itself:
 
-    - on a CPU, ``loop`` for a pack of at most :data:`LOOP_MEMBERS_CPU` ``members`` (a
-      pack of one is then a plain module's step): on the demo's MLPs (widths 8-64, batch 16
-      and 128, 8x8 digits, SGD momentum, one thread, 2-core x86_64 shared) ``loop`` ran at
-      1.6-1.8x ``packed``'s model-steps/s at one member and 1.1-1.2x at two, ``packed`` at
-      1.1-1.4x ``loop``'s at four and 1.8-3.5x at sixteen (``bench_packing.py``);
-      larger packs run ``packed`` (1.3-1.6x vmap's speed on this project's CPU) when the
-      model's layers allow it, else ``loop``: for a one-layer transformer (d_model 128, p = 97 token
+    - on a CPU, ``loop`` for a pack of one (a plain module's step), and for a pack of at
+      most :data:`LOOP_MEMBERS_CPU` ``members`` whose packed layout keeps channels side by
+      side: on MLPs with channels side by side (widths 8-64, batch 16 and 128, 8x8 digits,
+      SGD momentum, one thread, 2-core x86_64 shared) ``loop`` ran at 1.6-1.8x ``packed``'s
+      model-steps/s at one member and 1.1-1.2x at two, ``packed`` at 1.1-1.4x ``loop``'s at
+      four and 1.8-3.5x at sixteen (``bench_packing.py``). A model of Linear layers packs in
+      member rows (:mod:`landscape.channel_layout`), which at two members ran at 1.26-1.43x
+      a plain step against loop's 1.08-1.28x on the demo's MLPs (session 13), so it runs
+      ``packed`` from two members on. Larger packs run ``packed`` (1.3-1.6x vmap's speed on
+      this project's CPU) when the model's layers allow it, else ``loop``: for a one-layer transformer (d_model 128, p = 97 token
       triples, full batch of 2,822, AdamW) ``bench_packing.py --model transformer`` measured
       loop at 0.89x, 0.92x and 0.87x a plain module's model-steps/s at 1, 4 and 16 members,
       vmap at 0.88x, 0.80x and 0.34x (2-core x86_64 shared, one thread);
@@ -662,26 +668,27 @@ def step_mode(
     if variant.train.pack_step != "auto":
         return variant.train.pack_step
     if device.type != "cuda":
-        if 0 < members <= LOOP_MEMBERS_CPU:
+        layout = _packed_layout(variant.model, tuple(input_shape), num_classes, vocab)
+        if members == 1 or (0 < members <= LOOP_MEMBERS_CPU and layout != "rows"):
             return "loop"
-        packable = _packable(variant.model, tuple(input_shape), num_classes, vocab)
-        return "packed" if packable else "loop"
+        return "packed" if layout else "loop"
     flops = model_forward_flops(variant.model, tuple(input_shape), num_classes, vocab)
     batch = variant.optim.batch_for(subset_size(variant.data, train_set_size(variant.data)))
     return "loop" if flops * batch >= LOOP_FLOPS else "vmap"
 
 
 @functools.lru_cache(maxsize=256)
-def _packable(
+def _packed_layout(
     spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, vocab: int = 0
-) -> bool:
+) -> str:
+    """The packed layout a model runs in: ``rows`` (member rows: Linear layers only),
+    ``channels`` (side by side in the channels), or "" when it has none."""
     with torch.device("meta"):
         net = FunctionalNet(build_model(spec, input_shape, num_classes, vocab))
     try:
-        PackedNet(net)
+        return "rows" if PackedNet(net).rows else "channels"
     except ValueError:
-        return False
-    return True
+        return ""
 
 
 # ---- the update ----------------------------------------------------------------------
@@ -718,6 +725,8 @@ class SlotState(Mapping[str, "dict[str, Tensor]"]):
         self.params_flat: Tensor | None = None  # see adopt
         self.param_views: list[Tensor] | None = None
         self._columns: tuple[tuple, tuple[Tensor, Tensor | None]] | None = None  # see columns
+        self._grads: Tensor | None = None  # see gather
+        self._grad_views: list[Tensor] = []
         if spec.lr_multipliers:
             mult = [lr_multiplier(spec, n) for n in self.names]
             self.lr_row = torch.repeat_interleave(
@@ -725,15 +734,20 @@ class SlotState(Mapping[str, "dict[str, Tensor]"]):
             ).to(first.device)[None]
 
     def adopt(self, params: dict[str, Tensor]) -> None:
-        """Lay a pack of one's parameters out in one (1, P) matrix, in this state's order, and
-        put its views in ``params`` in place of the tensors (the same values, contiguous, so
+        """Lay a pack's parameters out in one (K, P) matrix, in this state's order, and put
+        its views in ``params`` in place of the tensors (the same values and shapes, so
         nothing that reads them can tell): :func:`apply_update` then updates the matrix
         itself, without concatenating the parameters and copying the result back (a dozen
-        kernels and views a step, which on a small model cost more than the rule). Packs of
-        several members keep their tensors: a member's block of a (K, P) row would not be
-        contiguous. Replacing a tensor in ``params`` later undoes it (an identity check)."""
+        kernels and two passes over the parameters a step, which on a small model cost more
+        than the rule). A pack of one's views are contiguous; a larger pack's are each
+        member's contiguous block of a row (stride P between members), which the CPU
+        kernels read as they are. So packs of several members are laid out on a CPU only:
+        on a GPU they keep their tensors. Replacing a tensor in ``params`` later undoes it
+        (an identity check)."""
         first = params[self.names[0]]
-        if first.shape[0] != 1 or any(params[n].dtype != first.dtype for n in self.names):
+        if first.shape[0] != 1 and first.device.type != "cpu":
+            return
+        if any(params[n].dtype != first.dtype for n in self.names):
             return
         self.params_flat = self.flatten(params)
         views = self.unflatten(self.params_flat)
@@ -766,6 +780,18 @@ class SlotState(Mapping[str, "dict[str, Tensor]"]):
             # a pack of one: the tensors end to end, flattened and joined in one call
             return _flatten_dense_tensors([tensors[n] for n in self.names]).view(1, -1)
         return torch.cat([tensors[n].reshape(tensors[n].shape[0], -1) for n in self.names], 1)
+
+    def gather(self, grads: Params, dtype: torch.dtype) -> Tensor:
+        """The gradients as one (K, P) matrix of ``dtype`` in this state's order: a matrix
+        this state keeps and overwrites at every call (the update consumes it within the
+        step), so no matrix of the parameters' size is allocated, and page-faulted, per
+        step; strided gradients (a transposed weight's) are copied in one pass."""
+        K = grads[self.names[0]].shape[0]
+        if self._grads is None or self._grads.shape[0] != K or self._grads.dtype != dtype:
+            self._grads = grads[self.names[0]].new_empty(K, sum(self.sizes), dtype=dtype)
+            self._grad_views = list(self.unflatten(self._grads).values())
+        torch._foreach_copy_(self._grad_views, [grads[n] for n in self.names])
+        return self._grads
 
     def unflatten(self, flat: Tensor) -> Params:
         """A (K, P) matrix -> (K, *shape) views by name."""
@@ -823,7 +849,7 @@ def apply_update(
     # matrix for each and the copies back
     in_place = spec.name == "sgd" and p.device.type == "cpu"
     rule = sgd_in_place if in_place else state.rule
-    new_p, new = rule(spec, p, state.flatten(grads).to(dtype), state.flat, h, step)
+    new_p, new = rule(spec, p, state.gather(grads, dtype), state.flat, h, step)
     top = new_p.abs().amax(1)  # (K,) the largest parameter of each member, NaN for a NaN
     if p.device.type == "cpu":  # a host read costs no wait: with every member alive, no masks
         flags = [bool(a) and m < DIVERGED_ABOVE for a, m in zip(alive.tolist(), top.tolist())]

@@ -19,6 +19,7 @@ from landscape.train import StepFn, evaluate, new_optim_state, train_step
 F64 = torch.float64
 MODELS = [
     (ModelSpec("mlp", width=8, depth=2, batch_norm=True), (6,)),
+    (ModelSpec("mlp", width=8, depth=2), (1, 4, 4)),  # no BatchNorm: packed in member rows
     (ModelSpec("cnn", width=3, batch_norm=True), (1, 8, 8)),
     (ModelSpec("resnet18", width=2, batch_norm=True), (3, 8, 8)),
     (ModelSpec("resnet18", width=2, batch_norm=True, skip=False), (3, 8, 8)),

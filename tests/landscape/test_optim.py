@@ -147,36 +147,41 @@ MULTIPLIED = pytest.param(
 )
 
 
+@pytest.mark.parametrize("members", [1, 3], ids=["one", "three"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("member", [0, 2], ids=["no-decay", "decay"])
 @pytest.mark.parametrize(("spec", "torch_cls", "torch_kwargs"), [*CASES, MULTIPLIED])
-def test_a_pack_of_one_laid_out_in_one_matrix_updates_bit_identically(
-    spec, torch_cls, torch_kwargs, member, dtype
+def test_a_pack_laid_out_in_one_matrix_updates_bit_identically(
+    spec, torch_cls, torch_kwargs, member, dtype, members
 ):
-    """``SlotState.adopt`` (a pack of one's parameters as views of the update's (1, P) matrix)
+    """``SlotState.adopt`` (a pack's parameters as views of the update's (K, P) matrix)
     against the same pack with its own tensors, four steps, the last with a NaN gradient that
-    kills the member: torch.equal, parameters and state, since the rule runs the same kernels
-    on the same (1, P) values either way (only the concatenation and the copy back are gone).
+    kills member 0: torch.equal, parameters and state, since the rule runs the same kernels
+    on the same (K, P) values either way (only the concatenation and the copy back are gone).
     SGD on a CPU takes its in-place update there (``landscape.optim.sgd_in_place``), the
-    others the rule and a copy into the matrix. The adopted views hold the parameters' values and shapes, and
-    a tensor replaced in the dict afterwards is updated through the concatenating path."""
+    others the rule and a copy into the matrix. The adopted views hold the parameters' values
+    and shapes (a pack of one's contiguous), and a tensor replaced in the dict afterwards is
+    updated through the concatenating path."""
     hypers = _hypers(lambda k: torch_kwargs(member))
-    hypers = MemberHypers(hypers.lr[:1], hypers.momentum[:1], hypers.weight_decay[:1])
-    a = {n: p[:1].to(dtype) for n, p in _stacked_params().items()}
+    hypers = MemberHypers(
+        hypers.lr[:members], hypers.momentum[:members], hypers.weight_decay[:members]
+    )
+    a = {n: p[:members].to(dtype) for n, p in _stacked_params().items()}
     b = {n: p.clone() for n, p in a.items()}
     sa, sb = init_state(spec, a), init_state(spec, b)
     sa.adopt(a)
     assert sa.laid_out(a) and not sb.laid_out(b)
     for n in a:
-        assert torch.equal(a[n], b[n]) and a[n].is_contiguous()
-    alive = torch.ones(1, dtype=torch.bool)
+        assert torch.equal(a[n], b[n]) and a[n].shape == b[n].shape
+        assert a[n].is_contiguous() == (members == 1)
+    alive = torch.ones(members, dtype=torch.bool)
     for step in range(1, 5):
-        grads = {n: g[:1].to(dtype) for n, g in _grads(step).items()}
+        grads = {n: g[:members].to(dtype) for n, g in _grads(step).items()}
         if step == 4:
             grads["head.weight"][0, 0, 0] = float("nan")
         got = apply_update(spec, a, grads, sa, hypers, hypers.lr, step, alive)
         want = apply_update(spec, b, grads, sb, hypers, hypers.lr, step, alive)
-        assert torch.equal(got, want) and got.tolist() == [step < 4]
+        assert torch.equal(got, want) and got.tolist() == [step < 4] + [True] * (members - 1)
         for n in a:
             assert torch.equal(a[n], b[n]), (step, n)
         for slot in sa:
@@ -185,12 +190,18 @@ def test_a_pack_of_one_laid_out_in_one_matrix_updates_bit_identically(
     assert not sa.laid_out(a)
 
 
-def test_adopt_leaves_a_pack_of_several_members_alone():
-    params = _stacked_params()
+def test_adopt_leaves_a_pack_of_several_members_off_a_cpu_alone():
+    """Off a CPU (here the meta device) only a pack of one is laid out: a larger pack's
+    member blocks would be strided views, which GPU kernels (a vmapped grouped convolution,
+    say) would copy."""
+    params = {n: p.to("meta") for n, p in _stacked_params().items()}
     before = dict(params)
     state = init_state(OptimSpec(name="sgd"), params)
     state.adopt(params)
     assert all(params[n] is before[n] for n in params) and not state.laid_out(params)
+    one = {n: p[:1] for n, p in params.items()}
+    init_state(OptimSpec(name="sgd"), one).adopt(one)
+    assert all(one[n] is not before[n] for n in one)
 
 
 @pytest.mark.parametrize("huge_lr", [math.inf, 1e30], ids=["non-finite", "huge"])
