@@ -668,8 +668,10 @@ def step_mode(
     if variant.train.pack_step != "auto":
         return variant.train.pack_step
     if device.type != "cuda":
+        if members == 1:
+            return "loop"  # a plain module's step: no layout to look up
         layout = _packed_layout(variant.model, tuple(input_shape), num_classes, vocab)
-        if members == 1 or (0 < members <= LOOP_MEMBERS_CPU and layout != "rows"):
+        if 0 < members <= LOOP_MEMBERS_CPU and layout != "rows":
             return "loop"
         return "packed" if layout else "loop"
     flops = model_forward_flops(variant.model, tuple(input_shape), num_classes, vocab)
